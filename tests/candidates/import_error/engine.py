@@ -1,0 +1,1 @@
+raise RuntimeError("this candidate is broken at import")

@@ -1,0 +1,151 @@
+"""The shared OpenAI-compatible front, over real HTTP, with the real `openai` client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+
+import openai
+import pytest
+import uvicorn
+
+from vibeserve_ray.candidate import import_entrypoint, load_candidate
+from vibeserve_ray.serve.app import build_app
+from vibeserve_ray.serve.front import OpenAIFront
+
+
+@pytest.fixture(scope="module")
+def echo_server(tiny_target, tmp_path_factory):
+    """The echo candidate behind the front, served by uvicorn on 127.0.0.1 in a thread."""
+    import shutil
+
+    from conftest import TEST_CANDIDATES
+
+    path = tmp_path_factory.mktemp("echo")
+    shutil.copytree(TEST_CANDIDATES / "echo", path, dirs_exist_ok=True)
+    engine = import_entrypoint(load_candidate(path))(str(tiny_target.model_dir()), "cpu", {"delay_s": 0.002})
+    front = OpenAIFront(engine, tiny_target.tokenizer_dir(), "tiny", api_key=None)
+    servers = {}
+    for name, key in (("open", None), ("keyed", "s3cret")):
+        app = build_app(front if key is None else OpenAIFront(engine, tiny_target.tokenizer_dir(), "tiny", api_key=key))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.02)
+        servers[name] = (f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread, front)
+    yield servers
+    for _, server, thread, _ in servers.values():
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _client(url: str, key: str = "none") -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=20)
+
+
+def _post(url: str, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url + path, data=body, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_models_and_health(echo_server):
+    url = echo_server["open"][0]
+    assert [m.id for m in _client(url).models.list().data] == ["tiny"]
+    with urllib.request.urlopen(url + "/health", timeout=5) as r:
+        assert r.status == 200
+
+
+def test_completion_returns_tokens_text_and_usage(echo_server):
+    url, *_, front = echo_server["open"]
+    ids = front.tokenizer.encode("ka to ri ne sa mo")
+    out = _client(url).completions.create(model="tiny", prompt=ids, max_tokens=5, temperature=0, logprobs=1, extra_body={"return_token_ids": True, "ignore_eos": True})
+    choice = out.choices[0]
+    assert choice.model_extra["token_ids"] == (ids * 5)[:5]
+    assert choice.text == front.tokenizer.decode((ids * 5)[:5], skip_special_tokens=True)
+    assert choice.logprobs.token_logprobs == [-0.5] * 5
+    assert choice.finish_reason == "length"
+    assert out.usage.prompt_tokens == len(ids) and out.usage.completion_tokens == 5
+
+
+def test_streaming_completion_sends_chunks_done_and_usage(echo_server):
+    url, *_ = echo_server["open"]
+    stream = _client(url).completions.create(model="tiny", prompt="the a of to", max_tokens=6, stream=True, stream_options={"include_usage": True},
+                                             extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    assert sum(1 for c in chunks if c.choices) == 6
+    assert chunks[-1].usage.completion_tokens == 6 and not chunks[-1].choices
+
+
+def test_stop_string_truncates_text(echo_server):
+    url, *_, front = echo_server["open"]
+    ids = front.tokenizer.encode("alpha beta gamma", add_special_tokens=False)
+    out = _client(url).completions.create(model="tiny", prompt=ids, max_tokens=12, stop=[" gamma"], extra_body={"ignore_eos": True})
+    assert out.choices[0].text == "alpha beta"
+    assert out.choices[0].finish_reason == "stop"
+
+
+def test_eos_ends_generation_unless_ignored(echo_server):
+    url, *_, front = echo_server["open"]
+    eos = front.eos_token_ids[0]
+    ids = [front.tokenizer.encode("x y", add_special_tokens=False)[0], eos]
+    out = _client(url).completions.create(model="tiny", prompt=ids, max_tokens=8, extra_body={"return_token_ids": True})
+    assert out.choices[0].model_extra["token_ids"] == ids and out.choices[0].finish_reason == "stop"
+    out = _client(url).completions.create(model="tiny", prompt=ids, max_tokens=8, extra_body={"return_token_ids": True, "ignore_eos": True})
+    assert len(out.choices[0].model_extra["token_ids"]) == 8
+
+
+def test_streaming_chat_uses_chat_template_and_streams_incrementally(echo_server):
+    url, *_ = echo_server["open"]
+    stream = _client(url).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True,
+                                                  extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "length"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text.startswith("<|begin_of_text|>") is False  # special tokens are not shown
+    full = _client(url).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, extra_body={"ignore_eos": True})
+    assert full.choices[0].message.content == text
+    assert full.usage.prompt_tokens > 5  # the template wrapped the message
+
+
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        (b"{not json", 400),
+        (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": "many"}).encode(), 400),
+        (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 0}).encode(), 400),
+        (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": -3}).encode(), 400),
+        (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 100000}).encode(), 400),
+        (json.dumps({"model": "tiny", "prompt": [99999999], "max_tokens": 2}).encode(), 400),
+        (json.dumps({"model": "tiny", "prompt": "x", "temperature": -1}).encode(), 400),
+        (json.dumps({"model": "tiny", "prompt": "x", "n": 2}).encode(), 400),
+        (json.dumps({"model": "nope", "prompt": "x"}).encode(), 404),
+        (json.dumps({"prompt": "x"}).encode(), 400),
+    ],
+)
+def test_bad_requests_get_openai_shaped_4xx(echo_server, body, status):
+    url, *_ = echo_server["open"]
+    code, data = _post(url, "/v1/completions", body)
+    assert code == status
+    assert set(data["error"]) >= {"message", "type", "code"} and data["error"]["message"]
+    assert _post(url, "/v1/completions", json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 1}).encode())[0] == 200
+
+
+def test_api_key_is_required_when_configured(echo_server):
+    url, *_ = echo_server["keyed"]
+    body = json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 1}).encode()
+    assert _post(url, "/v1/completions", body)[0] == 401
+    assert _post(url, "/v1/completions", body, {"Authorization": "Bearer wrong"})[0] == 401
+    assert _post(url, "/v1/completions", body, {"Authorization": "Bearer s3cret"})[0] == 200
+    with urllib.request.urlopen(url + "/health", timeout=5) as r:  # health stays open for probes
+        assert r.status == 200

@@ -1,0 +1,203 @@
+"""The candidate contract: what every serving-system candidate implements.
+
+A candidate is a directory holding `candidate.toml` and its engine source:
+
+    [engine]
+    entrypoint = "engine:create_engine"   # module path relative to the candidate dir
+    [design]                              # named design choices (strings)
+    [knobs]                               # numeric / categorical values
+
+The entrypoint is `create_engine(model_dir: str, device: str, knobs: dict) -> Engine`
+where `Engine` has `async def generate(request: GenerationRequest) -> AsyncIterator
+[TokenOut]` and `async def close()`. Candidates may import this module (it is the one
+piece of vibeserve_ray they run), so it stays free of heavy imports at module level.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Protocol
+
+from vibeserve_ray.errors import BadInput
+
+CANDIDATE_FILE = "candidate.toml"
+SEED_ENGINE_DIR = Path(__file__).parent / "engine"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One request as the engine sees it: token ids in, token ids out.
+
+    temperature == 0 means greedy. With temperature > 0 the token at step t is chosen
+    by `sample_token` (below) from the noise of (seed, t), so a seeded request gives
+    the same tokens whatever else is batched with it. `stop_token_ids` end the stream
+    after the stop token is emitted. `prediction` is a guess of the output (token ids),
+    usable for speculation; it never changes which tokens are produced.
+    """
+
+    prompt_token_ids: list[int]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    response_format: dict[str, Any] | None = None
+    prediction: list[int] | None = None
+    want_logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class TokenOut:
+    """One generated token; `logprob` is log_softmax of the raw (untempered) logits."""
+
+    token_id: int
+    logprob: float | None = None
+
+
+class Engine(Protocol):
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenOut]: ...
+
+    async def close(self) -> None: ...
+
+
+# --- the sampling rule -------------------------------------------------------------
+# Exact comparison of sampled outputs needs every engine and the reference to draw the
+# same token from the same distribution. We fix the rule as an exponential race
+# (argmax of log p - log E, E ~ Exp(1)), equivalent to sampling from p but robust to
+# tiny float differences in the logits, with E drawn from a CPU generator keyed on
+# (seed, step) so batch composition cannot change it.
+
+
+def sampling_noise(seed: int, step: int, vocab_size: int):
+    """Exp(1) noise for one request's step `step`, identical on every machine."""
+    import torch
+
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
+    return torch.empty(vocab_size, dtype=torch.float32).exponential_(generator=gen)
+
+
+def sampling_scores(logits, temperature: float, top_p: float, seed: int, step: int):
+    """Scores whose argmax is the sampled token (1-D logits, float32 on any device)."""
+    import torch
+
+    logits = logits.float()
+    if temperature <= 0.0:
+        return logits
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_logp, order = torch.sort(logp, descending=True)
+        cum = torch.cumsum(sorted_logp.exp(), dim=-1)
+        # keep the smallest prefix whose mass reaches top_p (the first token always)
+        drop_sorted = (cum - sorted_logp.exp()) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        logp = logp.masked_fill(drop, float("-inf"))
+    noise = sampling_noise(seed, step, logits.shape[-1]).to(logits.device)
+    return logp - noise.log()
+
+
+def sample_token(logits, temperature: float, top_p: float, seed: int, step: int) -> int:
+    return int(sampling_scores(logits, temperature, top_p, seed, step).argmax())
+
+
+# --- candidate.toml ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """A candidate directory and what its `candidate.toml` says."""
+
+    path: Path
+    entrypoint: str
+    design: dict[str, str]
+    knobs: dict[str, Any]
+
+
+def load_candidate(path: str | Path) -> CandidateSpec:
+    """Reads and validates `candidate.toml`; bad input raises BadInput naming the field."""
+    path = Path(path)
+    file = path / CANDIDATE_FILE
+    if not path.is_dir():
+        raise BadInput(str(path), "candidate", "is not a directory")
+    if not file.is_file():
+        raise BadInput(str(file), "candidate.toml", "file not found")
+    try:
+        data = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(str(file), "candidate.toml", f"not valid TOML: {exc}") from None
+    unknown = set(data) - {"engine", "design", "knobs"}
+    if unknown:
+        raise BadInput(str(file), sorted(unknown)[0], "unknown key")
+    engine = data.get("engine")
+    if not isinstance(engine, dict) or "entrypoint" not in engine:
+        raise BadInput(str(file), "engine.entrypoint", "missing")
+    entry = engine["entrypoint"]
+    if not isinstance(entry, str) or entry.count(":") != 1 or not all(entry.split(":")):
+        raise BadInput(str(file), "engine.entrypoint", "must be 'module:function'")
+    if set(engine) - {"entrypoint"}:
+        raise BadInput(str(file), f"engine.{sorted(set(engine) - {'entrypoint'})[0]}", "unknown key")
+    design = data.get("design", {})
+    knobs = data.get("knobs", {})
+    if not isinstance(design, dict) or not all(isinstance(v, str) for v in design.values()):
+        raise BadInput(str(file), "design", "must be a table of strings")
+    if not isinstance(knobs, dict):
+        raise BadInput(str(file), "knobs", "must be a table")
+    for k, v in knobs.items():
+        if not isinstance(v, (int, float, str, bool)):
+            raise BadInput(str(file), f"knobs.{k}", "must be a number, string or boolean")
+    module_file = path / (entry.split(":")[0].replace(".", "/"))
+    if not (module_file.with_suffix(".py").is_file() or (module_file / "__init__.py").is_file()):
+        raise BadInput(str(file), "engine.entrypoint", f"module {entry.split(':')[0]!r} not found in {path}")
+    return CandidateSpec(path=path.resolve(), entrypoint=entry, design=dict(design), knobs=dict(knobs))
+
+
+def write_candidate_toml(path: Path, entrypoint: str, design: dict[str, str], knobs: dict[str, Any]) -> None:
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(v)
+
+    lines = ["[engine]", f"entrypoint = {fmt(entrypoint)}", "", "[design]"]
+    lines += [f"{k} = {fmt(v)}" for k, v in sorted(design.items())]
+    lines += ["", "[knobs]"]
+    lines += [f"{k} = {fmt(v)}" for k, v in sorted(knobs.items())]
+    (path / CANDIDATE_FILE).write_text("\n".join(lines) + "\n")
+
+
+SEED_ENTRYPOINT = "engine:create_engine"
+
+
+def materialise_seed(dest: str | Path, design: dict[str, str] | None = None, knobs: dict[str, Any] | None = None) -> Path:
+    """Copies the seed engine template into `dest` as a self-contained candidate."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / "engine"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(SEED_ENGINE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    from vibeserve_ray.engine.defaults import DEFAULT_DESIGN, DEFAULT_KNOBS
+
+    write_candidate_toml(dest, SEED_ENTRYPOINT, {**DEFAULT_DESIGN, **(design or {})}, {**DEFAULT_KNOBS, **(knobs or {})})
+    return dest
+
+
+def resolve_candidate(arg: str, workdir: Path) -> CandidateSpec:
+    """`seed` materialises the template under `workdir`; anything else is a path."""
+    if arg == "seed":
+        return load_candidate(materialise_seed(workdir / "seed"))
+    return load_candidate(arg)
+
+
+def import_entrypoint(spec: CandidateSpec):
+    """Imports the candidate's create_engine with its directory first on sys.path."""
+    sys.path.insert(0, str(spec.path))
+    module_name, func = spec.entrypoint.split(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, func)

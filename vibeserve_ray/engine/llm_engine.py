@@ -1,0 +1,152 @@
+"""The engine: an asyncio front on a background step loop (nano-vllm's LLMEngine).
+
+Forward passes run in one dedicated thread so they never block the event loop (the
+HTTP front answers /health from it while generating). Requests cross to that thread
+through an inbox; tokens come back through each request's asyncio.Queue via
+`loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import random
+import threading
+from functools import partial
+from typing import Any, AsyncIterator
+
+import torch
+
+from vibeserve_ray.candidate import GenerationRequest, TokenOut
+
+from .config import ModelConfig
+from .defaults import DEFAULT_KNOBS
+from .kv_cache import KVCacheManager
+from .loader import load_model
+from .model_runner import ModelRunner
+from .scheduler import Scheduler
+from .sequence import Sequence, Status
+
+# float32 matches the reference's default dtype; lower precision is a later optimisation.
+DTYPE = torch.float32
+FINISHED = object()  # end-of-stream marker put on a request's queue
+
+
+class LLMEngine:
+    def __init__(self, model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None):
+        knobs = {**DEFAULT_KNOBS, **(knobs or {})}
+        if knobs["num_threads"] > 0:
+            torch.set_num_threads(int(knobs["num_threads"]))
+        self.device = torch.device(device)
+        self.config = ModelConfig.from_dir(model_dir)
+        self.runner = ModelRunner(load_model(model_dir, self.device, DTYPE), self.device)
+        self.scheduler = Scheduler(KVCacheManager(self.config.num_hidden_layers))
+        self._inbox: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # makes "check closed, then enqueue" atomic with shutdown
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="engine-step", daemon=True)
+        self._thread.start()
+
+    # --- the event-loop side -------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenOut]:
+        """Streams one TokenOut per generated token; closing the stream aborts the request."""
+        self._validate(request)
+        loop = asyncio.get_running_loop()
+        stream: asyncio.Queue = asyncio.Queue()
+        seed = request.seed if request.seed is not None else random.getrandbits(63)
+        seq = Sequence(request, seed, emit=partial(_emit, loop, stream))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("engine is closed")
+            self._inbox.put(seq)
+        try:
+            while (item := await stream.get()) is not FINISHED:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if seq.status is not Status.FINISHED:  # the client went away mid-stream
+                seq.aborted = True
+                self._inbox.put(None)  # wake the step thread so it frees the request
+
+    async def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._inbox.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    def _validate(self, request: GenerationRequest) -> None:
+        n, limit = len(request.prompt_token_ids), self.config.max_position_embeddings
+        if n == 0:
+            raise ValueError("prompt is empty")
+        if n > limit:
+            raise ValueError(f"prompt has {n} tokens, more than the model's {limit} positions")
+        if request.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {request.max_tokens}")
+        if not all(0 <= t < self.config.vocab_size for t in request.prompt_token_ids):
+            raise ValueError(f"prompt has token ids outside [0, {self.config.vocab_size})")
+
+    # --- the step thread -----------------------------------------------------------
+
+    def _loop(self) -> None:
+        error: BaseException = RuntimeError("engine is closed")
+        try:
+            while not self._closed:
+                self._admit(wait=self.scheduler.is_idle())
+                self.step()
+        except BaseException as exc:  # a bug in the loop: fail every request, never hang one
+            error = exc
+        with self._lock:
+            self._closed = True
+        for seq in self.scheduler.all_sequences() + self._drain():
+            self.scheduler.finish(seq)
+            seq.emit(error)
+
+    def step(self) -> None:
+        """Schedule, run, postprocess; tokens go straight to their requests' streams."""
+        seqs = self.scheduler.schedule()
+        if not seqs:
+            return
+        try:
+            outs = self.runner.run(seqs)
+        except Exception as exc:  # a failed forward fails the requests in it, not the engine
+            for seq in seqs:
+                self.scheduler.finish(seq)
+                seq.emit(exc)
+            return
+        finished = self.scheduler.postprocess(seqs, outs)
+        for seq, out in zip(seqs, outs):
+            seq.emit(out)
+        for seq in finished:
+            seq.emit(FINISHED)
+
+    def _admit(self, wait: bool) -> None:
+        """Moves new requests from the inbox to the scheduler; blocks only when idle."""
+        try:
+            item = self._inbox.get(block=wait)
+            while True:
+                if item is not None:
+                    self.scheduler.add(item)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _drain(self) -> list[Sequence]:
+        seqs = []
+        while not self._inbox.empty():
+            if (item := self._inbox.get_nowait()) is not None:
+                seqs.append(item)
+        return seqs
+
+
+def _emit(loop: asyncio.AbstractEventLoop, stream: asyncio.Queue, item: object) -> None:
+    try:
+        loop.call_soon_threadsafe(stream.put_nowait, item)
+    except RuntimeError:  # the request's event loop is closed: nobody is listening
+        pass
+
+
+def create_engine(model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None) -> LLMEngine:
+    """The candidate entrypoint (`engine:create_engine`)."""
+    return LLMEngine(model_dir, device, knobs)

@@ -1,0 +1,192 @@
+"""The checker: a candidate's outputs, through HTTP, against the reference's.
+
+Held-out prompts (kept in the target, outside any candidate) are sent one at a time
+and then concurrently at the target's concurrency with mixed lengths, because
+batching bugs only show under load. Greedy tokens must equal the reference's; a
+divergence is forgiven only at a near-tie (the reference's top-2 gap below the
+tolerance), after which that sequence is not compared further, as vLLM's
+`check_logprobs_close` does. Logprobs must agree within their tolerance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import aiohttp
+
+from vibeserve_ray.candidate import CandidateSpec
+from vibeserve_ray.errors import BadInput
+from vibeserve_ray.reference import RefOutput, reference_outputs
+from vibeserve_ray.runner import CandidateFailed, CandidateFailure, CandidateProcess, Limits, start_candidate
+from vibeserve_ray.target import Target
+from vibeserve_ray.tinymodel import cache_dir
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    phase: str
+    prompt_index: int
+    prompt: str
+    step: int
+    expected: list[int]
+    got: list[int]
+    reason: str
+
+
+@dataclass(frozen=True)
+class CheckVerdict:
+    passed: bool
+    compared: int  # sequences compared
+    forgiven: int  # sequences cut short at a near-tie
+    mismatch: Mismatch | None = None
+    failure: CandidateFailure | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self, decode: Callable[[list[int]], str] | None = None) -> str:
+        if self.failure:
+            return f"FAIL ({self.failure.phase}): {self.failure.reason}\n--- log tail ---\n{self.failure.log_tail.rstrip()}"
+        if self.passed:
+            return f"PASS: {self.compared} sequences equal to the reference ({self.forgiven} cut short at a near-tie)"
+        m = self.mismatch
+        assert m is not None
+        lines = [
+            f"FAIL: {m.reason}",
+            f"  phase:    {m.phase}",
+            f"  prompt #{m.prompt_index}: {m.prompt[:200]!r}",
+            f"  first difference at generated token {m.step}",
+            f"  expected: {m.expected}",
+            f"  got:      {m.got}",
+        ]
+        if decode:
+            lines += [f"  expected text: {decode(m.expected)!r}", f"  got text:      {decode(m.got)!r}"]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: list[int]
+    logprobs: list[float | None]
+
+
+def compare(ref: RefOutput, got: Completion, tolerance: float, logprob_tolerance: float) -> tuple[str, int, str]:
+    """('ok' | 'forgiven' | 'mismatch', step, reason) for one sequence; `got` may ask for
+    fewer tokens than the reference produced, and is compared as a prefix."""
+    n = len(got.token_ids)
+    for step, token in enumerate(got.token_ids):
+        if step >= len(ref.token_ids):
+            return "mismatch", step, f"{n} tokens, more than the {len(ref.token_ids)} asked for"
+        if token != ref.token_ids[step]:
+            if ref.gaps[step] < tolerance:
+                return "forgiven", step, f"near-tie (gap {ref.gaps[step]:.4f})"
+            return "mismatch", step, f"token {token} where the reference has {ref.token_ids[step]} (top-2 gap {ref.gaps[step]:.3f})"
+        lp = got.logprobs[step] if step < len(got.logprobs) else None
+        if lp is not None and abs(lp - ref.logprobs[step]) > logprob_tolerance:
+            return "mismatch", step, f"logprob {lp:.5f} where the reference has {ref.logprobs[step]:.5f}"
+    return "ok", n, ""
+
+
+async def complete(session: aiohttp.ClientSession, base_url: str, model: str, prompt_ids: list[int], max_tokens: int,
+                   temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Completion:
+    """One non-streamed completion with token ids and logprobs; raises on HTTP errors."""
+    body = {"model": model, "prompt": prompt_ids, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+            "seed": seed, "logprobs": 1, "ignore_eos": True, "return_token_ids": True}
+    async with session.post(base_url + "/v1/completions", json=body) as resp:
+        data = await resp.json(content_type=None)
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {json.dumps(data)[:300]}")
+    choice = data["choices"][0]
+    logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or [None] * len(choice["token_ids"])
+    return Completion(list(choice["token_ids"]), list(logprobs))
+
+
+def load_prompts(target: Target) -> list[str]:
+    file = target.path(target.spec.checker.prompts)
+    prompts = []
+    for n, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            prompts.append(str(json.loads(line)["prompt"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise BadInput(str(file), f"line {n}", 'expected a JSON object with a "prompt" string') from None
+    if not prompts:
+        raise BadInput(str(file), "checker.prompts", "no prompts")
+    return prompts
+
+
+def tokenize_prompts(target: Target, prompts: list[str]) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(target.tokenizer_dir()))
+    return [tok.encode(p) for p in prompts]
+
+
+async def _run_phases(proc: CandidateProcess, target: Target, prompts: list[str], prompt_ids: list[list[int]],
+                      refs: dict[str, list[RefOutput]], say: Callable[[str], None]) -> CheckVerdict:
+    c = target.spec.checker
+    n = len(prompt_ids)
+    # Mixed output lengths under load: requests finish at different steps of a batch.
+    lengths = [max(1, c.max_tokens - (i % 4) * (c.max_tokens // 4)) for i in range(n)]
+    order = list(range(n))[::2] + list(range(n))[1::2]
+    phases: list[tuple[str, int | None, int, list[int], list[int]]] = [("sequential greedy", None, 1, [c.max_tokens] * n, list(range(n)))]
+    phases.append((f"concurrent greedy (concurrency {target.checker_concurrency})", None, target.checker_concurrency, lengths, order))
+    for seed in c.sampling.seeds:
+        phases.append((f"concurrent sampled (seed {seed})", seed, target.checker_concurrency, lengths, order))
+    compared = forgiven = 0
+    timeout = aiohttp.ClientTimeout(total=proc.limits.request_timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for phase, seed, concurrency, max_tokens, indices in phases:
+            say(f"check: {phase}: {n} prompts")
+            gate = asyncio.Semaphore(concurrency)
+            key = "greedy" if seed is None else f"seed{seed}"
+            temperature, top_p = (0.0, 1.0) if seed is None else (c.sampling.temperature, c.sampling.top_p)
+
+            async def one(i: int) -> Completion:
+                async with gate:
+                    return await complete(session, proc.base_url, proc.served_name, prompt_ids[i], max_tokens[i], temperature, top_p, seed)
+
+            try:
+                outs = await asyncio.gather(*(one(i) for i in indices))
+            except (asyncio.TimeoutError, aiohttp.ClientError, RuntimeError) as exc:
+                reason = f"request timed out after {proc.limits.request_timeout_s:g}s" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+                return CheckVerdict(False, compared, forgiven, failure=proc.explain("check", f"{phase}: {reason}"))
+            for i, got in zip(indices, outs):
+                ref = refs[key][i]
+                status, step, reason = compare(ref, got, c.tolerance, c.logprob_tolerance)
+                compared += 1
+                if status == "ok" and len(got.token_ids) != max_tokens[i]:
+                    status, step, reason = "mismatch", len(got.token_ids), f"{len(got.token_ids)} tokens where {max_tokens[i]} were asked for"
+                if status == "mismatch":
+                    mismatch = Mismatch(phase, i, prompts[i], step, ref.token_ids[: max_tokens[i]], got.token_ids, reason)
+                    return CheckVerdict(False, compared, forgiven, mismatch=mismatch)
+                forgiven += status == "forgiven"
+    return CheckVerdict(True, compared, forgiven)
+
+
+def check_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, swap: bool = False, limits: Limits | None = None,
+                    say: Callable[[str], None] = lambda s: None) -> CheckVerdict:
+    """Starts the candidate, runs every phase, stops it. `swap` checks on the second
+    checkpoint (the weight-swap test): outputs must change exactly as the reference's do."""
+    c = target.spec.checker
+    model_dir = target.model_dir(swap=swap)
+    prompts = load_prompts(target)
+    prompt_ids = tokenize_prompts(target, prompts)
+    say(f"check: reference outputs for {len(prompts)} prompts ({target.spec.reference.kind})")
+    ref = lambda **kw: reference_outputs(target.spec.reference.kind, model_dir, target.spec.reference.dtype, prompt_ids,  # noqa: E731
+                                         c.max_tokens, cache_root=cache_dir(), **kw)
+    refs = {"greedy": ref()}
+    for seed in c.sampling.seeds:
+        refs[f"seed{seed}"] = ref(temperature=c.sampling.temperature, top_p=c.sampling.top_p, seed=seed)
+    limits = limits or Limits(**target.spec.limits.model_dump())
+    say(f"check: starting candidate {spec.path}")
+    try:
+        with start_candidate(spec, model_dir, target.tokenizer_dir(), target.served_name, target.spec.hardware.device, limits, workdir) as proc:
+            return asyncio.run(_run_phases(proc, target, prompts, prompt_ids, refs, say))
+    except CandidateFailed as exc:
+        return CheckVerdict(False, 0, 0, failure=exc.failure)

@@ -1,0 +1,205 @@
+"""Runs an untrusted candidate: a subprocess behind the shared HTTP front, with limits.
+
+The process starts in its own session (so its whole group can be killed), with an
+environment scrubbed of secrets, a start-up timeout, and a watchdog that kills it
+past its memory limit. Whatever goes wrong becomes a `CandidateFailure` (phase,
+reason, log tail): a recorded result, never a hung or crashed caller.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from vibeserve_ray.candidate import CandidateSpec
+
+SECRET_ENV = re.compile(r"(_API_KEY|_TOKEN|_SECRET|_PASSWORD)$|^ANTHROPIC_|^AWS_SECRET|^OPENAI_", re.IGNORECASE)
+LOG_TAIL_BYTES = 4000
+
+
+@dataclass(frozen=True)
+class Limits:
+    startup_timeout_s: float = 120.0
+    request_timeout_s: float = 60.0
+    memory_mb: int = 6144
+
+
+@dataclass(frozen=True)
+class CandidateFailure:
+    """Why a candidate did not produce a result; `phase` is where it happened
+    (startup, crash, memory, check, bench, ...)."""
+
+    phase: str
+    reason: str
+    log_tail: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CandidateFailed(Exception):
+    def __init__(self, failure: CandidateFailure):
+        super().__init__(f"{failure.phase}: {failure.reason}")
+        self.failure = failure
+
+
+def scrubbed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The parent's environment without anything that looks like a credential."""
+    env = {k: v for k, v in os.environ.items() if not SECRET_ENV.search(k)}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep candidate trees free of __pycache__
+    env["PYTHONUNBUFFERED"] = "1"
+    # The package must be importable in the child even when run from a source checkout.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra or {})
+    return env
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL it if the parent dies (Linux only)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class CandidateProcess:
+    """A running candidate server. Use as a context manager; `stop()` is idempotent."""
+
+    def __init__(self, spec: CandidateSpec, model_dir: Path, tokenizer_dir: Path, served_name: str, device: str, limits: Limits, workdir: Path):
+        self.spec, self.limits, self.served_name = spec, limits, served_name
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / "server.log"
+        port_file = workdir / "port"
+        port_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "vibeserve_ray.serve.worker", "--candidate", str(spec.path), "--model", str(model_dir),
+               "--tokenizer", str(tokenizer_dir), "--device", device, "--served-name", served_name, "--port-file", str(port_file)]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            cmd, cwd=str(workdir), env=scrubbed_env(), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        self.base_url = ""
+        self._failure: CandidateFailure | None = None
+        self._stopping = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name=f"watchdog-{self.proc.pid}", daemon=True)
+        self._watchdog.start()
+        try:
+            self._wait_ready(port_file)
+        except BaseException:
+            self.stop()
+            raise
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def _wait_ready(self, port_file: Path) -> None:
+        deadline = time.monotonic() + self.limits.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._failure:
+                raise CandidateFailed(self._failure)
+            if port_file.is_file() and not self.base_url:
+                self.base_url = f"http://127.0.0.1:{port_file.read_text().strip()}"
+            if self.base_url and self._healthy():
+                return
+            time.sleep(0.1)
+        self._fail("startup", f"not healthy within {self.limits.startup_timeout_s:g}s")
+        raise CandidateFailed(self._failure)  # type: ignore[arg-type]
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.base_url + "/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def _watch(self) -> None:
+        limit = self.limits.memory_mb * 1024 * 1024
+        while not self._stopping.wait(0.1):
+            code = self.proc.poll()
+            if code is not None:
+                phase = "startup" if not self.base_url else "crash"
+                self._fail(phase, f"process exited with code {code}", kill=False)
+                return
+            rss = _tree_rss(self.proc.pid)
+            if rss > limit:
+                self._fail("memory", f"used {rss / 2**20:.0f} MiB, over the {self.limits.memory_mb} MiB limit")
+                return
+
+    def _fail(self, phase: str, reason: str, kill: bool = True) -> None:
+        if self._failure is None and not self._stopping.is_set():
+            if kill:
+                self._kill_group()
+            self._failure = CandidateFailure(phase, reason, self.log_tail())
+
+    def failure(self) -> CandidateFailure | None:
+        """Set by the watchdog when the process died or went over its memory limit."""
+        return self._failure
+
+    def explain(self, phase: str, reason: str) -> CandidateFailure:
+        """The failure to record after a client-side error: the watchdog's, if any, knows more."""
+        time.sleep(0.2)  # let the watchdog notice a death that caused the client error
+        return self._failure or CandidateFailure(phase, reason, self.log_tail())
+
+    def log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, 2) - LOG_TAIL_BYTES))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM to the process group, SIGKILL after 3 s; waits until it is gone."""
+        self._stopping.set()
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=3)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        self._kill_group()
+        self._log.close()
+
+    def __enter__(self) -> "CandidateProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _tree_rss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def start_candidate(spec: CandidateSpec, model_dir: Path, tokenizer_dir: Path, served_name: str, device: str, limits: Limits, workdir: Path) -> CandidateProcess:
+    """Starts the candidate and waits until it is healthy; CandidateFailed otherwise."""
+    return CandidateProcess(spec, model_dir, tokenizer_dir, served_name, device, limits, workdir)

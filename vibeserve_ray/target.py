@@ -1,0 +1,233 @@
+"""The target contract: one (model x hardware x workload) in `targets/<name>/target.toml`.
+
+Validated once here, at the edge, so a bad file gets one message naming the file and
+the field; everything past `load_target` trusts the typed objects.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vibeserve_ray.errors import BadInput
+
+TARGET_FILE = "target.toml"
+METRICS_UP = ("request_throughput", "output_throughput", "total_token_throughput")
+LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
+METRICS_DOWN = tuple(f"{s}_{m}" for m in LATENCIES for s in ("mean", "median", "p99"))
+HEADLINE_METRICS = METRICS_UP + METRICS_DOWN
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class ModelSpec(_Strict):
+    """Either `path` (an HF-format directory) or `generator` (a recipe made in code)."""
+
+    path: str | None = None
+    generator: Literal["tiny-llama"] | None = None
+    seed: int = 0
+    swap_seed: int = 1  # the second checkpoint of the judge's weight-swap test
+    swap_path: str | None = None
+    tokenizer: str | None = None  # defaults to the model directory
+    name: str | None = None  # served model name; defaults to the target name
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        if (self.path is None) == (self.generator is None):
+            raise ValueError("give exactly one of 'path' or 'generator'")
+        return self
+
+
+class ReferenceSpec(_Strict):
+    kind: str = "transformers"  # or "module:function"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _kind(self) -> "ReferenceSpec":
+        if self.kind != "transformers" and (self.kind.count(":") != 1 or not all(self.kind.split(":"))):
+            raise ValueError("kind must be 'transformers' or 'module:function'")
+        return self
+
+
+class SamplingCheck(_Strict):
+    temperature: Annotated[float, Field(gt=0)] = 0.8
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    seeds: list[int] = [1234]
+
+
+class CheckerSpec(_Strict):
+    prompts: str  # JSONL of held-out prompts, relative to the target directory
+    max_tokens: PositiveInt = 24
+    # A greedy divergence is forgiven only where the reference's top-2 logprob gap is
+    # below this (a near-tie, as vLLM's check_logprobs_close); that sequence stops there.
+    tolerance: Annotated[float, Field(ge=0)] = 0.02
+    logprob_tolerance: Annotated[float, Field(gt=0)] = 0.01
+    concurrency: PositiveInt | None = None  # default: the benchmark's concurrency
+    sampling: SamplingCheck = SamplingCheck()
+
+
+class SyntheticWorkload(_Strict):
+    seed: int = 0
+    input_len: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] = [16, 128]
+    output_len: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] = [32, 64]
+    shared_prefix_len: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SyntheticWorkload":
+        for name in ("input_len", "output_len"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: low end {lo} above high end {hi}")
+        return self
+
+
+class BenchmarkSpec(_Strict):
+    dataset: str | None = None  # JSONL relative to the target dir; else `synthetic`
+    synthetic: SyntheticWorkload | None = None
+    num_requests: PositiveInt = 64
+    concurrency: PositiveInt = 16
+    request_rate: float = math.inf  # Poisson arrivals per second; inf = closed loop
+    seed: int = 0
+    headline: str = "output_throughput"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    slo: dict[str, float] = {}
+    warmup_requests: Annotated[int, Field(ge=0)] = 4
+
+    @model_validator(mode="after")
+    def _check(self) -> "BenchmarkSpec":
+        if (self.dataset is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of 'dataset' or 'synthetic'")
+        if self.headline not in HEADLINE_METRICS:
+            raise ValueError(f"headline: unknown metric {self.headline!r} (one of {', '.join(HEADLINE_METRICS)})")
+        for key in self.slo:
+            if key not in HEADLINE_METRICS:
+                raise ValueError(f"slo.{key}: unknown metric (one of {', '.join(HEADLINE_METRICS)})")
+        if not self.request_rate > 0:
+            raise ValueError("request_rate: must be > 0 (inf for closed loop)")
+        return self
+
+
+class HardwareSpec(_Strict):
+    device: Literal["cpu", "cuda"] = "cpu"
+    num_cpus: Annotated[float, Field(ge=0)] = 1
+    num_gpus: Annotated[float, Field(ge=0)] = 0
+    accelerator_type: str | None = None
+
+
+class LimitsSpec(_Strict):
+    """What an untrusted candidate process may take before it is killed and recorded."""
+
+    startup_timeout_s: Annotated[float, Field(gt=0)] = 120
+    request_timeout_s: Annotated[float, Field(gt=0)] = 60
+    memory_mb: PositiveInt = 6144
+
+
+class SearchSpec(_Strict):
+    policy: Literal["evolution", "backlog"] = "evolution"
+    islands: PositiveInt = 2
+    population: PositiveInt = 4
+    rounds: PositiveInt = 4
+    max_candidates: PositiveInt | None = None
+    time_limit_s: Annotated[float, Field(gt=0)] = 900
+    token_budget: Annotated[int, Field(ge=0)] = 0  # 0 = unlimited
+
+
+class AgentSpec(_Strict):
+    backend: Literal["auto", "offline", "anthropic"] = "auto"
+    model: str = "claude-sonnet-4-5"
+    roles: dict[str, str] = {}  # role -> model, overriding `model`
+
+
+class TargetSpec(_Strict):
+    name: str
+    description: str = ""
+    model: ModelSpec
+    reference: ReferenceSpec = ReferenceSpec()
+    checker: CheckerSpec
+    benchmark: BenchmarkSpec
+    hardware: HardwareSpec = HardwareSpec()
+    limits: LimitsSpec = LimitsSpec()
+    search: SearchSpec = SearchSpec()
+    agent: AgentSpec = AgentSpec()
+
+
+class Target:
+    """A validated target with its directory, so relative paths resolve in one place."""
+
+    def __init__(self, directory: Path, spec: TargetSpec):
+        self.dir, self.spec = directory, spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def served_name(self) -> str:
+        return self.spec.model.name or self.spec.name
+
+    def path(self, relative: str) -> Path:
+        return (self.dir / relative).resolve()
+
+    def model_dir(self, swap: bool = False) -> Path:
+        """The checkpoint (or the weight-swap one), generated on first use."""
+        m = self.spec.model
+        if m.generator == "tiny-llama":
+            from vibeserve_ray.tinymodel import make_tiny
+
+            return make_tiny(m.swap_seed if swap else m.seed)
+        chosen = m.swap_path if swap else m.path
+        if chosen is None:
+            raise BadInput(str(self.dir / TARGET_FILE), "model.swap_path", "needed for the weight-swap test")
+        return self.path(chosen)
+
+    def tokenizer_dir(self) -> Path:
+        return self.path(self.spec.model.tokenizer) if self.spec.model.tokenizer else self.model_dir()
+
+    @property
+    def checker_concurrency(self) -> int:
+        return self.spec.checker.concurrency or self.spec.benchmark.concurrency
+
+
+def _field_name(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-after")))
+
+
+def load_target(path: str | Path) -> Target:
+    """Loads `path` (a target directory or its target.toml); BadInput on any problem."""
+    path = Path(path)
+    file = path if path.suffix == ".toml" else path / TARGET_FILE
+    if not file.is_file():
+        raise BadInput(str(file), "target", "file not found")
+    try:
+        data = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(str(file), "target.toml", f"not valid TOML: {exc}") from None
+    try:
+        spec = TargetSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = _field_name(err["loc"]) or "target"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise BadInput(str(file), field, msg) from None
+    target = Target(file.parent.resolve(), spec)
+    for field, rel in (
+        ("checker.prompts", spec.checker.prompts),
+        ("benchmark.dataset", spec.benchmark.dataset),
+        ("model.path", spec.model.path),
+        ("model.swap_path", spec.model.swap_path),
+        ("model.tokenizer", spec.model.tokenizer),
+    ):
+        if rel is not None and not target.path(rel).exists():
+            raise BadInput(str(file), field, f"path not found: {target.path(rel)}")
+    return target
