@@ -1,0 +1,219 @@
+"""The seed engine against transformers on a small random Llama (llama3 rope, GQA)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+from vibeserve_ray.candidate import GenerationRequest, sample_token
+from vibeserve_ray.engine import create_engine
+from vibeserve_ray.engine.config import ModelConfig
+from vibeserve_ray.engine.rotary import rope_inv_freq
+
+ROPE_LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+PROMPTS = [[7], [5, 6, 7, 8, 9, 10, 11], list(range(100, 160))]
+
+
+def make_hf_model(seed: int = 0, **overrides) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rope_theta=500000.0, rope_scaling=dict(ROPE_LLAMA3), **overrides,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # peaked logits: greedy has no near-ties to trip over
+        model.lm_head.weight.mul_(50)
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    return make_hf_model()
+
+
+@pytest.fixture(scope="module")
+def model_dir(hf_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    hf_model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    engine = create_engine(str(model_dir), "cpu", {})
+    yield engine
+    asyncio.run(engine.close())
+
+
+async def collect(engine, request: GenerationRequest) -> list:
+    return [out async for out in engine.generate(request)]
+
+
+def run(engine, request: GenerationRequest) -> list:
+    return asyncio.run(collect(engine, request))
+
+
+def hf_greedy(model, prompt: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=max_tokens, do_sample=False, eos_token_id=None,
+            pad_token_id=0, output_logits=True, return_dict_in_generate=True,
+        )
+    tokens = out.sequences[0, len(prompt):].tolist()
+    logprobs = [float(torch.log_softmax(step[0].float(), -1)[t]) for step, t in zip(out.logits, tokens)]
+    return tokens, logprobs
+
+
+def hf_sampled(model, prompt: list[int], max_tokens: int, temperature: float, top_p: float, seed: int) -> list[int]:
+    """The contract's sampling rule applied step by step to transformers' logits."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for step in range(max_tokens):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            ids.append(sample_token(logits, temperature, top_p, seed, step))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS, ids=lambda p: f"len{len(p)}")
+def test_greedy_tokens_and_logprobs_match_transformers(engine, hf_model, prompt):
+    want_tokens, want_logprobs = hf_greedy(hf_model, prompt, 24)
+    outs = run(engine, GenerationRequest(prompt, max_tokens=24, want_logprobs=True))
+    assert [o.token_id for o in outs] == want_tokens
+    assert max(abs(o.logprob - w) for o, w in zip(outs, want_logprobs)) < 1e-4
+
+
+def test_logprobs_are_omitted_unless_asked(engine):
+    assert all(o.logprob is None for o in run(engine, GenerationRequest([1, 2, 3], max_tokens=3)))
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_seeded_sampling_matches_reference_loop(engine, hf_model, temperature, top_p):
+    prompt = PROMPTS[1]
+    want = hf_sampled(hf_model, prompt, 16, temperature, top_p, seed=1234)
+    outs = run(engine, GenerationRequest(prompt, max_tokens=16, temperature=temperature, top_p=top_p, seed=1234))
+    assert [o.token_id for o in outs] == want
+
+
+def test_concurrent_requests_match_solo_runs(engine):
+    requests = [
+        GenerationRequest(PROMPTS[0], max_tokens=12),
+        GenerationRequest(PROMPTS[1], max_tokens=8, temperature=0.8, seed=7),
+        GenerationRequest(PROMPTS[2], max_tokens=10),
+        GenerationRequest(PROMPTS[1], max_tokens=5, temperature=1.0, top_p=0.5, seed=99),
+    ]
+    solo = [run(engine, r) for r in requests]
+
+    async def together():
+        return await asyncio.gather(*(collect(engine, r) for r in requests))
+
+    assert asyncio.run(together()) == solo
+
+
+def test_stop_token_ends_stream_after_emitting_it(engine, hf_model):
+    tokens, _ = hf_greedy(hf_model, PROMPTS[1], 10)
+    stop = tokens[3]
+    outs = run(engine, GenerationRequest(PROMPTS[1], max_tokens=10, stop_token_ids=[stop]))
+    assert [o.token_id for o in outs] == tokens[: tokens.index(stop) + 1]
+
+
+def test_abandoned_stream_does_not_block_next_request(engine):
+    async def scenario():
+        async for i, _ in aenumerate(engine.generate(GenerationRequest(PROMPTS[0], max_tokens=100_000))):
+            if i == 1:
+                break
+        return await asyncio.wait_for(collect(engine, GenerationRequest(PROMPTS[1], max_tokens=4)), timeout=20)
+
+    assert len(asyncio.run(scenario())) == 4
+
+
+def test_cancelled_request_does_not_block_next_request(engine):
+    async def scenario():
+        task = asyncio.create_task(collect(engine, GenerationRequest(PROMPTS[0], max_tokens=100_000)))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        return await asyncio.wait_for(collect(engine, GenerationRequest(PROMPTS[1], max_tokens=4)), timeout=20)
+
+    assert len(asyncio.run(scenario())) == 4
+
+
+def test_event_loop_stays_responsive_while_generating(engine):
+    async def scenario():
+        gaps, stop = [], asyncio.Event()
+
+        async def ticker():
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        await collect(engine, GenerationRequest(PROMPTS[2], max_tokens=200))
+        stop.set()
+        await tick
+        return gaps
+
+    gaps = asyncio.run(scenario())
+    assert len(gaps) > 5 and max(gaps) < 0.5
+
+
+def test_failed_forward_raises_in_generate_and_engine_recovers(engine, monkeypatch):
+    def broken(seqs):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(engine.runner, "run", broken)
+        with pytest.raises(RuntimeError, match="boom"):
+            run(engine, GenerationRequest(PROMPTS[0], max_tokens=3))
+    assert len(run(engine, GenerationRequest(PROMPTS[0], max_tokens=3))) == 3
+
+
+@pytest.mark.parametrize("prompt", [[], [1] * 257, [512]], ids=["empty", "too-long", "bad-id"])
+def test_invalid_prompt_raises_value_error(engine, prompt):
+    with pytest.raises(ValueError):
+        run(engine, GenerationRequest(prompt, max_tokens=3))
+
+
+def test_sharded_tied_checkpoint_matches_transformers(tmp_path):
+    model = make_hf_model(seed=1, tie_word_embeddings=True)
+    model.save_pretrained(tmp_path, max_shard_size="200KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    engine = create_engine(str(tmp_path), "cpu", {"num_threads": 1})
+    try:
+        outs = run(engine, GenerationRequest(PROMPTS[1], max_tokens=12))
+    finally:
+        asyncio.run(engine.close())
+    assert [o.token_id for o in outs] == hf_greedy(model, PROMPTS[1], 12)[0]
+
+
+@pytest.mark.parametrize("rope", [ROPE_LLAMA3, None], ids=["llama3", "default"])
+def test_legacy_config_keys_give_transformers_inv_freq(rope):
+    """Pre-v5 checkpoints keep rope_theta top-level and scaling in `rope_scaling`."""
+    hf = LlamaConfig(hidden_size=128, num_attention_heads=4, rope_theta=500000.0, rope_scaling=rope)
+    raw = {**json.loads(hf.to_json_string()), "rope_theta": 500000.0, "rope_scaling": rope}
+    raw.pop("rope_parameters")
+    want = LlamaRotaryEmbedding(hf).inv_freq
+    assert torch.equal(rope_inv_freq(ModelConfig.from_dict(raw)), want)
+
+
+@pytest.mark.parametrize(
+    "change", [{"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, {"attention_bias": True}, {"mlp_bias": True}]
+)
+def test_unsupported_config_is_rejected(change):
+    raw = {**json.loads(LlamaConfig(hidden_size=128, num_attention_heads=4).to_json_string()), **change}
+    with pytest.raises(ValueError, match="not supported"):
+        ModelConfig.from_dict(raw)
+
+
+async def aenumerate(stream):
+    i = 0
+    async for item in stream:
+        yield i, item
+        i += 1

@@ -1,0 +1,76 @@
+"""The target contract: good files load into typed objects; bad ones exit 2 naming the field."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+from conftest import TINY_TARGET, run_cli
+
+from vibeserve_ray.errors import BadInput
+from vibeserve_ray.target import load_target
+
+GOOD = (TINY_TARGET / "target.toml").read_text()
+
+
+def test_tiny_target_loads_typed():
+    t = load_target(TINY_TARGET)
+    assert t.name == "tiny-llama-cpu"
+    assert t.spec.benchmark.concurrency == 16 and math.isinf(t.spec.benchmark.request_rate)
+    assert t.spec.benchmark.headline == "output_throughput"
+    assert t.path(t.spec.checker.prompts).is_file()
+    assert t.checker_concurrency == 16
+
+
+def _bad(tmp_path, text: str):
+    (tmp_path / "checker").mkdir(exist_ok=True)
+    (tmp_path / "checker" / "prompts.jsonl").write_text('{"prompt": "x"}\n')
+    (tmp_path / "target.toml").write_text(text)
+    return tmp_path
+
+
+BAD_CASES = [
+    ("missing name", lambda s: s.replace('name = "tiny-llama-cpu"\n', ""), "name"),
+    ("wrong type", lambda s: s.replace("concurrency = 16", 'concurrency = "sixteen"'), "benchmark.concurrency"),
+    ("unknown key", lambda s: s.replace("[hardware]", "[hardware]\nnum_tpus = 3"), "hardware.num_tpus"),
+    ("unknown table", lambda s: s + "\n[extras]\nx = 1\n", "extras"),
+    ("missing path", lambda s: s.replace('prompts = "checker/prompts.jsonl"', 'prompts = "checker/nope.jsonl"'), "checker.prompts"),
+    ("bad headline", lambda s: s.replace('headline = "output_throughput"', 'headline = "speed"'), "benchmark"),
+    ("bad slo", lambda s: s.replace("p99_ttft_ms = 30000", "p99_latency = 3"), "benchmark"),
+    ("two model sources", lambda s: s.replace("seed = 0\nswap_seed", 'path = "m"\nseed = 0\nswap_seed'), "model"),
+    ("negative concurrency", lambda s: s.replace("concurrency = 16", "concurrency = -2"), "benchmark.concurrency"),
+    ("bad range", lambda s: s.replace("input_len = [16, 128]", "input_len = [128, 16]"), "benchmark.synthetic"),
+    ("bad direction", lambda s: s.replace('direction = "maximize"', 'direction = "up"'), "benchmark.direction"),
+    ("bad reference", lambda s: s.replace('kind = "transformers"', 'kind = "nothing"'), "reference"),
+    ("not toml", lambda s: s + "\n[[[", "target.toml"),
+]
+
+
+@pytest.mark.parametrize("case,edit,field", BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_target_raises_naming_the_field(tmp_path, case, edit, field):
+    with pytest.raises(BadInput) as info:
+        load_target(_bad(tmp_path, edit(GOOD)))
+    assert info.value.field.startswith(field), str(info.value)
+    assert str(tmp_path / "target.toml") in str(info.value)
+
+
+@pytest.mark.parametrize("case,edit,field", BAD_CASES[:5], ids=[c[0] for c in BAD_CASES[:5]])
+def test_bad_target_exits_2_with_one_line(tmp_path, case, edit, field):
+    result = run_cli("check", str(_bad(tmp_path, edit(GOOD))), "--candidate", "seed", timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert re.search(re.escape(field), lines[0]), lines[0]
+
+
+def test_missing_target_dir_exits_2(tmp_path):
+    result = run_cli("bench", str(tmp_path / "nowhere"), timeout=60)
+    assert result.returncode == 2 and "target.toml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_candidate_exits_2(tmp_path):
+    (tmp_path / "cand").mkdir()
+    (tmp_path / "cand" / "candidate.toml").write_text('[engine]\nentrypoint = "nomodule"\n')
+    result = run_cli("check", str(TINY_TARGET), "--candidate", str(tmp_path / "cand"), timeout=60)
+    assert result.returncode == 2 and "engine.entrypoint" in result.stderr and "Traceback" not in result.stderr
