@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -16,11 +17,20 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _workdir(keep: str | None) -> Path:
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        return Path(keep)
-    return Path(tempfile.mkdtemp(prefix="vibeserve-"))
+@contextlib.contextmanager
+def _candidate_session(args: argparse.Namespace):
+    """The target, the candidate and a work directory (removed after, unless --workdir)."""
+    from vibeserve_ray.candidate import resolve_candidate
+    from vibeserve_ray.target import load_target
+
+    target = load_target(args.target)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vibeserve-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield target, resolve_candidate(args.candidate, workdir), workdir
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -31,14 +41,9 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from vibeserve_ray.candidate import resolve_candidate
     from vibeserve_ray.judge.checker import check_candidate
-    from vibeserve_ray.target import load_target
 
-    target = load_target(args.target)
-    workdir = _workdir(args.workdir)
-    try:
-        spec = resolve_candidate(args.candidate, workdir)
+    with _candidate_session(args) as (target, spec, workdir):
         verdict = check_candidate(target, spec, workdir / "check", swap=args.swap, say=say)
         from transformers import AutoTokenizer
 
@@ -47,24 +52,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(verdict.to_dict(), indent=2))
         return 0 if verdict.passed else 1
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from vibeserve_ray.bench import format_table
-    from vibeserve_ray.candidate import resolve_candidate
     from vibeserve_ray.measure import bench_candidate
-    from vibeserve_ray.target import load_target
 
-    target = load_target(args.target)
-    workdir = _workdir(args.workdir)
-    try:
-        spec = resolve_candidate(args.candidate, workdir)
+    with _candidate_session(args) as (target, spec, workdir):
         result = bench_candidate(target, spec, workdir / "bench", num_requests=args.num_requests, say=say)
         if not hasattr(result, "metrics"):
-            print(f"FAIL ({result.phase}): {result.reason}\n--- log tail ---\n{result.log_tail.rstrip()}")
+            print(result.describe())
             if args.out:
                 Path(args.out).write_text(json.dumps({"failure": result.to_dict()}, indent=2))
             return 1
@@ -74,9 +71,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
             Path(args.out).write_text(json.dumps(out, indent=2))
             say(f"bench: wrote {args.out}")
         return 0 if result.slo_passed and result.metrics.failed == 0 else 1
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,9 @@ class CandidateFailure:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        return f"FAIL ({self.phase}): {self.reason}\n--- log tail ---\n{self.log_tail.rstrip()}"
+
 
 class CandidateFailed(Exception):
     def __init__(self, failure: CandidateFailure):

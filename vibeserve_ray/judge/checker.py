@@ -50,7 +50,7 @@ class CheckVerdict:
 
     def summary(self, decode: Callable[[list[int]], str] | None = None) -> str:
         if self.failure:
-            return f"FAIL ({self.failure.phase}): {self.failure.reason}\n--- log tail ---\n{self.failure.log_tail.rstrip()}"
+            return self.failure.describe()
         if self.passed:
             return f"PASS: {self.compared} sequences equal to the reference ({self.forgiven} cut short at a near-tie)"
         m = self.mismatch

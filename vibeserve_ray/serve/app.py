@@ -70,29 +70,12 @@ def build_app(front: OpenAIFront | None = None) -> FastAPI:
             return {"id": rid, "object": "text_completion", "created": created, "model": front.served_name, "choices": [choice]}
 
         if body.stream:
-            async def events() -> AsyncIterator[str]:
-                usage = Usage(len(prompt_ids))
-                if echo:
-                    yield _sse(chunk(echo, None, None))
-                async for piece in _guarded(front.pieces(gen, body.stop)):
-                    if isinstance(piece, dict):
-                        yield _sse(piece)
-                        break
-                    usage.completion_tokens += len(piece.token_ids)
-                    if piece.token_ids or piece.text or piece.finish_reason:
-                        yield _sse(chunk(piece.text, piece, piece.finish_reason))
-                if body.stream_options and body.stream_options.include_usage:
-                    yield _sse({"id": rid, "object": "text_completion", "created": created, "model": front.served_name, "choices": [], "usage": usage.to_dict()})
-                yield "data: [DONE]\n\n"
+            first = [chunk(echo, None, None)] if echo else []
+            events = _events(front.pieces(gen, body.stop), first, lambda p: chunk(p.text, p, p.finish_reason),
+                             {"id": rid, "object": "text_completion", "created": created, "model": front.served_name}, len(prompt_ids), body)
+            return StreamingResponse(events, media_type="text/event-stream")
 
-            return StreamingResponse(events(), media_type="text/event-stream")
-
-        whole = Piece([], [], echo)
-        async for piece in front.pieces(gen, body.stop):
-            whole.token_ids += piece.token_ids
-            whole.logprobs += piece.logprobs
-            whole.text += piece.text
-            whole.finish_reason = piece.finish_reason
+        whole = await _collect(front.pieces(gen, body.stop), echo)
         body_out = chunk(whole.text, whole, whole.finish_reason)
         body_out["usage"] = Usage(len(prompt_ids), len(whole.token_ids)).to_dict()
         if body.return_token_ids:
@@ -119,28 +102,12 @@ def build_app(front: OpenAIFront | None = None) -> FastAPI:
                     choice["token_ids"] = piece.token_ids if piece else []
                 return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": front.served_name, "choices": [choice]}
 
-            async def events() -> AsyncIterator[str]:
-                usage = Usage(len(prompt_ids))
-                yield _sse(chunk({"role": "assistant", "content": ""}, None, None))
-                async for piece in _guarded(front.pieces(gen, body.stop)):
-                    if isinstance(piece, dict):
-                        yield _sse(piece)
-                        break
-                    usage.completion_tokens += len(piece.token_ids)
-                    if piece.token_ids or piece.text or piece.finish_reason:
-                        yield _sse(chunk({"content": piece.text} if piece.text else {}, piece, piece.finish_reason))
-                if body.stream_options and body.stream_options.include_usage:
-                    yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": front.served_name, "choices": [], "usage": usage.to_dict()})
-                yield "data: [DONE]\n\n"
+            events = _events(front.pieces(gen, body.stop), [chunk({"role": "assistant", "content": ""}, None, None)],
+                             lambda p: chunk({"content": p.text} if p.text else {}, p, p.finish_reason),
+                             {"id": rid, "object": "chat.completion.chunk", "created": created, "model": front.served_name}, len(prompt_ids), body)
+            return StreamingResponse(events, media_type="text/event-stream")
 
-            return StreamingResponse(events(), media_type="text/event-stream")
-
-        whole = Piece([], [], "")
-        async for piece in front.pieces(gen, body.stop):
-            whole.token_ids += piece.token_ids
-            whole.logprobs += piece.logprobs
-            whole.text += piece.text
-            whole.finish_reason = piece.finish_reason
+        whole = await _collect(front.pieces(gen, body.stop), "")
         choice = {"index": 0, "message": {"role": "assistant", "content": whole.text}, "logprobs": logprobs_of(whole), "finish_reason": whole.finish_reason}
         if body.return_token_ids:
             choice["token_ids"] = whole.token_ids
@@ -158,6 +125,33 @@ def build_app(front: OpenAIFront | None = None) -> FastAPI:
 
 def _sse(data: dict) -> str:
     return f"data: {json.dumps(data)}\n\n"
+
+
+async def _events(pieces: AsyncIterator[Piece], first: list[dict], to_chunk, head: dict, prompt_tokens: int, body) -> AsyncIterator[str]:
+    """SSE for a stream: leading chunks, one per piece, usage if asked, then [DONE]."""
+    usage = Usage(prompt_tokens)
+    for c in first:
+        yield _sse(c)
+    async for piece in _guarded(pieces):
+        if isinstance(piece, dict):
+            yield _sse(piece)
+            break
+        usage.completion_tokens += len(piece.token_ids)
+        if piece.token_ids or piece.text or piece.finish_reason:
+            yield _sse(to_chunk(piece))
+    if body.stream_options and body.stream_options.include_usage:
+        yield _sse(head | {"choices": [], "usage": usage.to_dict()})
+    yield "data: [DONE]\n\n"
+
+
+async def _collect(pieces: AsyncIterator[Piece], text: str) -> Piece:
+    whole = Piece([], [], text)
+    async for piece in pieces:
+        whole.token_ids += piece.token_ids
+        whole.logprobs += piece.logprobs
+        whole.text += piece.text
+        whole.finish_reason = piece.finish_reason
+    return whole
 
 
 async def _guarded(pieces: AsyncIterator[Piece]) -> AsyncIterator[Piece | dict]:
