@@ -127,16 +127,22 @@ def tokenize_prompts(target: Target, prompts: list[str]) -> list[list[int]]:
     return [tok.encode(p) for p in prompts]
 
 
+ALL_PHASES = ("sequential", "concurrent", "sampled")
+
+
 async def _run_phases(proc: CandidateProcess, target: Target, prompts: list[str], prompt_ids: list[list[int]],
-                      refs: dict[str, list[RefOutput]], say: Callable[[str], None]) -> CheckVerdict:
+                      refs: dict[str, list[RefOutput]], say: Callable[[str], None], kinds: tuple[str, ...]) -> CheckVerdict:
     c = target.spec.checker
     n = len(prompt_ids)
     # Mixed output lengths under load: requests finish at different steps of a batch.
     lengths = [max(1, c.max_tokens - (i % 4) * (c.max_tokens // 4)) for i in range(n)]
     order = list(range(n))[::2] + list(range(n))[1::2]
-    phases: list[tuple[str, int | None, int, list[int], list[int]]] = [("sequential greedy", None, 1, [c.max_tokens] * n, list(range(n)))]
-    phases.append((f"concurrent greedy (concurrency {target.checker_concurrency})", None, target.checker_concurrency, lengths, order))
-    for seed in c.sampling.seeds:
+    phases: list[tuple[str, int | None, int, list[int], list[int]]] = []
+    if "sequential" in kinds:
+        phases.append(("sequential greedy", None, 1, [c.max_tokens] * n, list(range(n))))
+    if "concurrent" in kinds:
+        phases.append((f"concurrent greedy (concurrency {target.checker_concurrency})", None, target.checker_concurrency, lengths, order))
+    for seed in c.sampling.seeds if "sampled" in kinds else []:
         phases.append((f"concurrent sampled (seed {seed})", seed, target.checker_concurrency, lengths, order))
     compared = forgiven = 0
     timeout = aiohttp.ClientTimeout(total=proc.limits.request_timeout_s)
@@ -170,9 +176,10 @@ async def _run_phases(proc: CandidateProcess, target: Target, prompts: list[str]
 
 
 def check_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, swap: bool = False, limits: Limits | None = None,
-                    say: Callable[[str], None] = lambda s: None) -> CheckVerdict:
-    """Starts the candidate, runs every phase, stops it. `swap` checks on the second
-    checkpoint (the weight-swap test): outputs must change exactly as the reference's do."""
+                    phases: tuple[str, ...] = ALL_PHASES, say: Callable[[str], None] = lambda s: None) -> CheckVerdict:
+    """Starts the candidate, runs the phases (sequential, concurrent, sampled), stops it.
+    `swap` checks on the second checkpoint (the weight-swap test): outputs must change
+    exactly as the reference's do, so a candidate cannot have memorised the first one."""
     c = target.spec.checker
     model_dir = target.model_dir(swap=swap)
     prompts = load_prompts(target)
@@ -181,12 +188,12 @@ def check_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, swap:
     ref = lambda **kw: reference_outputs(target.spec.reference.kind, model_dir, target.spec.reference.dtype, prompt_ids,  # noqa: E731
                                          c.max_tokens, cache_root=cache_dir(), **kw)
     refs = {"greedy": ref()}
-    for seed in c.sampling.seeds:
+    for seed in c.sampling.seeds if "sampled" in phases else []:
         refs[f"seed{seed}"] = ref(temperature=c.sampling.temperature, top_p=c.sampling.top_p, seed=seed)
     limits = limits or Limits(**target.spec.limits.model_dump())
     say(f"check: starting candidate {spec.path}")
     try:
         with start_candidate(spec, model_dir, target.tokenizer_dir(), target.served_name, target.spec.hardware.device, limits, workdir) as proc:
-            return asyncio.run(_run_phases(proc, target, prompts, prompt_ids, refs, say))
+            return asyncio.run(_run_phases(proc, target, prompts, prompt_ids, refs, say, phases))
     except CandidateFailed as exc:
         return CheckVerdict(False, 0, 0, failure=exc.failure)

@@ -1,0 +1,94 @@
+"""The offline implementer: a directed search over the design space with no LLM.
+
+It plans like an agent would, from the same evidence: the evaluator's hints on the
+parent (measured), the skills that apply to the target (prior knowledge), and what has
+already been tried (never twice). Its moves are one design change away from the parent
+(with the dependencies the space requires); implementing one rewrites the candidate's
+`[design]`, whose engine template implements every option.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from vibeserve_ray.candidate import load_candidate, write_candidate_toml
+from vibeserve_ray.skills import Skill
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What the next candidate changes relative to its parent, and why."""
+
+    design: dict[str, str]
+    changes: dict[str, str]
+    rationale: str
+
+    def key(self) -> str:
+        return design_key(self.design)
+
+
+def design_key(design: dict[str, str]) -> str:
+    return json.dumps(design, sort_keys=True)
+
+
+def _changes(parent: dict[str, str], design: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in design.items() if parent.get(k) != v}
+
+
+class OfflineImplementer:
+    name = "offline"
+
+    def __init__(self, skills: list[Skill], seed: int = 0):
+        self.skills = skills
+        self.rng = random.Random(seed)
+
+    def propose(self, parent_design: dict[str, str], hints: list[dict], tried: set[str], neighbours: list[dict[str, str]]) -> Proposal | None:
+        """The most promising untried neighbour of the parent, or None when all were tried."""
+        scored = []
+        for design in neighbours:
+            if design_key(design) in tried:
+                continue
+            changes = _changes(parent_design, design)
+            reasons, score = [], 0.0
+            for hint in hints:
+                suggest = hint.get("suggest", {})
+                if suggest and any(changes.get(k) == v for k, v in suggest.items()):
+                    score += float(hint.get("weight", 1.0))
+                    reasons.append(f"hint: {hint['text']}")
+            for skill in self.skills:
+                if skill.matches(changes):
+                    score += skill.prior
+                    reasons.append(f"skill {skill.name}")
+            # a small random tie-break keeps islands apart without drowning the evidence
+            scored.append((score + self.rng.random() * 0.1, design, changes, reasons))
+        if not scored:
+            return None
+        score, design, changes, reasons = max(scored, key=lambda s: s[0])
+        change_text = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
+        return Proposal(design, changes, f"{change_text} ({'; '.join(reasons) or 'exploration'})")
+
+    def implement(self, proposal: Proposal, candidate_dir: Path) -> str:
+        """Applies the proposal to the candidate in its workspace; returns a commit message."""
+        spec = load_candidate(candidate_dir)
+        write_candidate_toml(candidate_dir, spec.entrypoint, proposal.design, spec.knobs)
+        return f"offline: {proposal.rationale}"
+
+
+class RandomImplementer(OfflineImplementer):
+    """The baseline a directed search must beat: a uniformly random untried design."""
+
+    name = "random"
+
+    def __init__(self, all_designs: list[dict[str, str]], seed: int = 0):
+        super().__init__([], seed)
+        self.all_designs = all_designs
+
+    def propose(self, parent_design, hints, tried, neighbours):  # noqa: D102 - same contract
+        options = [d for d in self.all_designs if design_key(d) not in tried]
+        if not options:
+            return None
+        design = self.rng.choice(options)
+        return Proposal(design, _changes(parent_design, design), "random sample of the space")
