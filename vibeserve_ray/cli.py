@@ -73,6 +73,58 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0 if result.slo_passed and result.metrics.failed == 0 else 1
 
 
+def _portable_path(path: str) -> str:
+    """Relative to the working directory when inside it: under `ray job submit
+    --working-dir .` every node unpacks that directory, but at its own absolute path."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import os
+
+    from vibeserve_ray.design_space import default_space_path, load_space
+    from vibeserve_ray.search.controller import Budget, Search, connect_ray
+    from vibeserve_ray.target import load_target
+
+    target = load_target(args.target)
+    space = load_space(args.space or default_space_path())
+    s = target.spec.search
+    budget = Budget(
+        rounds=args.rounds or s.rounds,
+        time_limit_s=args.time_limit or s.time_limit_s,
+        max_candidates=args.max_candidates or s.max_candidates,
+        candidate_time_limit_s=s.candidate_time_limit_s,
+        n_trials=args.trials or s.trials,
+    )
+    implementer = args.implementer
+    if implementer == "auto":
+        if target.spec.agent.backend == "anthropic" or (target.spec.agent.backend == "auto" and os.environ.get("ANTHROPIC_API_KEY")):
+            say("search: the Anthropic implementer is not available yet; using the offline implementer")
+        else:
+            say("search: no ANTHROPIC_API_KEY: using the offline implementer (design changes guided by hints and skills)")
+        implementer = "offline"
+    run_dir = Path(args.run or Path("runs") / target.name)
+    connect_ray(args.address)
+    summary = Search(target, _portable_path(args.target), run_dir, space, budget, implementer, say=say, noop_seconds=args.noop_evaluator).run()
+    if summary.best is None:
+        say("search: no validated candidate")
+        return 1
+    print(summary.run_dir / "best")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from vibeserve_ray.search.status import format_status, run_status
+
+    st = run_status(Path(args.run))
+    print(json.dumps(st, indent=2) if args.json else format_status(st))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vibeserve", description="Search for, validate and deploy a bespoke LLM serving system.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -99,6 +151,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="write the metrics as JSON here")
     bench.add_argument("--num-requests", type=int, help="override the target's request count")
     bench.set_defaults(func=cmd_bench)
+
+    search = sub.add_parser("search", help="search for a bespoke serving system (embedded Ray, or RAY_ADDRESS/--address)")
+    search.add_argument("target", help="target directory (holding target.toml)")
+    search.add_argument("--run", help="run directory (default runs/<target name>); rerunning on it resumes")
+    search.add_argument("--rounds", type=int, help="rounds (default: the target's [search].rounds)")
+    search.add_argument("--time-limit", type=float, help="seconds for the whole search (default: [search].time_limit_s)")
+    search.add_argument("--max-candidates", type=int, help="stop after this many candidates")
+    search.add_argument("--trials", type=int, help="Optuna trials per candidate (default: [search].trials)")
+    search.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    search.add_argument("--implementer", choices=("auto", "offline", "random"), default="auto",
+                        help="who proposes changes; 'random' samples the space uniformly (a baseline)")
+    search.add_argument("--space", help="search space file (default search_spaces/llama.toml)")
+    search.add_argument("--noop-evaluator", type=float, metavar="SECONDS", help=argparse.SUPPRESS)  # orchestration tests only
+    search.set_defaults(func=cmd_search)
+
+    status = sub.add_parser("status", help="leaderboard, running work and lineage of the best of a search run")
+    status.add_argument("run", help="run directory")
+    status.add_argument("--json", action="store_true", help="machine-readable")
+    status.set_defaults(func=cmd_status)
     return p
 
 

@@ -138,6 +138,8 @@ class SearchSpec(_Strict):
     rounds: PositiveInt = 4
     max_candidates: PositiveInt | None = None
     time_limit_s: Annotated[float, Field(gt=0)] = 900
+    candidate_time_limit_s: Annotated[float, Field(gt=0)] = 600  # one inner loop's wall time, enforced by the driver
+    trials: PositiveInt = 2  # Optuna trials per candidate
     token_budget: Annotated[int, Field(ge=0)] = 0  # 0 = unlimited
 
 

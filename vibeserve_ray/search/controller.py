@@ -1,0 +1,234 @@
+"""The outer loop: plan -> dispatch inner loops on the cluster -> record -> migrate.
+
+The driver is the only writer of the run's state (git repo, notes, results.parquet,
+Optuna storage, planning files); inner loops run anywhere Ray puts them. Every result
+is recorded as soon as it arrives, so killing the driver loses only work in flight,
+and rerunning the same command resumes from what git and the table say.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import ray
+
+from vibeserve_ray.agents.offline import OfflineImplementer, RandomImplementer, design_key
+from vibeserve_ray.candidate import materialise_seed
+from vibeserve_ray.search import record
+from vibeserve_ray.search.inner import InnerResult, InnerTask, inner_loop_options, run_inner_loop
+from vibeserve_ray.search.islands import IslandActor, Member, island_actor_name
+from vibeserve_ray.search.policy import merge_tasks, parse_backlog, plan_backlog, plan_evolution, render_backlog, seed_backlog
+from vibeserve_ray.search.results import Evaluation, read_results
+from vibeserve_ray.search.state import RunRepo
+from vibeserve_ray.skills import load_skills
+from vibeserve_ray.target import Target
+
+
+@dataclass(frozen=True)
+class Budget:
+    rounds: int
+    time_limit_s: float
+    max_candidates: int | None
+    candidate_time_limit_s: float
+    n_trials: int
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    run_dir: Path
+    best: Evaluation | None
+    seed: Evaluation | None
+    evaluated: int
+    stopped_because: str
+
+
+def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Joins RAY_ADDRESS / --address when given, else starts an embedded local Ray."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+class Search:
+    def __init__(self, target: Target, target_arg: str, run_dir: Path, space, budget: Budget, implementer: str = "offline",
+                 say: Callable[[str], None] = print, noop_seconds: float | None = None):
+        self.target, self.target_arg, self.run_dir, self.space, self.budget = target, target_arg, Path(run_dir), space, budget
+        self.say, self.noop_seconds = say, noop_seconds
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.repo = RunRepo(self.run_dir / "repo")
+        self.rows = record.reconcile(self.run_dir, self.repo)
+        self.name = self.run_dir.resolve().name
+        self.started = time.monotonic()
+        device = target.spec.hardware.device
+        self.device = device
+        if implementer == "random":
+            self.implementer: OfflineImplementer = RandomImplementer(space.all_designs(device), seed=len(self.rows))
+        else:
+            self.implementer = OfflineImplementer([s for s in load_skills() if s.applies(target)], seed=len(self.rows))
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self) -> SearchSummary:
+        s = self.target.spec.search
+        self.say(f"search: target {self.target.name}, policy {s.policy}, {s.islands} islands x {s.population}, "
+                 f"{self.budget.rounds} rounds, time limit {self.budget.time_limit_s:g}s, implementer {self.implementer.name}"
+                 + (f", resuming with {len(self.rows)} evaluations" if self.rows else ""))
+        seed = self._ensure_seed()
+        islands = self._islands(seed)
+        start_round = max((r.round for r in self.rows), default=0)
+        stopped = "rounds"
+        for rnd in range(max(1, start_round), self.budget.rounds + 1):
+            reason = self._out_of_budget()
+            if reason:
+                stopped = reason
+                break
+            done_this_round = sum(r.round == rnd for r in self.rows)
+            want = s.islands * s.population - done_this_round
+            items = self._plan(islands, want)
+            if not items:
+                stopped = "design space exhausted"
+                break
+            results = self._dispatch(items, rnd)
+            self._after_round(rnd, islands, results)
+        else:
+            stopped = "rounds"
+        return self._finish(stopped)
+
+    def _ensure_seed(self) -> Evaluation:
+        seeds = [r for r in self.rows if r.implementer == "seed"]
+        if seeds:
+            return seeds[0]
+        tmp = self.run_dir / ".seed"
+        materialise_seed(tmp)
+        commit = self.repo.commit_candidate(tmp, None, "seed: the engine template", branch="seed")
+        for i in range(self.target.spec.search.islands):
+            self.repo.set_branch(f"island-{i}", commit)
+        self.say("search: round 0: measuring the seed")
+        task = self._task(uuid.uuid4().hex, 0, 0, commit, None, {})
+        [result] = self._run_tasks([(task, None)])
+        row = self._record(result, commit_override=commit)
+        if not row.validated:
+            raise RuntimeError(f"the seed did not validate ({row.failure_phase}: {row.failure_reason}); fix the target before searching")
+        return row
+
+    def _islands(self, seed: Evaluation) -> list:
+        s = self.target.spec.search
+        islands = []
+        for i in range(s.islands):
+            actor = IslandActor.options(name=island_actor_name(self.name, i), get_if_exists=True, lifetime=None).remote(
+                i, self.target.spec.benchmark.direction)
+            members = [record.member(r) for r in self.rows if r.island == i or r.implementer == "seed"]
+            ray.get([actor.receive.remote(members)])
+            islands.append(actor)
+        return islands
+
+    def _plan(self, islands: list, want: int) -> list:
+        if want <= 0:
+            return []
+        tried = {design_key(json.loads(r.design)) for r in self.rows}
+        s = self.target.spec.search
+        if s.policy == "backlog":
+            best = record.member(record.best(self.rows, self.target.spec.benchmark.direction))
+            tasks = parse_backlog(self.repo.read_planning("BACKLOG.md"))
+            tasks = merge_tasks(tasks, seed_backlog(self.implementer.skills, list(best.hints))) if not tasks else tasks
+            items = plan_backlog(tasks, best, want, tried, lambda d: self.space.repair(d, self.device), s.islands)
+            self.repo.write_planning({"BACKLOG.md": render_backlog(tasks)}, "backlog: took the top tasks")
+            return items
+        items = plan_evolution(islands, s.population, self.implementer, tried, lambda d: self.space.neighbours(d, self.device))
+        return items[:want]
+
+    def _task(self, eval_id: str, island: int, rnd: int, parent: str, proposal, warm: dict) -> InnerTask:
+        return InnerTask(eval_id=eval_id, island=island, round=rnd, parent=parent, parent_tree=self.repo.archive(parent), proposal=proposal,
+                         warm_knobs=warm, target_path=self.target_arg, space_path=str(self.space.path), n_trials=self.budget.n_trials,
+                         implementer=self.implementer.name, noop_seconds=self.noop_seconds)
+
+    def _dispatch(self, items: list, rnd: int) -> list[Evaluation]:
+        if self.budget.max_candidates is not None:
+            items = items[: max(0, self.budget.max_candidates - self._candidates())]
+        tasks = [(self._task(uuid.uuid4().hex, it.island, rnd, it.parent.commit, it.proposal, it.parent.knobs), it) for it in items]
+        return [self._record(r) for r in self._run_tasks(tasks)]
+
+    def _run_tasks(self, tasks: list) -> list[InnerResult]:
+        """Runs inner loops concurrently; one past its wall-time limit is cancelled and recorded."""
+        hw = self.target.spec.hardware
+        remote = ray.remote(run_inner_loop).options(**inner_loop_options(hw.num_cpus, hw.num_gpus, hw.accelerator_type))
+        pending = {remote.options(name=f"inner:{t.eval_id[:8]}:island-{t.island}").remote(t): (t, time.monotonic()) for t, _ in tasks}
+        record.write_running(self.run_dir, [{"eval_id": t.eval_id, "island": t.island, "round": t.round,
+                                             "proposal": t.proposal.rationale if t.proposal else "seed", "since": time.time()} for t, _ in tasks])
+        results = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                task, _ = pending.pop(ref)
+                try:
+                    results.append(ray.get(ref))
+                except Exception as exc:  # noqa: BLE001 - retries exhausted: record, keep searching
+                    results.append(record.lost_result(self.repo, task, f"{type(exc).__name__}: {exc}"))
+            now = time.monotonic()
+            for ref, (task, since) in list(pending.items()):
+                overdue = now - since > self.budget.candidate_time_limit_s
+                if overdue or now - self.started > self.budget.time_limit_s + self.budget.candidate_time_limit_s:
+                    ray.cancel(ref, force=True)
+                    pending.pop(ref)
+                    results.append(record.lost_result(self.repo, task, f"no result within {self.budget.candidate_time_limit_s:g}s", "timeout"))
+        record.write_running(self.run_dir, [])
+        return results
+
+    def _record(self, result: InnerResult, commit_override: str | None = None) -> Evaluation:
+        row = record.record_result(self.run_dir, self.repo, result, self.rows, self.target, commit_override)
+        self.rows.append(row)
+        return row
+
+    def _candidates(self) -> int:
+        return sum(r.implementer != "seed" for r in self.rows)
+
+    def _out_of_budget(self) -> str:
+        if time.monotonic() - self.started > self.budget.time_limit_s:
+            return "time limit"
+        if self.budget.max_candidates is not None and self._candidates() >= self.budget.max_candidates:
+            return "max candidates"
+        return ""
+
+    def _after_round(self, rnd: int, islands: list, results: list[Evaluation]) -> None:
+        direction = self.target.spec.benchmark.direction
+        for row in results:
+            ray.get(islands[row.island % len(islands)].add.remote(record.member(row)))
+        best = record.best(self.rows, direction)
+        notes = record.revert_if_slower(self.repo, rnd, results, best, direction, len(islands))
+        if rnd % 2 == 0 and len(islands) > 1:  # migration: each island's best to the next island (a ring)
+            bests = ray.get([isl.best.remote() for isl in islands])
+            for i, b in enumerate(bests):
+                if b is not None:
+                    ray.get(islands[(i + 1) % len(islands)].receive.remote([b]))
+            notes.append(f"round {rnd}: migrated each island's best to the next island")
+        line = record.progress_line(rnd, self.budget.rounds, results, best, self.rows, time.monotonic() - self.started)
+        self.say(line)
+        memory = self.repo.read_planning("MEMORY.md") or "# Memory\n\nWhat the outer loop learned, round by round.\n\n"
+        self.repo.write_planning({"MEMORY.md": memory + "\n".join([f"- {line}"] + [f"- {n}" for n in notes]) + "\n"}, f"round {rnd}")
+
+    def _finish(self, stopped: str) -> SearchSummary:
+        direction = self.target.spec.benchmark.direction
+        best = record.best(self.rows, direction)
+        seed = next((r for r in self.rows if r.implementer == "seed"), None)
+        if best is not None:
+            self.repo.set_branch("best", best.commit)
+            winner = self.run_dir / "best"
+            shutil.rmtree(winner, ignore_errors=True)
+            self.repo.export(best.commit, winner)
+        json.dump({"target": self.target_arg, "stopped_because": stopped, "best": best.commit if best else None,
+                   "evaluations": len(self.rows)}, open(self.run_dir / "search.json", "w"), indent=2)
+        if best is not None:
+            self.say(f"search: stopped ({stopped}); best {best.commit[:12]} {best.headline_name} = {best.headline_value:.2f} "
+                     f"({best.speedup:.2f}x the seed); winner in {self.run_dir / 'best'} (branch 'best')")
+        return SearchSummary(self.run_dir, best, seed, len(self.rows), stopped)

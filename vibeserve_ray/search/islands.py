@@ -1,0 +1,111 @@
+"""Islands: populations evolving apart, each a named Ray actor (OpenEvolve's database).
+
+An island holds its members (every candidate evaluated on it) and an elite archive (the
+best validated ones); it picks parents by tournament among the elites, takes in
+migrants (another island's best), and publishes its counters as Ray metrics so the
+dashboard shows per-island progress. The driver rebuilds islands from the results
+table on resume, so an island's memory is never the only copy.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import ray
+
+
+@dataclass(frozen=True)
+class Member:
+    commit: str
+    design: dict[str, str]
+    knobs: dict
+    verdict: str
+    headline: float
+    hints: tuple[dict, ...] = ()
+
+    @property
+    def validated(self) -> bool:
+        return self.verdict == "validated" and not math.isnan(self.headline)
+
+
+class Island:
+    """Plain class (testable without Ray); `IslandActor` is its actor form."""
+
+    def __init__(self, index: int, direction: str, elite_size: int = 4, seed: int = 0):
+        self.index, self.direction, self.elite_size = index, direction, elite_size
+        self.members: list[Member] = []
+        self.rng = random.Random(seed * 1009 + index)
+        self._metrics = None
+
+    def _score(self, m: Member) -> float:
+        return m.headline if self.direction == "maximize" else -m.headline
+
+    def elites(self) -> list[Member]:
+        valid = [m for m in self.members if m.validated]
+        return sorted(valid, key=self._score, reverse=True)[: self.elite_size]
+
+    def best(self) -> Member | None:
+        elites = self.elites()
+        return elites[0] if elites else None
+
+    def add(self, member: Member) -> None:
+        if all(m.commit != member.commit for m in self.members):
+            self.members.append(member)
+        self._publish(member)
+
+    def select_parent(self, tournament: int = 2) -> Member | None:
+        """Tournament among the elites: mostly the best, sometimes a runner-up (diversity)."""
+        elites = self.elites()
+        if not elites:
+            return None
+        picks = [self.rng.choice(elites) for _ in range(min(tournament, len(elites)))]
+        return max(picks, key=self._score)
+
+    def receive(self, migrants: list[Member]) -> None:
+        for m in migrants:
+            if all(x.commit != m.commit for x in self.members):
+                self.members.append(m)
+
+    def counts(self) -> dict[str, int]:
+        out = {"evaluated": len(self.members)}
+        for v in ("validated", "rejected", "failed", "timeout"):
+            out[v] = sum(m.verdict == v for m in self.members)
+        return out
+
+    def _publish(self, member: Member) -> None:
+        """Ray metrics, exported to the dashboard's Prometheus endpoint."""
+        try:
+            from ray.util import metrics
+        except ImportError:
+            return
+        if self._metrics is None:
+            tags = ("island",)
+            self._metrics = {
+                "evaluated": metrics.Counter("vibeserve_candidates_evaluated", "Candidates evaluated", tag_keys=tags),
+                "failed": metrics.Counter("vibeserve_candidates_failed", "Candidates that crashed, hung or ran out of memory", tag_keys=tags),
+                "rejected": metrics.Counter("vibeserve_candidates_rejected", "Candidates the judge rejected", tag_keys=tags),
+                "best": metrics.Gauge("vibeserve_best_headline", "Best validated headline metric", tag_keys=tags),
+            }
+        tag = {"island": str(self.index)}
+        self._metrics["evaluated"].inc(1, tags=tag)
+        if member.verdict in ("failed", "timeout"):
+            self._metrics["failed"].inc(1, tags=tag)
+        elif member.verdict == "rejected":
+            self._metrics["rejected"].inc(1, tags=tag)
+        best = self.best()
+        if best is not None:
+            self._metrics["best"].set(best.headline, tags=tag)
+
+
+@ray.remote(num_cpus=0)
+class IslandActor(Island):
+    """An island living in the cluster, named `vibeserve:<run>:island-<i>`."""
+
+    def ping(self) -> int:
+        return self.index
+
+
+def island_actor_name(run_name: str, index: int) -> str:
+    return f"vibeserve:{run_name}:island-{index}"

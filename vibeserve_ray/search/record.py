@@ -1,0 +1,125 @@
+"""Recording results: commit, note, table row, in that order, so a crash loses nothing.
+
+The git note is written before the table row: on restart `reconcile` re-adds any row
+the notes have and the table lacks, so results.parquet and git always agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+from vibeserve_ray.search.inner import InnerResult, InnerTask
+from vibeserve_ray.search.islands import Member
+from vibeserve_ray.search.results import Evaluation, append_result, read_results, rebuild_from_notes
+from vibeserve_ray.search.state import RunRepo, extract_tree
+from vibeserve_ray.target import Target
+
+RUNNING_FILE = "running.json"
+
+
+def reconcile(run_dir: Path, repo: RunRepo) -> list[Evaluation]:
+    """The evaluations as git's notes say; the table is rebuilt when it disagrees."""
+    rows = read_results(run_dir)
+    notes = repo.all_notes()
+    noted = {rec["eval_id"] for recs in notes.values() for rec in recs}
+    if noted != {r.eval_id for r in rows}:
+        rows = rebuild_from_notes(run_dir, notes)
+    return rows
+
+
+def member(row: Evaluation) -> Member:
+    return Member(row.commit, json.loads(row.design), json.loads(row.knobs), row.verdict, row.headline_value, tuple(json.loads(row.hints)))
+
+
+def best(rows: list[Evaluation], direction: str) -> Evaluation | None:
+    valid = [r for r in rows if r.validated and not math.isnan(r.headline_value)]
+    if not valid:
+        return None
+    return max(valid, key=lambda r: r.headline_value if direction == "maximize" else -r.headline_value)
+
+
+def _speedup(value: float, seed: float, direction: str) -> float:
+    if math.isnan(value) or math.isnan(seed) or value == 0 or seed == 0:
+        return math.nan
+    return value / seed if direction == "maximize" else seed / value
+
+
+def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[Evaluation], target: Target,
+                  commit_override: str | None = None) -> Evaluation:
+    """Commits the candidate (parent = where it came from), notes the evaluation, appends the row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree_dir = extract_tree(result.tree, Path(tmp) / "c")
+        if commit_override:
+            commit = commit_override
+        else:
+            message = f"{result.message}\n\nverdict: {result.verdict}" + (f" ({result.failure_phase}: {result.failure_reason[:200]})" if result.failure_phase else "")
+            commit = repo.commit_candidate(tree_dir, result.parent, message, branch=f"island-{result.island}")
+    direction = target.spec.benchmark.direction
+    seed = next((r for r in rows if r.implementer == "seed"), None)
+    seed_value = seed.headline_value if seed else result.headline_value
+    row = Evaluation(
+        eval_id=result.eval_id, commit=commit, tree=repo.tree_id(commit), parent=result.parent if not commit_override else "",
+        island=result.island, round=result.round, implementer="seed" if commit_override else result.implementer,
+        design=json.dumps(result.design, sort_keys=True), knobs=json.dumps(result.knobs, sort_keys=True), verdict=result.verdict,
+        failure_phase=result.failure_phase, failure_reason=result.failure_reason[:2000], headline_name=result.headline_name,
+        headline_value=float(result.headline_value), speedup=_speedup(result.headline_value, seed_value, direction),
+        slo_passed=result.slo_passed, metrics=json.dumps(result.metrics, sort_keys=True), hints=json.dumps(result.hints),
+        started_at=result.started_at, finished_at=result.finished_at, implement_s=result.implement_s, judge_s=result.judge_s,
+        evaluate_s=result.evaluate_s, node=result.node, attempt=result.attempt,
+    )
+    repo.add_note(commit, row.to_dict() | {"trials": result.trials})
+    append_result(run_dir, row)
+    return row
+
+
+def lost_result(repo: RunRepo, task: InnerTask, reason: str, verdict: str = "failed") -> InnerResult:
+    """A result for an inner loop that never returned (timed out, or its retries ran out):
+    the proposal applied to the parent, so what was attempted is still in git."""
+    from vibeserve_ray.agents.offline import OfflineImplementer
+    from vibeserve_ray.candidate import load_candidate
+    from vibeserve_ray.search.state import pack_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cand = extract_tree(task.parent_tree, Path(tmp) / "c")
+        message = "seed" if task.proposal is None else OfflineImplementer([]).implement(task.proposal, cand)
+        spec = load_candidate(cand)
+        now = time.time()
+        return InnerResult(eval_id=task.eval_id, island=task.island, round=task.round, parent=task.parent, tree=pack_dir(cand),
+                           message=message, design=spec.design, knobs=spec.knobs, verdict=verdict, failure_phase="inner-loop",
+                           failure_reason=reason, started_at=now, finished_at=now, implementer=task.implementer)
+
+
+def write_running(run_dir: Path, running: list[dict]) -> None:
+    tmp = run_dir / (RUNNING_FILE + ".tmp")
+    tmp.write_text(json.dumps(running, indent=2))
+    tmp.replace(run_dir / RUNNING_FILE)
+
+
+def revert_if_slower(repo: RunRepo, rnd: int, results: list[Evaluation], overall: Evaluation | None, direction: str, n_islands: int) -> list[str]:
+    """A round that was correct but slower moves its island back to the best checkpoint."""
+    notes = []
+    if overall is None:
+        return notes
+    for island in range(n_islands):
+        mine = [r for r in results if r.island == island and r.validated]
+        if not mine or any(r.commit == overall.commit for r in mine):
+            continue
+        round_best = best(mine, direction)
+        assert round_best is not None
+        repo.set_branch(f"island-{island}", overall.commit)
+        notes.append(f"round {rnd}: island {island} was correct but slower ({round_best.headline_value:.2f} vs best "
+                     f"{overall.headline_value:.2f}): reverted island-{island} to {overall.commit[:12]}")
+    return notes
+
+
+def progress_line(rnd: int, rounds: int, results: list[Evaluation], overall: Evaluation | None, rows: list[Evaluation], elapsed: float) -> str:
+    counts = {v: sum(r.verdict == v for r in results) for v in ("validated", "rejected", "failed", "timeout")}
+    parts = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    head = f"round {rnd}/{rounds}: {len(results)} evaluated ({parts or 'none'})"
+    if overall is not None:
+        head += f"; best {overall.headline_name} {overall.headline_value:.2f} ({overall.speedup:.2f}x seed) at {overall.commit[:12]}"
+    return head + f"; {len(rows)} evaluations in all, {elapsed / 60:.1f} min elapsed"

@@ -1,0 +1,72 @@
+"""`vibeserve status RUN`: the leaderboard, what is running, and the lineage of the best."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from vibeserve_ray.errors import BadInput
+from vibeserve_ray.search import record
+from vibeserve_ray.search.state import RunRepo
+
+
+def run_status(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    if not (run_dir / "repo").exists():
+        raise BadInput(str(run_dir), "run", "not a search run directory (no repo/ inside)")
+    repo = RunRepo(run_dir / "repo")
+    rows = record.reconcile(run_dir, repo)
+    meta = json.loads((run_dir / "search.json").read_text()) if (run_dir / "search.json").is_file() else {}
+    direction = "maximize"
+    if rows and rows[0].headline_name.endswith("_ms"):
+        direction = "minimize"
+    best = record.best(rows, direction)
+    ranked = sorted(rows, key=lambda r: (not r.validated, -(r.headline_value if direction == "maximize" else -r.headline_value)
+                                         if not math.isnan(r.headline_value) else math.inf))
+    running = json.loads((run_dir / record.RUNNING_FILE).read_text()) if (run_dir / record.RUNNING_FILE).is_file() else []
+    lineage = []
+    if best is not None:
+        by_commit = {r.commit: r for r in rows}
+        for commit in repo.lineage(best.commit):
+            r = by_commit.get(commit)
+            lineage.append({"commit": commit, "headline": None if r is None else _num(r.headline_value),
+                            "message": repo._git("log", "-1", "--format=%s", commit)})
+    return {
+        "run": str(run_dir),
+        "target": meta.get("target"),
+        "stopped_because": meta.get("stopped_because"),
+        "evaluations": len(rows),
+        "best": None if best is None else {"commit": best.commit, "headline": _num(best.headline_value), "metric": best.headline_name,
+                                           "speedup": _num(best.speedup), "design": json.loads(best.design), "knobs": json.loads(best.knobs)},
+        "leaderboard": [{"rank": i + 1, "commit": r.commit, "island": r.island, "round": r.round, "headline": _num(r.headline_value),
+                         "speedup": _num(r.speedup), "verdict": r.verdict, "why": (r.failure_phase + ": " + r.failure_reason[:80]) if r.failure_phase else "",
+                         "design": json.loads(r.design)} for i, r in enumerate(ranked)],
+        "running": [dict(t, running_s=round(time.time() - t["since"], 1)) for t in running],
+        "lineage": lineage,
+    }
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else round(float(x), 4)
+
+
+def format_status(st: dict) -> str:
+    lines = [f"run {st['run']} (target {st['target']}): {st['evaluations']} evaluations"
+             + (f", stopped: {st['stopped_because']}" if st.get("stopped_because") else "")]
+    lines.append(f"{'rank':>4}  {'commit':12}  {'isl':>3}  {'rnd':>3}  {'headline':>10}  {'speedup':>7}  verdict")
+    for e in st["leaderboard"]:
+        h = "-" if e["headline"] is None else f"{e['headline']:.2f}"
+        sp = "-" if e["speedup"] is None else f"{e['speedup']:.2f}x"
+        lines.append(f"{e['rank']:>4}  {e['commit'][:12]}  {e['island']:>3}  {e['round']:>3}  {h:>10}  {sp:>7}  {e['verdict']}"
+                     + (f"  ({e['why']})" if e["why"] else ""))
+    if st["running"]:
+        lines.append("running:")
+        lines += [f"  {t['eval_id'][:8]} island {t['island']} round {t['round']}: {t['proposal']} ({t['running_s']:.0f}s)" for t in st["running"]]
+    if st["best"]:
+        b = st["best"]
+        lines.append(f"best: {b['commit'][:12]} {b['metric']} = {b['headline']} ({b['speedup']}x the seed)")
+        lines.append("lineage of the best (newest first):")
+        lines += [f"  {x['commit'][:12]}  {x['message']}" for x in st["lineage"]]
+    return "\n".join(lines)
