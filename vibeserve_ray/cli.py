@@ -113,8 +113,32 @@ def cmd_search(args: argparse.Namespace) -> int:
     if summary.best is None:
         say("search: no validated candidate")
         return 1
+    if args.noop_evaluator is None and not args.no_remeasure and summary.seed is not None:
+        _remeasure(target, summary)
     print(summary.run_dir / "best")
     return 0
+
+
+def _remeasure(target, summary) -> None:
+    """The seed and the winner benchmarked again, side by side, in one run."""
+    from vibeserve_ray.candidate import load_candidate
+    from vibeserve_ray.measure import bench_candidate
+    from vibeserve_ray.search.state import RunRepo
+
+    repo = RunRepo(summary.run_dir / "repo")
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="vibeserve-remeasure-") as tmp:
+        for name, row in (("seed", summary.seed), ("best", summary.best)):
+            say(f"search: re-measuring the {name} ({row.commit[:12]})")
+            result = bench_candidate(target, load_candidate(repo.export(row.commit, Path(tmp) / name)), Path(tmp) / f"{name}-work")
+            out[name] = {"commit": row.commit, "headline": getattr(result, "headline_value", None), "failure": getattr(result, "reason", None)}
+    h = target.spec.benchmark.headline
+    seed_v, best_v = out["seed"]["headline"], out["best"]["headline"]
+    if seed_v and best_v:
+        ratio = best_v / seed_v if target.spec.benchmark.direction == "maximize" else seed_v / best_v
+        out["speedup"] = ratio
+        say(f"search: side by side: seed {h} = {seed_v:.2f}, best {h} = {best_v:.2f}: {ratio:.2f}x")
+    (summary.run_dir / "remeasure.json").write_text(json.dumps(out, indent=2))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -163,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--implementer", choices=("auto", "offline", "random"), default="auto",
                         help="who proposes changes; 'random' samples the space uniformly (a baseline)")
     search.add_argument("--space", help="search space file (default search_spaces/llama.toml)")
+    search.add_argument("--no-remeasure", action="store_true", help="skip benchmarking the seed and the winner side by side at the end")
     search.add_argument("--noop-evaluator", type=float, metavar="SECONDS", help=argparse.SUPPRESS)  # orchestration tests only
     search.set_defaults(func=cmd_search)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from vibeserve_ray.agents.offline import OfflineImplementer, RandomImplementer, design_key
 from vibeserve_ray.candidate import materialise_seed
@@ -126,7 +127,9 @@ class Search:
         s = self.target.spec.search
         islands = []
         for i in range(s.islands):
-            actor = IslandActor.options(name=island_actor_name(self.name, i), get_if_exists=True, lifetime=None).remote(
+            # Islands live beside the driver: they are its state, and must not go down with a worker node.
+            here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+            actor = IslandActor.options(name=island_actor_name(self.name, i), get_if_exists=True, scheduling_strategy=here).remote(
                 i, self.target.spec.benchmark.direction)
             members = [record.member(r) for r in self.rows if r.island == i or r.implementer == "seed"]
             ray.get([actor.receive.remote(members)])

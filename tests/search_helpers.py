@@ -1,0 +1,64 @@
+"""Helpers for search tests: small target copies and a real `ray start --head`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import TINY_TARGET
+
+
+def small_target(tmp_path: Path, name: str = "t", **search) -> Path:
+    """A copy of the tiny target with its [search] (and optionally [hardware]) edited."""
+    dest = tmp_path / name
+    shutil.copytree(TINY_TARGET, dest)
+    text = (dest / "target.toml").read_text()
+    gpus = search.pop("num_gpus", None)
+    if gpus is not None:
+        text = text.replace("num_gpus = 0", f"num_gpus = {gpus}").replace("num_cpus = 2", "num_cpus = 0.5")
+    for key, value in search.items():
+        text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+        if n == 0:
+            text = text.replace("[search]\n", f"[search]\n{key} = {value}\n")
+    (dest / "target.toml").write_text(text)
+    return dest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayHead:
+    """`ray start --head --block` in its own process group; killed with SIGKILL (SIGTERM is slow)."""
+
+    def __init__(self, num_cpus: int, num_gpus: int = 0):
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.proc = subprocess.Popen(
+            ["ray", "start", "--head", "--block", f"--port={self.port}", f"--dashboard-port={self.dashboard_port}",
+             "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--include-dashboard=true", "--disable-usage-stats"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            r = subprocess.run(["ray", "status", f"--address={self.address}"], capture_output=True, text=True)
+            if r.returncode == 0:
+                return
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError("ray head did not start")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()

@@ -1,0 +1,37 @@
+"""A real search, end to end: real judge, real benchmark, real Optuna, real git."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+from search_helpers import small_target
+
+from vibeserve_ray.search.results import read_results
+from vibeserve_ray.search.state import RunRepo
+
+
+def test_small_real_search_finds_a_validated_candidate_and_status_reports_it(tmp_path, tiny_models):
+    target = small_target(tmp_path, islands=1, population=1, rounds=1, trials=1, num_requests=16)
+    run = tmp_path / "run"
+    r = run_cli("search", str(target), "--run", str(run), "--no-remeasure", timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "offline implementer" in r.stderr  # says so in one line when no API key is set
+    rows = read_results(run)
+    assert [x.implementer for x in rows] == ["seed", "offline"]
+    seed, child = rows
+    assert seed.verdict == "validated" and seed.headline_value > 0
+    repo = RunRepo(run / "repo")
+    assert repo.parent(child.commit) == seed.commit
+    notes = repo.notes(child.commit)
+    assert notes[0]["verdict"] == child.verdict and "trials" in notes[0]
+    assert json.loads(seed.hints), "the evaluator left hints for the next round"
+    status = run_cli("status", str(run), "--json")
+    assert status.returncode == 0
+    st = json.loads(status.stdout)
+    assert st["best"]["commit"] in {seed.commit, child.commit} and st["best"]["headline"] > 0
+    assert [e["rank"] for e in st["leaderboard"]] == [1, 2]
+    text = run_cli("status", str(run)).stdout
+    assert "lineage of the best" in text and seed.commit[:12] in text
+    assert "MEMORY.md" not in repo._git("ls-tree", "-r", "--name-only", child.commit)
+    assert "round 1" in repo.read_planning("MEMORY.md")
