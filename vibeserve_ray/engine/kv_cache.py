@@ -1,8 +1,19 @@
-"""The seed's KV cache: each request owns tensors that grow by one token per step.
+"""Where keys and values live: three designs behind one small interface.
 
-Simple on purpose: every decode step concatenates, copying the whole cache (quadratic
-bytes moved over a request), and nothing bounds memory. A preallocated or paged cache
-is the obvious next design; `KVCacheManager` is where it plugs in.
+- `dynamic` (the seed): each request owns tensors grown by concatenation, copying the
+  whole cache every step; nothing bounds memory; it cannot batch.
+- `slab`: one preallocated region of `max_model_len` tokens per running request (a
+  slot); writes land in place, reads of one request are views.
+- `paged`: a pool of `block_size`-token blocks and a block table per request (vLLM's
+  PagedAttention layout), so memory follows actual lengths and blocks can be shared
+  (prefix caching, block_pool.py).
+
+slab and paged share one storage layout per layer, [kv_heads, capacity, head_dim],
+addressed by flat slot numbers; they differ only in how positions map to slots.
+
+Every cache answers, per forward step, through a `CacheStep` built from the step's
+chunks: `write` the new keys/values of one layer, `read` one chunk's whole context,
+`read_decode` the padded contexts of all single-token chunks at once.
 """
 
 from __future__ import annotations
@@ -11,43 +22,224 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .block_pool import BlockPool
+
 if TYPE_CHECKING:
+    from .batch import Chunk
+    from .config import EngineConfig, ModelConfig
     from .sequence import Sequence
 
 
-class DynamicKVCache:
-    """One request's keys and values per layer, each [kv_heads, tokens, head_dim]."""
+class KVCache:
+    """Allocation side (scheduler) and step side (forward) of one cache design."""
 
-    def __init__(self, num_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * num_layers
-        self.values: list[torch.Tensor | None] = [None] * num_layers
+    def room_needed(self, seq: Sequence, spec_slack: int) -> int:
+        return seq.num_prompt_tokens + seq.request.max_tokens + spec_slack
 
-    @property
-    def length(self) -> int:
-        """Tokens cached so far (read between forwards, when all layers agree)."""
-        return 0 if self.keys[0] is None else self.keys[0].shape[1]
+    def never_fits(self, seq: Sequence, spec_slack: int) -> str | None:
+        """Why this request can never be admitted (it fails at once instead of waiting forever)."""
+        return None
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Appends this step's k, v to `layer` and returns the layer's whole cache."""
-        if self.keys[layer] is None:
-            self.keys[layer], self.values[layer] = k, v
-        else:
-            self.keys[layer] = torch.cat((self.keys[layer], k), dim=1)
-            self.values[layer] = torch.cat((self.values[layer], v), dim=1)
-        return self.keys[layer], self.values[layer]
+    def allocate(self, seq: Sequence, spec_slack: int) -> bool:
+        raise NotImplementedError
+
+    def free(self, seq: Sequence) -> None:
+        raise NotImplementedError
+
+    def commit(self, seq: Sequence) -> None:
+        """Called after each step that advanced `seq` (num_cached is up to date)."""
+
+    def step(self, chunks: list[Chunk], decode: list[int]) -> CacheStep:
+        raise NotImplementedError
 
 
-class KVCacheManager:
-    """Hands caches to admitted requests and takes them back (nano-vllm's BlockManager role).
+class CacheStep:
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [tokens of the step, kv_heads, head_dim], in chunk order."""
+        raise NotImplementedError
 
-    Dynamic caches have no capacity to run out of, so admission never waits here.
-    """
+    def read(self, layer: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chunk i's context including its new tokens: [kv_heads, length, head_dim]."""
+        raise NotImplementedError
 
+    def read_decode(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Padded contexts of the decode chunks [B, kv_heads, max_len, head_dim] and the
+        mask [B, 1, 1, max_len] of real positions."""
+        raise NotImplementedError
+
+
+def _pad_mask(lengths: list[int], device: torch.device) -> torch.Tensor:
+    width = max(lengths)
+    return (torch.arange(width, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None])[:, None, None, :]
+
+
+# --- dynamic ---------------------------------------------------------------------------
+
+
+class DynamicKVCache(KVCache):
     def __init__(self, num_layers: int):
         self.num_layers = num_layers
 
-    def allocate(self, seq: Sequence) -> None:
-        seq.kv_cache = DynamicKVCache(self.num_layers)
+    def allocate(self, seq: Sequence, spec_slack: int) -> bool:
+        seq.kv = ([None] * self.num_layers, [None] * self.num_layers)
+        seq.num_cached = 0
+        return True
 
     def free(self, seq: Sequence) -> None:
-        seq.kv_cache = None
+        seq.kv = None
+
+    def commit(self, seq: Sequence) -> None:
+        keys, values = seq.kv
+        if keys[0] is not None and keys[0].shape[1] > seq.num_cached:  # rejected draft tokens
+            for layer in range(self.num_layers):
+                keys[layer] = keys[layer][:, :seq.num_cached]
+                values[layer] = values[layer][:, :seq.num_cached]
+
+    def step(self, chunks: list[Chunk], decode: list[int]) -> CacheStep:
+        return _DynamicStep(chunks, decode)
+
+
+class _DynamicStep(CacheStep):
+    def __init__(self, chunks: list[Chunk], decode: list[int]):
+        self.chunks, self.decode = chunks, decode
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        at = 0
+        for c in self.chunks:
+            keys, values = c.seq.kv
+            nk, nv = k[at:at + c.length].transpose(0, 1), v[at:at + c.length].transpose(0, 1)
+            keys[layer] = nk if keys[layer] is None else torch.cat((keys[layer], nk), dim=1)
+            values[layer] = nv if values[layer] is None else torch.cat((values[layer], nv), dim=1)
+            at += c.length
+
+    def read(self, layer: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.chunks[i].seq.kv
+        return keys[layer], values[layer]
+
+    def read_decode(self, layer: int):
+        ks, vs = zip(*(self.read(layer, i) for i in self.decode))
+        lengths = [k.shape[1] for k in ks]
+        width = max(lengths)
+        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]))  # noqa: E731
+        return torch.stack([pad(k) for k in ks]), torch.stack([pad(v) for v in vs]), _pad_mask(lengths, ks[0].device)
+
+
+# --- slab and paged: flat slot storage ---------------------------------------------------
+
+
+class FlatKVCache(KVCache):
+    """Storage [kv_heads, capacity, head_dim] per layer; subclasses map positions to slots."""
+
+    def __init__(self, model: ModelConfig, capacity: int, device: torch.device, dtype: torch.dtype):
+        shape = (model.num_key_value_heads, capacity, model.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(model.num_hidden_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(model.num_hidden_layers)]
+        self.device = device
+
+    def slots(self, seq: Sequence, end: int) -> torch.Tensor:
+        """Slot numbers of positions [0, end) of `seq`."""
+        raise NotImplementedError
+
+    def span(self, seq: Sequence, end: int) -> slice | None:
+        """The same positions as one contiguous range, when they are (reads become views)."""
+        return None
+
+    def step(self, chunks: list[Chunk], decode: list[int]) -> CacheStep:
+        return _FlatStep(self, chunks, decode)
+
+
+class _FlatStep(CacheStep):
+    def __init__(self, cache: FlatKVCache, chunks: list[Chunk], decode: list[int]):
+        self.cache = cache
+        self.context = [cache.slots(c.seq, c.end) for c in chunks]  # every chunk's whole context
+        self.spans = [cache.span(c.seq, c.end) for c in chunks]
+        self.write_slots = torch.cat([ctx[c.start:] for ctx, c in zip(self.context, chunks)])
+        if len(decode) > 1:
+            lengths = [chunks[i].end for i in decode]
+            width = max(lengths)
+            self.decode_slots = torch.stack([torch.nn.functional.pad(self.context[i], (0, width - chunks[i].end)) for i in decode]).flatten()
+            self.decode_shape = (len(decode), width)
+            self.mask = _pad_mask(lengths, cache.device)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.cache.keys[layer].index_copy_(1, self.write_slots, k.transpose(0, 1))
+        self.cache.values[layer].index_copy_(1, self.write_slots, v.transpose(0, 1))
+
+    def read(self, layer: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if (span := self.spans[i]) is not None:
+            return self.cache.keys[layer][:, span], self.cache.values[layer][:, span]
+        slots = self.context[i]
+        return self.cache.keys[layer].index_select(1, slots), self.cache.values[layer].index_select(1, slots)
+
+    def read_decode(self, layer: int):
+        b, width = self.decode_shape
+        k = self.cache.keys[layer].index_select(1, self.decode_slots)
+        v = self.cache.values[layer].index_select(1, self.decode_slots)
+        heads, dim = k.shape[0], k.shape[2]
+        return k.view(heads, b, width, dim).transpose(0, 1), v.view(heads, b, width, dim).transpose(0, 1), self.mask
+
+
+class SlabKVCache(FlatKVCache):
+    """One contiguous `max_model_len` region per slot; a request's context is a view."""
+
+    def __init__(self, model: ModelConfig, config: EngineConfig, device: torch.device, dtype: torch.dtype):
+        self.num_slots = 1 if config.scheduler == "serial" else config.max_num_seqs
+        self.max_len = config.max_model_len
+        super().__init__(model, self.num_slots * self.max_len, device, dtype)
+        self.free_slots = list(range(self.num_slots))
+
+    def never_fits(self, seq: Sequence, spec_slack: int) -> str | None:
+        need = self.room_needed(seq, spec_slack)
+        return f"prompt + max_tokens needs {need} tokens, more than max_model_len {self.max_len}" if need > self.max_len else None
+
+    def allocate(self, seq: Sequence, spec_slack: int) -> bool:
+        if not self.free_slots:
+            return False
+        seq.slot = self.free_slots.pop()
+        seq.num_cached = 0
+        return True
+
+    def free(self, seq: Sequence) -> None:
+        if seq.slot is not None:
+            self.free_slots.append(seq.slot)
+            seq.slot = None
+
+    def slots(self, seq: Sequence, end: int) -> torch.Tensor:
+        base = seq.slot * self.max_len
+        return torch.arange(base, base + end, device=self.device)
+
+    def span(self, seq: Sequence, end: int) -> slice | None:
+        return slice(seq.slot * self.max_len, seq.slot * self.max_len + end)
+
+
+class PagedKVCache(FlatKVCache):
+    def __init__(self, model: ModelConfig, config: EngineConfig, device: torch.device, dtype: torch.dtype):
+        self.pool = BlockPool(config.num_kv_blocks, config.block_size, config.prefix_cache)
+        self.block_size = config.block_size
+        super().__init__(model, config.num_kv_blocks * config.block_size, device, dtype)
+
+    def never_fits(self, seq: Sequence, spec_slack: int) -> str | None:
+        need = self.pool.blocks_for(self.room_needed(seq, spec_slack))
+        return f"needs {need} KV blocks, the pool has {self.pool.num_blocks}" if need > self.pool.num_blocks else None
+
+    def allocate(self, seq: Sequence, spec_slack: int) -> bool:
+        return self.pool.allocate(seq, self.room_needed(seq, spec_slack))
+
+    def free(self, seq: Sequence) -> None:
+        self.pool.release(seq)
+
+    def commit(self, seq: Sequence) -> None:
+        self.pool.commit(seq)
+
+    def slots(self, seq: Sequence, end: int) -> torch.Tensor:
+        table = torch.tensor(seq.block_table, device=self.device)
+        pos = torch.arange(end, device=self.device)
+        return table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+
+def make_kv_cache(model: ModelConfig, config: EngineConfig, device: torch.device, dtype: torch.dtype) -> KVCache:
+    if config.kv_cache == "dynamic":
+        return DynamicKVCache(model.num_hidden_layers)
+    if config.kv_cache == "slab":
+        return SlabKVCache(model, config, device, dtype)
+    return PagedKVCache(model, config, device, dtype)

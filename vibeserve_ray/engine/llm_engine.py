@@ -19,28 +19,33 @@ import torch
 
 from vibeserve_ray.candidate import GenerationRequest, TokenOut
 
-from .config import ModelConfig
-from .defaults import DEFAULT_KNOBS
-from .kv_cache import KVCacheManager
+from .attention import make_attention
+from .config import EngineConfig, ModelConfig
+from .kv_cache import make_kv_cache
 from .loader import load_model
 from .model_runner import ModelRunner
-from .scheduler import Scheduler
+from .scheduler import make_scheduler
 from .sequence import Sequence, Status
 
-# float32 matches the reference's default dtype; lower precision is a later optimisation.
-DTYPE = torch.float32
 FINISHED = object()  # end-of-stream marker put on a request's queue
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class LLMEngine:
     def __init__(self, model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None):
-        knobs = {**DEFAULT_KNOBS, **(knobs or {})}
-        if knobs["num_threads"] > 0:
-            torch.set_num_threads(int(knobs["num_threads"]))
+        self.engine_config = ec = EngineConfig.resolve(knobs)
+        if ec.num_threads > 0:
+            torch.set_num_threads(ec.num_threads)
         self.device = torch.device(device)
         self.config = ModelConfig.from_dir(model_dir)
-        self.runner = ModelRunner(load_model(model_dir, self.device, DTYPE), self.device)
-        self.scheduler = Scheduler(KVCacheManager(self.config.num_hidden_layers))
+        dtype = DTYPES[ec.dtype]
+        model = load_model(model_dir, self.device, dtype)
+        if ec.compile:  # the dense part of each layer; attention stays eager (its shapes vary per step)
+            for layer in model.model.layers:
+                layer.mlp = torch.compile(layer.mlp, dynamic=True)
+        cache = make_kv_cache(self.config, ec, self.device, dtype)
+        self.runner = ModelRunner(model, cache, make_attention(ec.attention, self.device), self.device)
+        self.scheduler = make_scheduler(cache, ec)
         self._inbox: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # makes "check closed, then enqueue" atomic with shutdown
         self._closed = False
@@ -86,6 +91,9 @@ class LLMEngine:
             raise ValueError(f"max_tokens must be at least 1, got {request.max_tokens}")
         if not all(0 <= t < self.config.vocab_size for t in request.prompt_token_ids):
             raise ValueError(f"prompt has token ids outside [0, {self.config.vocab_size})")
+        probe = Sequence(request, 0, emit=lambda _: None)
+        if (why := self.scheduler.cache.never_fits(probe, self.scheduler.spec_slack)) is not None:
+            raise ValueError(f"request cannot fit this engine's KV cache: {why}")
 
     # --- the step thread -----------------------------------------------------------
 
@@ -94,7 +102,8 @@ class LLMEngine:
         try:
             while not self._closed:
                 self._admit(wait=self.scheduler.is_idle())
-                self.step()
+                if not self.step() and (hint := self.scheduler.wait_hint()) is not None:
+                    self._admit(wait=True, timeout=hint)
         except BaseException as exc:  # a bug in the loop: fail every request, never hang one
             error = exc
         with self._lock:
@@ -103,31 +112,36 @@ class LLMEngine:
             self.scheduler.finish(seq)
             seq.emit(error)
 
-    def step(self) -> None:
-        """Schedule, run, postprocess; tokens go straight to their requests' streams."""
-        seqs = self.scheduler.schedule()
-        if not seqs:
-            return
+    def step(self) -> bool:
+        """Schedule, run, postprocess; tokens go straight to their requests' streams.
+        False when there was nothing to run."""
+        chunks = self.scheduler.schedule()
+        if not chunks:
+            return False
         try:
-            outs = self.runner.run(seqs)
+            outs = self.runner.run(chunks)
         except Exception as exc:  # a failed forward fails the requests in it, not the engine
-            for seq in seqs:
-                self.scheduler.finish(seq)
-                seq.emit(exc)
-            return
-        finished = self.scheduler.postprocess(seqs, outs)
-        for seq, out in zip(seqs, outs):
-            seq.emit(out)
+            for chunk in chunks:
+                self.scheduler.finish(chunk.seq)
+                chunk.seq.emit(exc)
+            return True
+        finished = self.scheduler.postprocess(chunks, outs)
+        for chunk, tokens in zip(chunks, outs):
+            for out in tokens:
+                chunk.seq.emit(out)
         for seq in finished:
             seq.emit(FINISHED)
+        return True
 
-    def _admit(self, wait: bool) -> None:
-        """Moves new requests from the inbox to the scheduler; blocks only when idle."""
+    def _admit(self, wait: bool, timeout: float | None = None) -> None:
+        """Moves new requests from the inbox to the scheduler; blocks only when idle
+        (or for `timeout` while a batch is being gathered)."""
         try:
-            item = self._inbox.get(block=wait)
+            item = self._inbox.get(block=wait, timeout=timeout)
             while True:
-                if item is not None:
-                    self.scheduler.add(item)
+                if item is not None and (why := self.scheduler.add(item)) is not None:
+                    item.status = Status.FINISHED
+                    item.emit(ValueError(why))
                 item = self._inbox.get_nowait()
         except queue.Empty:
             pass

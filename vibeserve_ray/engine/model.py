@@ -1,7 +1,7 @@
 """The Llama decoder in plain PyTorch, with HF parameter names so checkpoints load as-is.
 
-The seed runs one request per forward: activations are [tokens, hidden] and the KV
-cache is that request's own (kv_cache.DynamicKVCache).
+Activations are [tokens, hidden] for all the step's tokens, whichever sequences they
+belong to (batch.ForwardBatch); attention is the one place that tells them apart.
 """
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attention
+from typing import TYPE_CHECKING
+
 from .config import ModelConfig
-from .kv_cache import DynamicKVCache
 from .rotary import RotaryEmbedding, apply_rotary
+
+if TYPE_CHECKING:
+    from .batch import ForwardBatch
 
 
 class RMSNorm(nn.Module):
@@ -42,15 +45,13 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(hidden, kv_size, bias=False)
         self.o_proj = nn.Linear(q_size, hidden, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: DynamicKVCache) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         n = x.shape[0]
-        q = self.q_proj(x).view(n, self.num_heads, self.head_dim).transpose(0, 1)
-        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim).transpose(0, 1)
-        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim).transpose(0, 1)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        k, v = cache.update(self.layer_idx, k, v)
-        out = attention(q[None], k[None], v[None])[0]
-        return self.o_proj(out.transpose(0, 1).reshape(n, -1))
+        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])
+        return self.o_proj(batch.attend(self.layer_idx, q, k, v).reshape(n, -1))
 
 
 class LlamaMLP(nn.Module):
@@ -72,8 +73,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: DynamicKVCache) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -85,11 +86,11 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: DynamicKVCache) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, cache)
+            x = layer(x, cos, sin, batch)
         return self.norm(x)
 
 
@@ -100,9 +101,9 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: DynamicKVCache) -> torch.Tensor:
-        """Hidden states [len(input_ids), hidden]; the tokens are appended to `cache`."""
-        return self.model(input_ids, positions, cache)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """Hidden states [len(input_ids), hidden]; the tokens' keys and values go to the cache."""
+        return self.model(input_ids, positions, batch)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

@@ -9,8 +9,6 @@ from typing import Callable
 
 from vibeserve_ray.candidate import GenerationRequest
 
-from .kv_cache import DynamicKVCache
-
 _ids = count()
 
 
@@ -35,7 +33,14 @@ class Sequence:
     token_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
     aborted: bool = False
-    kv_cache: DynamicKVCache | None = None
+    num_cached: int = 0  # tokens whose keys/values are in the cache (the rest are fed next)
+    # where the cache keeps them (which field depends on the kv_cache design)
+    kv: tuple[list, list] | None = None  # dynamic: per-layer key and value tensors
+    slot: int | None = None  # slab
+    block_table: list[int] = field(default_factory=list)  # paged
+    num_hashed_blocks: int = 0  # paged with prefix caching: leading blocks already named
+    arrived: float = 0.0  # monotonic time it was queued (static batching waits on it)
+    spec_cursor: int = 0  # prompt lookup: where in the lookup text the last draft ended
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.request.prompt_token_ids)
@@ -47,6 +52,11 @@ class Sequence:
 
     def append(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+
+    @property
+    def pending(self) -> list[int]:
+        """Tokens not yet in the cache: the unprocessed prompt, or the last sampled token."""
+        return self.token_ids[self.num_cached:]
 
     @property
     def is_done(self) -> bool:

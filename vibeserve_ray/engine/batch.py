@@ -1,0 +1,80 @@
+"""One forward step's work: chunks of tokens from several sequences, flattened.
+
+Every linear layer runs once over all the step's tokens (where batching pays on any
+device); only attention needs to know where one sequence ends and the next begins,
+and `ForwardBatch.attend` is where it learns it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .attention import AttentionBackend
+from .kv_cache import KVCache
+from .sequence import Sequence
+
+
+@dataclass
+class Chunk:
+    """Tokens of one sequence fed in this step: part of its prompt (chunked prefill), the
+    whole prompt, or its last token, plus any draft tokens to verify."""
+
+    seq: Sequence
+    start: int  # position of the first token fed (= seq.num_cached)
+    token_ids: list[int]  # real tokens (prompt or last sampled)
+    draft: list[int] = field(default_factory=list)  # speculative tokens after them
+
+    @property
+    def length(self) -> int:
+        return len(self.token_ids) + len(self.draft)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    @property
+    def num_logits(self) -> int:
+        """Rows that need logits: none for a partial prefill; the last real token and each draft otherwise."""
+        return 1 + len(self.draft) if self.start + len(self.token_ids) == len(self.seq.token_ids) else 0
+
+
+class ForwardBatch:
+    def __init__(self, chunks: list[Chunk], cache: KVCache, backend: AttentionBackend, device: torch.device):
+        self.chunks = chunks
+        self.backend = backend
+        self.offsets, at = [], 0
+        for c in chunks:
+            self.offsets.append(at)
+            at += c.length
+        self.num_tokens = at
+        single = [i for i, c in enumerate(chunks) if c.length == 1]
+        self.decode = single if len(single) > 1 else []  # batched only when there is a batch
+        self.others = [i for i in range(len(chunks)) if i not in set(self.decode)]
+        self.decode_rows = torch.tensor([self.offsets[i] for i in self.decode], device=device, dtype=torch.long)
+        self.cache = cache.step(chunks, self.decode)
+
+    def input_ids(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = [t for c in self.chunks for t in (*c.token_ids, *c.draft)]
+        pos = [p for c in self.chunks for p in range(c.start, c.end)]
+        return torch.tensor(ids, device=device), torch.tensor(pos, device=device)
+
+    def logits_rows(self) -> list[int]:
+        return [self.offsets[i] + c.length - c.num_logits + j for i, c in enumerate(self.chunks) for j in range(c.num_logits)]
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [tokens, heads, d], k/v [tokens, kv_heads, d] -> [tokens, heads, d]."""
+        self.cache.write(layer, k, v)
+        if len(self.others) == 1 and not self.decode:  # one sequence (serial, or a lone prefill)
+            ck, cv = self.cache.read(layer, 0)
+            return self.backend.prefill(q, ck, cv)
+        out = torch.empty_like(q)
+        for i in self.others:
+            o, n = self.offsets[i], self.chunks[i].length
+            ck, cv = self.cache.read(layer, i)
+            out[o:o + n] = self.backend.prefill(q[o:o + n], ck, cv)
+        if self.decode:
+            ck, cv, mask = self.cache.read_decode(layer)
+            out[self.decode_rows] = self.backend.decode(q[self.decode_rows], ck, cv, mask)
+        return out
