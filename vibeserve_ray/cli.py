@@ -141,6 +141,28 @@ def _remeasure(target, summary) -> None:
     (summary.run_dir / "remeasure.json").write_text(json.dumps(out, indent=2))
 
 
+def cmd_candidate_new(args: argparse.Namespace) -> int:
+    from vibeserve_ray.design_space import default_space_path, load_space, materialise, parse_assignments
+
+    space = load_space(args.space or default_space_path())
+    design = parse_assignments([x for group in args.design for x in group], "command line", "design")
+    raw_knobs = parse_assignments([x for group in args.knobs for x in group], "command line", "knobs")
+    knobs = {}
+    for name, text in raw_knobs.items():
+        if name not in space.knobs:
+            raise BadInput("command line", f"knobs.{name}", f"unknown knob (known: {', '.join(space.knobs)})")
+        try:
+            knobs[name] = space.knobs[name].parse(text)
+        except ValueError:
+            raise BadInput("command line", f"knobs.{name}", f"{text!r} is not a valid {space.knobs[name].kind}") from None
+    dest = Path(args.dir)
+    if dest.exists() and any(dest.iterdir()) and not args.force:
+        raise BadInput(str(dest), "DIR", "exists and is not empty (use --force to overwrite)")
+    materialise(space, dest, design, knobs, device=args.device)
+    print(dest)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from vibeserve_ray.search.status import format_status, run_status
 
@@ -190,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--no-remeasure", action="store_true", help="skip benchmarking the seed and the winner side by side at the end")
     search.add_argument("--noop-evaluator", type=float, metavar="SECONDS", help=argparse.SUPPRESS)  # orchestration tests only
     search.set_defaults(func=cmd_search)
+
+    cand = sub.add_parser("candidate", help="candidate directories").add_subparsers(dest="candidate_command", required=True)
+    new = cand.add_parser("new", help="write a self-contained candidate for a point of the design space")
+    new.add_argument("dir", help="directory to create")
+    new.add_argument("--design", nargs="+", action="append", default=[], metavar="CHOICE=OPTION", help="design choices (default: the seed's)")
+    new.add_argument("--knobs", nargs="+", action="append", default=[], metavar="KNOB=VALUE", help="knob values (default: the space's)")
+    new.add_argument("--space", help="search space file (default search_spaces/llama.toml)")
+    new.add_argument("--device", default="cpu", help="device the candidate is for (options are checked against it)")
+    new.add_argument("--force", action="store_true", help="overwrite a non-empty DIR")
+    new.set_defaults(func=cmd_candidate_new)
 
     status = sub.add_parser("status", help="leaderboard, running work and lineage of the best of a search run")
     status.add_argument("run", help="run directory")
