@@ -161,10 +161,15 @@ def _api_key() -> str | None:
     return key
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, max_constructor_retry_count=2, health_check_period_s=5)
+@serve.deployment(name=DEPLOYMENT_NAME, user_config={"knobs": {}}, max_constructor_retry_count=2, health_check_period_s=5)
 @serve.ingress()
 class VibeServer:
-    """One replica: the candidate's engine, the shared front, knobs via `reconfigure`."""
+    """One replica: the candidate's engine, the shared front, knobs via `reconfigure`.
+
+    The engine is built by the first `reconfigure` (Serve calls it before the replica
+    takes traffic; the default user_config makes sure it does), so it is built once,
+    with the knobs the config names.
+    """
 
     def __init__(self, args: dict | ServeArgs):
         from vibeserve_ray.serve.front import OpenAIFront
@@ -177,10 +182,9 @@ class VibeServer:
         self.spec = load_candidate(candidate)
         self.create_engine = import_entrypoint(self.spec)
         self.metrics = _Metrics(serve.get_replica_context().deployment)
-        self.knobs = dict(self.spec.knobs)
-        self.generation = 1
-        engine = self.create_engine(str(self.model_dir), self.args.device, dict(self.knobs))
-        self.front = OpenAIFront(_MeteredEngine(engine, self.metrics), tokenizer_dir, self.args.served_name, api_key=_api_key())
+        self.knobs: dict | None = None
+        self.generation = 0
+        self.front = OpenAIFront(None, tokenizer_dir, self.args.served_name, api_key=_api_key())
 
     def __serve_build_asgi_app__(self):
         from vibeserve_ray.serve.app import build_app
@@ -190,8 +194,8 @@ class VibeServer:
         return app
 
     async def reconfigure(self, user_config: dict) -> None:
-        """New knobs build a new engine next to the old one; requests in flight finish on
-        the old engine, which is closed once idle. Unknown knobs fail the update."""
+        """New knobs build a new engine; requests in flight finish on the old one, which
+        is closed once idle. Unknown knobs fail the update and leave the engine as it was."""
         knobs = dict((user_config or {}).get("knobs") or {})
         unknown = sorted(set(knobs) - set(self.spec.knobs))
         if unknown:
@@ -199,10 +203,13 @@ class VibeServer:
         wanted = {**self.spec.knobs, **knobs}
         if wanted == self.knobs:
             return
-        engine = await asyncio.to_thread(self.create_engine, str(self.model_dir), self.args.device, dict(wanted))
+        # Built on the event loop's thread, as the evaluator's worker builds it: an engine
+        # may bind to the running loop in its constructor.
+        engine = self.create_engine(str(self.model_dir), self.args.device, dict(wanted))
         old, self.front.engine = self.front.engine, _MeteredEngine(engine, self.metrics)
         self.knobs, self.generation = wanted, self.generation + 1
-        self._retiring = asyncio.create_task(old.close())
+        if old is not None:
+            self._retiring = asyncio.create_task(old.close())
 
     async def describe(self) -> dict:
         """What this replica runs (through a handle: `handle.describe.remote()`)."""
@@ -210,7 +217,9 @@ class VibeServer:
                 "engine_generation": self.generation, "served_name": self.args.served_name}
 
     async def __del__(self):
-        await self.front.engine.close()
+        engine = getattr(getattr(self, "front", None), "engine", None)
+        if engine is not None:
+            await engine.close()
 
 
 def build(args: dict | ServeArgs, options: dict | None = None) -> Application:

@@ -1,0 +1,74 @@
+"""The `deploy` subcommand: argument parsing for `vibeserve_ray.deploy`.
+
+Exit codes as the rest of the CLI: 0 ok, 1 the application is unhealthy, 2 bad input
+(raised as BadInput; the main CLI prints it as one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vibeserve_ray.errors import BadInput
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from vibeserve_ray import deploy
+
+    opts = deploy.ServeOptions(
+        host=args.host, port=args.port, api_key_env=args.api_key_env,
+        max_ongoing_requests=args.max_ongoing_requests, max_queued_requests=args.max_queued_requests,
+        min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+    )
+    opts.validate()
+    chosen = deploy.choose(args.run, args.commit, args.candidate, args.target)
+    config = deploy.serve_config(chosen, opts)
+    if args.config_only:
+        say(f"deploy: wrote {deploy.write_config(config, args.config_only)} ({chosen.label}); run it with `serve deploy {args.config_only}`")
+        return 0
+    # Checked here, not in the replica, where a missing key could only fail the deployment.
+    import os
+
+    if opts.api_key_env and not os.environ.get("RAY_ADDRESS") and not os.environ.get(opts.api_key_env):
+        raise BadInput("environment", opts.api_key_env, "not set (named by --api-key-env)")
+    say(f"deploy: {chosen.label} on target {chosen.target.name}")
+    return deploy.deploy(config, detach=args.detach, say=say)
+
+
+def add_deploy_parser(subparsers) -> None:
+    """Registers `deploy` on the main CLI's subparsers."""
+    p = subparsers.add_parser("deploy", help="serve a candidate (default: a run's best) as a Ray Serve application with an OpenAI API")
+    p.add_argument("run", nargs="?", help="search run directory: deploys its best validated candidate")
+    p.add_argument("--commit", metavar="SHA", help="deploy this candidate of the run instead of the best")
+    p.add_argument("--candidate", metavar="PATH", help="deploy this candidate directory ('seed' for the seed engine); needs --target")
+    p.add_argument("--target", metavar="PATH", help="target directory (default: the run's target)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1; 0.0.0.0 to listen on all interfaces)")
+    p.add_argument("--api-key-env", metavar="NAME", help="require `Authorization: Bearer $NAME`; only the variable's name is written anywhere")
+    p.add_argument("--config-only", metavar="FILE", help="write the Serve config for `serve deploy` and exit")
+    p.add_argument("--detach", action="store_true", help="return once healthy and leave the application running")
+    p.add_argument("--max-ongoing-requests", type=int, help="requests a replica works on at once (default: the benchmark's concurrency)")
+    p.add_argument("--max-queued-requests", type=int, help="requests waiting beyond those; more are refused with 503 (default: twice the above)")
+    p.add_argument("--min-replicas", type=int, help="autoscale from this many replicas")
+    p.add_argument("--max-replicas", type=int, help="autoscale up to this many replicas")
+    p.set_defaults(func=cmd_deploy)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m vibeserve_ray.deploy_cli deploy ...`: the subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="vibeserve")
+    add_deploy_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
