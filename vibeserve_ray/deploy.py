@@ -239,8 +239,9 @@ def deploy(config: dict, *, detach: bool = False, say: Callable[[str], None] = p
 
 
 def _connect(detach: bool, say: Callable[[str], None]) -> str:
-    """Who owns Ray: 'caller' (already connected), 'cluster' (RAY_ADDRESS or a head we
-    started for --detach) or 'embedded' (a local Ray that ends with this process)."""
+    """Who owns Ray: 'caller' (already connected), 'cluster' (RAY_ADDRESS, or a head started
+    for --detach) or 'embedded' (a local Ray that ends with this process). No guessing of a
+    running cluster: a stale /tmp/ray record makes Ray wait on a dead one for minutes."""
     import ray
 
     if ray.is_initialized():

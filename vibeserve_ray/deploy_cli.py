@@ -34,7 +34,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     import os
 
     if opts.api_key_env and not os.environ.get("RAY_ADDRESS") and not os.environ.get(opts.api_key_env):
-        raise BadInput("environment", opts.api_key_env, "not set (named by --api-key-env)")
+        raise BadInput("environment", opts.api_key_env, "not set (named by --api-key-env; with RAY_ADDRESS the cluster's environment holds it)")
     say(f"deploy: {chosen.label} on target {chosen.target.name}")
     return deploy.deploy(config, detach=args.detach, say=say)
 
