@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
@@ -80,7 +81,9 @@ def _bench_serve(target, candidate: str, requests, limits: Limits):
     try:
         chosen = deploy.choose(None, None, candidate, str(target.dir))
         config = deploy.serve_config(chosen, deploy.ServeOptions(port=_free_port()))
-        if deploy.deploy(config, detach=True, say=say) != 0:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON alone
+            healthy = deploy.deploy(config, detach=True, say=say) == 0
+        if not healthy:
             raise SystemExit("serve: the application did not become healthy")
         endpoint = Endpoint(deploy.base_url(config), target.served_name, limits)
         return asyncio.run(bench_running(endpoint, target, requests, say))
