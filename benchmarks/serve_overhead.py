@@ -62,7 +62,8 @@ def main() -> None:
         with start_candidate(spec, target.model_dir(), target.tokenizer_dir(), target.served_name, target.spec.hardware.device, limits,
                              Path(tmp) / "direct") as proc:
             out["direct"] = _figures(asyncio.run(bench_running(proc, target, requests, say)))
-        out["serve"] = _figures(_bench_serve(target, str(spec.path), requests, limits))
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON alone (URL line, Ray's log lines)
+            out["serve"] = _figures(_bench_serve(target, str(spec.path), requests, limits))
     d, s = out["direct"], out["serve"]
     out["throughput_ratio"] = round(s["output_throughput"] / d["output_throughput"], 3)
     out["p50_ttft_ratio"] = round(s["median_ttft_ms"] / d["median_ttft_ms"], 3)
@@ -81,9 +82,7 @@ def _bench_serve(target, candidate: str, requests, limits: Limits):
     try:
         chosen = deploy.choose(None, None, candidate, str(target.dir))
         config = deploy.serve_config(chosen, deploy.ServeOptions(port=_free_port()))
-        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON alone
-            healthy = deploy.deploy(config, detach=True, say=say) == 0
-        if not healthy:
+        if deploy.deploy(config, detach=True, say=say) != 0:
             raise SystemExit("serve: the application did not become healthy")
         endpoint = Endpoint(deploy.base_url(config), target.served_name, limits)
         return asyncio.run(bench_running(endpoint, target, requests, say))
