@@ -54,8 +54,9 @@ def main() -> None:
     target = load_target(args.target)
     requests = target_workload(target, args.num_requests)
     limits = Limits(**target.spec.limits.model_dump())
-    out: dict = {"target": target.name, "candidate": args.candidate, "workload": {
-        "num_requests": len(requests), "concurrency": target.spec.benchmark.concurrency, "request_rate": str(target.spec.benchmark.request_rate)}}
+    b = target.spec.benchmark
+    out: dict = {"target": target.name, "candidate": args.candidate,
+                 "workload": {"num_requests": len(requests), "concurrency": b.concurrency, "request_rate": str(b.request_rate)}}
     with tempfile.TemporaryDirectory(prefix="vibeserve-overhead-") as tmp:
         spec = resolve_candidate(args.candidate, Path(tmp))
         say("direct: the evaluator's subprocess front")

@@ -21,7 +21,7 @@ from conftest import ROOT, TINY_TARGET
 from search_helpers import RayHead, free_port
 
 from vibeserve_ray import deploy, deploy_cli
-from vibeserve_ray.candidate import materialise_seed
+from vibeserve_ray.candidate import load_candidate, materialise_seed
 from vibeserve_ray.judge.checker import compare, load_prompts, tokenize_prompts
 from vibeserve_ray.reference import reference_outputs
 from vibeserve_ray.tinymodel import cache_dir
@@ -215,10 +215,9 @@ def run_dir(tmp_path_factory, tiny_models):
     repo, target, rows, commits = RunRepo(run / "repo"), load_target(TINY_TARGET), [], []
     for i, (knob, verdict, value) in enumerate([(5.0, "validated", 100.0), (1.0, "validated", 200.0), (2.0, "rejected", 300.0)]):
         cand = materialise_seed(run / f"c{i}", knobs={"batch_wait_ms": knob})
-        from vibeserve_ray.candidate import load_candidate
-
         spec = load_candidate(cand)
-        result = InnerResult(eval_id=f"e{i}", island=0, round=i, parent=commits[-1] if commits else "", tree=pack_dir(cand), message=f"c{i}",
+        result = InnerResult(eval_id=f"e{i}", island=0, round=i, parent=commits[-1] if commits else "", tree=pack_dir(cand),
+                             message=f"c{i}",
                              design=spec.design, knobs=spec.knobs, verdict=verdict, headline_name="output_throughput", headline_value=value)
         row = record_result(run, repo, result, rows, target, commit_override=None)
         rows.append(row)
@@ -233,7 +232,8 @@ def test_a_run_deploys_its_best_validated_candidate_or_the_commit_asked_for(run_
     assert best.knobs["batch_wait_ms"] == 1.0 and commits[1][:12] in best.label
     assert Path(best.candidate) == (run / "deploy" / commits[1]).resolve()
     seed = deploy.choose(str(run), commits[0][:10], None, None)
-    assert seed.knobs["batch_wait_ms"] == 5.0
+    assert seed.knobs["batch_wait_ms"] == 5.0 and "NOT validated" not in seed.label
+    assert "NOT validated: rejected" in deploy.choose(str(run), commits[2], None, None).label
     app = deploy.serve_config(best, deploy.ServeOptions())["applications"][0]
     assert app["runtime_env"]["working_dir"] == "local://" + best.candidate and app["args"]["candidate"] == "."
     assert app["deployments"][0]["user_config"]["knobs"]["batch_wait_ms"] == 1.0

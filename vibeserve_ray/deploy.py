@@ -121,7 +121,9 @@ def _from_run(run: Path, commit: str | None, target: str | None) -> Chosen:
         except OSError:  # another deploy exported it first
             shutil.rmtree(tmp, ignore_errors=True)
     spec = load_candidate(dest)
-    return Chosen(str(spec.path), spec.knobs, tgt, f"commit {sha[:12]} of {run}")
+    verdict = next((e["verdict"] for e in status["leaderboard"] if e["commit"] == sha), "not evaluated")
+    label = f"commit {sha[:12]} of {run}" + ("" if verdict == "validated" else f" (NOT validated: {verdict})")
+    return Chosen(str(spec.path), spec.knobs, tgt, label)
 
 
 # --- the Serve config ----------------------------------------------------------------------

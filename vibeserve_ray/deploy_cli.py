@@ -28,13 +28,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     chosen = deploy.choose(args.run, args.commit, args.candidate, args.target)
     config = deploy.serve_config(chosen, opts)
     if args.config_only:
-        say(f"deploy: wrote {deploy.write_config(config, args.config_only)} ({chosen.label}); run it with `serve deploy {args.config_only}`")
+        written = deploy.write_config(config, args.config_only)
+        say(f"deploy: wrote {written} ({chosen.label}); run it with `serve deploy {args.config_only}`")
         return 0
     # Checked here, not in the replica, where a missing key could only fail the deployment.
     import os
 
     if opts.api_key_env and not os.environ.get("RAY_ADDRESS") and not os.environ.get(opts.api_key_env):
-        raise BadInput("environment", opts.api_key_env, "not set (named by --api-key-env; with RAY_ADDRESS the cluster's environment holds it)")
+        raise BadInput("environment", opts.api_key_env,
+                       "not set (named by --api-key-env; with RAY_ADDRESS the cluster's environment holds it)")
     say(f"deploy: {chosen.label} on target {chosen.target.name}")
     return deploy.deploy(config, detach=args.detach, say=say)
 
@@ -48,11 +50,11 @@ def add_deploy_parser(subparsers) -> None:
     p.add_argument("--target", metavar="PATH", help="target directory (default: the run's target)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1; 0.0.0.0 to listen on all interfaces)")
-    p.add_argument("--api-key-env", metavar="NAME", help="require `Authorization: Bearer $NAME`; only the variable's name is written anywhere")
+    p.add_argument("--api-key-env", metavar="NAME", help="require `Authorization: Bearer $NAME`; only the name is written anywhere")
     p.add_argument("--config-only", metavar="FILE", help="write the Serve config for `serve deploy` and exit")
     p.add_argument("--detach", action="store_true", help="return once healthy and leave the application running")
     p.add_argument("--max-ongoing-requests", type=int, help="requests a replica works on at once (default: the benchmark's concurrency)")
-    p.add_argument("--max-queued-requests", type=int, help="requests waiting beyond those; more are refused with 503 (default: twice the above)")
+    p.add_argument("--max-queued-requests", type=int, help="requests waiting beyond those; more get 503 (default: twice the above)")
     p.add_argument("--min-replicas", type=int, help="autoscale from this many replicas")
     p.add_argument("--max-replicas", type=int, help="autoscale up to this many replicas")
     p.set_defaults(func=cmd_deploy)

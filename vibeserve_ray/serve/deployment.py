@@ -80,10 +80,10 @@ class _Metrics:
         from ray.util.metrics import Counter, Histogram
 
         self.requests = Counter("vibeserve_serve_requests", "HTTP requests by route and status", tag_keys=("deployment", "route", "status"))
-        self.ttft_ms = Histogram("vibeserve_serve_ttft_ms", "time to first token (ms)", boundaries=[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
-                                 tag_keys=("deployment",))
-        self.tokens_per_s = Histogram("vibeserve_serve_output_tokens_per_s", "output tokens/s of one request", boundaries=[1, 5, 10, 25, 50, 100, 250, 500, 1000],
-                                      tag_keys=("deployment",))
+        self.ttft_ms = Histogram("vibeserve_serve_ttft_ms", "time to first token (ms)",
+                                 boundaries=[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000], tag_keys=("deployment",))
+        self.tokens_per_s = Histogram("vibeserve_serve_output_tokens_per_s", "output tokens/s of one request",
+                                      boundaries=[1, 5, 10, 25, 50, 100, 250, 500, 1000], tag_keys=("deployment",))
         for m in (self.requests, self.ttft_ms, self.tokens_per_s):
             m.set_default_tags({"deployment": deployment})
 
@@ -175,6 +175,7 @@ class VibeServer:
         from vibeserve_ray.serve.front import OpenAIFront
 
         self.args = parse_args(args)
+        api_key = _api_key()  # before any candidate code is imported
         self.model_dir, tokenizer_dir = self.args.model_dirs()
         candidate = self.args.candidate
         if candidate == "seed":
@@ -184,7 +185,7 @@ class VibeServer:
         self.metrics = _Metrics(serve.get_replica_context().deployment)
         self.knobs: dict | None = None
         self.generation = 0
-        self.front = OpenAIFront(None, tokenizer_dir, self.args.served_name, api_key=_api_key())
+        self.front = OpenAIFront(None, tokenizer_dir, self.args.served_name, api_key=api_key)
 
     def __serve_build_asgi_app__(self):
         from vibeserve_ray.serve.app import build_app
