@@ -227,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run", help="run directory")
     status.add_argument("--json", action="store_true", help="machine-readable")
     status.set_defaults(func=cmd_status)
+
+    from vibeserve_ray.deploy_cli import add_deploy_parser
+
+    add_deploy_parser(sub)
     return p
 
 

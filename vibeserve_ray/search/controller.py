@@ -165,8 +165,9 @@ class Search:
     def _run_tasks(self, tasks: list) -> list[InnerResult]:
         """Runs inner loops concurrently; one past its wall-time limit is cancelled and recorded."""
         hw = self.target.spec.hardware
-        remote = ray.remote(run_inner_loop).options(**inner_loop_options(hw.num_cpus, hw.num_gpus, hw.accelerator_type))
-        pending = {remote.options(name=f"inner:{t.eval_id[:8]}:island-{t.island}").remote(t): (t, time.monotonic()) for t, _ in tasks}
+        remote, options = ray.remote(run_inner_loop), inner_loop_options(hw.num_cpus, hw.num_gpus, hw.accelerator_type)
+        pending = {remote.options(**options, name=f"inner:{t.eval_id[:8]}:island-{t.island}").remote(t): (t, time.monotonic())
+                   for t, _ in tasks}
         record.write_running(self.run_dir, [{"eval_id": t.eval_id, "island": t.island, "round": t.round,
                                              "proposal": t.proposal.rationale if t.proposal else "seed", "since": time.time()} for t, _ in tasks])
         results = []
