@@ -161,6 +161,8 @@ class DesignSpace:
         for c in self.choices.values():
             for reqs in c.requires.values():
                 pairs.update(tuple(sorted((c.name, other))) for other in reqs)
+        for k in self.knobs.values():
+            pairs.update(itertools.combinations(sorted(k.applies_when), 2))
         return sorted(pairs)
 
 
@@ -252,7 +254,9 @@ def load_space(path: str | Path) -> DesignSpace:
         for option in c.devices:
             if option not in c.options:
                 raise BadInput(file, f"choices.{c.name}.devices.{option}", f"{option!r} is not an option of {c.name}")
-    knobs = {name: _knob(file, name, spec, choices) for name, spec in (raw.get("knobs") or {}).items()}
+    if not isinstance(raw.get("knobs", {}), dict):
+        raise BadInput(file, "knobs", "must be a table")
+    knobs = {name: _knob(file, name, spec, choices) for name, spec in raw.get("knobs", {}).items()}
     return DesignSpace(path=path.resolve(), family=raw["family"], engine=raw["engine"], choices=choices, knobs=knobs)
 
 
@@ -295,6 +299,9 @@ def _knob(file: str, name: str, spec: Any, choices: dict[str, Choice]) -> KnobSp
         raise BadInput(file, f"{where}.type", "must be 'int', 'float' or 'categorical'")
     if "default" not in spec:
         raise BadInput(file, f"{where}.default", "missing")
+    for key in ("log", "tune"):
+        if not isinstance(spec.get(key, False), bool):
+            raise BadInput(file, f"{where}.{key}", "must be true or false")
     applies = spec.get("applies_when", {})
     if not isinstance(applies, dict):
         raise BadInput(file, f"{where}.applies_when", "must be a table")

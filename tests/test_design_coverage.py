@@ -1,0 +1,92 @@
+"""Every point of the design space is exact: a covering sample of designs, each written
+by `vibeserve candidate new` and gated by `vibeserve check` (greedy and seeded
+sampling, one at a time and concurrently) against transformers on the tiny target.
+
+A full check of the tiny target sends 16 prompts per phase and takes about a minute on
+2 cores, mostly the one-at-a-time phase; the sweep checks a copy of the target that
+keeps 6 of them (short and long, so prompts span several KV blocks and prefill
+chunks), with the target's own max_tokens, concurrency and sampling seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import TINY_TARGET, run_cli
+from test_checker import PERTURB
+
+from vibeserve_ray.design_space import covering_designs, default_space_path, load_space
+from vibeserve_ray.engine.defaults import DEFAULT_DESIGN
+
+SPACE = load_space(default_space_path())
+KEPT_PROMPTS = [0, 4, 9, 11, 12, 15]  # 5, 56, 133, 196, 228 and 81 tokens
+PHASES = 3  # sequential greedy, concurrent greedy, concurrent seeded sampling
+# Small enough that, under the checker's concurrency, requests queue for a batch slot,
+# prompts are prefilled in several chunks and span many blocks; they only apply where
+# their option is chosen.
+STRESS_KNOBS = ["max_num_seqs=4", "max_num_batched_tokens=64", "block_size=8"]
+# What the search converges to on CPU: every optimisation at once, default knobs.
+EVERYTHING = {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on", "compile": "on", "speculation": "prompt_lookup"}
+
+SWEEP = [(d, STRESS_KNOBS) for d in covering_designs(SPACE, "cpu")] + [({**DEFAULT_DESIGN, **EVERYTHING}, [])]
+
+
+def name(design: dict, knobs: list[str]) -> str:
+    changed = [f"{k}={v}" for k, v in design.items() if DEFAULT_DESIGN[k] != v]
+    return ",".join(changed or ["seed"]) + ("" if knobs else "+default-knobs")
+
+
+@pytest.fixture(scope="module")
+def small_target(tmp_path_factory, tiny_models):
+    """The tiny target with 6 of its 16 held-out prompts."""
+    dest = tmp_path_factory.mktemp("tiny-llama-cpu-6")
+    shutil.copy(TINY_TARGET / "target.toml", dest / "target.toml")
+    lines = (TINY_TARGET / "checker" / "prompts.jsonl").read_text().splitlines()
+    (dest / "checker").mkdir()
+    (dest / "checker" / "prompts.jsonl").write_text("".join(lines[i] + "\n" for i in KEPT_PROMPTS))
+    return dest
+
+
+def new_candidate(dest, design: dict, knobs: list[str]):
+    args = ["--design", *(f"{k}={v}" for k, v in design.items())] + (["--knobs", *knobs] if knobs else [])
+    result = run_cli("candidate", "new", str(dest), *args, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return dest
+
+
+def check(target, candidate, tmp_path):
+    """`vibeserve check`: its process result and the JSON verdict."""
+    out = tmp_path / "verdict.json"
+    result = run_cli("check", str(target), "--candidate", str(candidate), "--json", str(out), timeout=600)
+    return result, json.loads(out.read_text())
+
+
+def test_sweep_covers_every_cpu_option_and_the_combinations_that_matter():
+    designs = [d for d, _ in SWEEP]
+    for choice, spec in SPACE.choices.items():
+        assert {d[choice] for d in designs} == set(spec.options) - {"flashinfer", "bfloat16"}, choice
+    assert any(d["speculation"] == "prompt_lookup" and d["scheduler"] != "serial" for d in designs)
+    assert any(d["prefix_cache"] == "on" and d["compile"] == "on" for d in designs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("design,knobs", SWEEP, ids=[name(*p) for p in SWEEP])
+def test_design_passes_check_greedy_and_sampled(small_target, tmp_path, design, knobs):
+    candidate = new_candidate(tmp_path / "cand", design, knobs)
+    result, verdict = check(small_target, candidate, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.startswith("PASS")
+    assert verdict["passed"] and verdict["failure"] is None and verdict["mismatch"] is None
+    assert verdict["compared"] == PHASES * len(KEPT_PROMPTS)
+
+
+def test_perturbed_logit_in_a_batching_design_fails_check(small_target, tmp_path):
+    candidate = new_candidate(tmp_path / "cand", EVERYTHING, STRESS_KNOBS)
+    sampler = candidate / "engine" / "sampler.py"
+    sampler.write_text(sampler.read_text() + PERTURB)
+    result, verdict = check(small_target, candidate, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    assert result.stdout.startswith("FAIL") and not verdict["passed"] and verdict["failure"] is None
+    assert verdict["mismatch"]["got"] != verdict["mismatch"]["expected"] or "logprob" in verdict["mismatch"]["reason"]
