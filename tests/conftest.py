@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# Ray 2.60's local ray.init() turns token auth on and writes ~/.ray/auth_token; a later
+# `ray start --head` then requires the token, which `ray status` does not send. The tests
+# start many local clusters: keep them all on one mode (subprocesses inherit this).
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_TARGET = ROOT / "targets" / "tiny-llama-cpu"

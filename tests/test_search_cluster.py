@@ -38,7 +38,7 @@ def _agree(run):
 def test_four_fake_gpus_evaluate_four_candidates_at_once(tmp_path, head, tiny_models):
     target = small_target(tmp_path, islands=2, population=2, rounds=1, num_gpus=1)
     run = tmp_path / "run"
-    r = run_cli("search", str(target), "--run", str(run), "--address", head.address, "--noop-evaluator", "4", timeout=300)
+    r = run_cli("search", str(target), "--run", str(run), "--address", head.address, "--noop-evaluator", "12", timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = [x for x in _agree(run) if x.round == 1]
     assert len(rows) == 4
@@ -52,7 +52,7 @@ def test_ray_job_submit_runs_a_search(tmp_path, head, tiny_models):
            "vibeserve", "search", "targets/tiny-llama-cpu", "--run", str(run), "--noop-evaluator", "0.2", "--rounds", "1", "--max-candidates", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "SUCCEEDED" in r.stdout + r.stderr
+    assert "succeeded" in (r.stdout + r.stderr).lower()
     rows = _agree(run)
     assert len(rows) == 3 and (run / "best" / "candidate.toml").is_file()
 

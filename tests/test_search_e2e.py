@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import optuna
+
 from conftest import run_cli
 from search_helpers import small_target
 
 from vibeserve_ray.search.results import read_results
 from vibeserve_ray.search.state import RunRepo
+from vibeserve_ray.search.studies import storage_url
 
 
 def test_small_real_search_finds_a_validated_candidate_and_status_reports_it(tmp_path, tiny_models):
@@ -26,6 +29,9 @@ def test_small_real_search_finds_a_validated_candidate_and_status_reports_it(tmp
     notes = repo.notes(child.commit)
     assert notes[0]["verdict"] == child.verdict and "trials" in notes[0]
     assert json.loads(seed.hints), "the evaluator left hints for the next round"
+    study = optuna.load_study(storage=storage_url(run), study_name=f"island-{child.island}:{child.commit[:12]}")
+    assert [t.params for t in study.trials] == [{k: v for k, v in notes[0]["trials"][0]["knobs"].items() if k in study.trials[0].params}]
+    assert study.trials[0].params, "the study holds the candidate's tuned knobs"
     status = run_cli("status", str(run), "--json")
     assert status.returncode == 0
     st = json.loads(status.stdout)

@@ -13,12 +13,11 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from vibeserve_ray.agents.offline import OfflineImplementer, RandomImplementer, design_key
 from vibeserve_ray.candidate import materialise_seed
@@ -61,6 +60,16 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 
+HEAD_NODE = "node:__internal_head__"  # the resource Ray puts on the head node alone
+
+
+def _capacity(options: dict) -> int:
+    """How many inner loops with these resources the cluster holds right now (at least 1)."""
+    total = ray.cluster_resources()
+    fits = [int(total.get(key, 0) // need) for key, need in (("CPU", options["num_cpus"]), ("GPU", options["num_gpus"])) if need]
+    return max(1, min(fits)) if fits else 64
+
+
 class Search:
     def __init__(self, target: Target, target_arg: str, run_dir: Path, space, budget: Budget, implementer: str = "offline",
                  say: Callable[[str], None] = print, noop_seconds: float | None = None):
@@ -96,6 +105,8 @@ class Search:
                 break
             done_this_round = sum(r.round == rnd for r in self.rows)
             want = s.islands * s.population - done_this_round
+            if want <= 0:  # a resumed run whose last round was complete
+                continue
             items = self._plan(islands, want)
             if not items:
                 stopped = "design space exhausted"
@@ -116,7 +127,7 @@ class Search:
         for i in range(self.target.spec.search.islands):
             self.repo.set_branch(f"island-{i}", commit)
         self.say("search: round 0: measuring the seed")
-        task = self._task(uuid.uuid4().hex, 0, 0, commit, None, {})
+        task = replace(self._task(uuid.uuid4().hex, 0, 0, commit, None, {}), n_trials=1)  # the baseline, measured as it is
         [result] = self._run_tasks([(task, None)])
         row = self._record(result, commit_override=commit)
         if not row.validated:
@@ -127,9 +138,8 @@ class Search:
         s = self.target.spec.search
         islands = []
         for i in range(s.islands):
-            # Islands live beside the driver: they are its state, and must not go down with a worker node.
-            here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
-            actor = IslandActor.options(name=island_actor_name(self.name, i), get_if_exists=True, scheduling_strategy=here).remote(
+            # Islands live on the head node: they are the driver's state and must not go down with a worker node.
+            actor = IslandActor.options(name=island_actor_name(self.name, i), get_if_exists=True, resources={HEAD_NODE: 0.001}).remote(
                 i, self.target.spec.benchmark.direction)
             members = [record.member(r) for r in self.rows if r.island == i or r.implementer == "seed"]
             ray.get([actor.receive.remote(members)])
@@ -163,15 +173,29 @@ class Search:
         return [self._record(r) for r in self._run_tasks(tasks)]
 
     def _run_tasks(self, tasks: list) -> list[InnerResult]:
-        """Runs inner loops concurrently; one past its wall-time limit is cancelled and recorded."""
+        """Runs inner loops concurrently, as many at once as the cluster has room for.
+
+        Tasks wait in the driver, not in Ray's queue, so an inner loop's wall-time limit
+        counts from when it started, and at the search's time limit the ones not yet
+        started are dropped (not evaluated; a resumed search plans them again) while the
+        running ones finish within their own limit.
+        """
         hw = self.target.spec.hardware
         remote, options = ray.remote(run_inner_loop), inner_loop_options(hw.num_cpus, hw.num_gpus, hw.accelerator_type)
-        pending = {remote.options(**options, name=f"inner:{t.eval_id[:8]}:island-{t.island}").remote(t): (t, time.monotonic())
-                   for t, _ in tasks}
-        record.write_running(self.run_dir, [{"eval_id": t.eval_id, "island": t.island, "round": t.round,
-                                             "proposal": t.proposal.rationale if t.proposal else "seed", "since": time.time()} for t, _ in tasks])
-        results = []
-        while pending:
+        waiting = [t for t, _ in tasks]
+        pending: dict = {}
+        results: list[InnerResult] = []
+        while waiting or pending:
+            if waiting and time.monotonic() - self.started > self.budget.time_limit_s and results + list(pending):
+                self.say(f"search: time limit: {len(waiting)} planned evaluations not started (a resumed search plans again)")
+                waiting = []
+            while waiting and len(pending) < _capacity(options):
+                t = waiting.pop(0)
+                ref = remote.options(**options, name=f"inner:{t.eval_id[:8]}:island-{t.island}").remote(t)
+                pending[ref] = (t, time.monotonic())
+                self._write_running(pending)
+            if not pending:
+                break
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
                 task, _ = pending.pop(ref)
@@ -181,13 +205,19 @@ class Search:
                     results.append(record.lost_result(self.repo, task, f"{type(exc).__name__}: {exc}"))
             now = time.monotonic()
             for ref, (task, since) in list(pending.items()):
-                overdue = now - since > self.budget.candidate_time_limit_s
-                if overdue or now - self.started > self.budget.time_limit_s + self.budget.candidate_time_limit_s:
+                if now - since > self.budget.candidate_time_limit_s:
                     ray.cancel(ref, force=True)
                     pending.pop(ref)
                     results.append(record.lost_result(self.repo, task, f"no result within {self.budget.candidate_time_limit_s:g}s", "timeout"))
+            if ready:
+                self._write_running(pending)
         record.write_running(self.run_dir, [])
         return results
+
+    def _write_running(self, pending: dict) -> None:
+        record.write_running(self.run_dir, [{"eval_id": t.eval_id, "island": t.island, "round": t.round,
+                                             "proposal": t.proposal.rationale if t.proposal else "seed", "since": time.time() - (time.monotonic() - t0)}
+                                            for t, t0 in pending.values()])
 
     def _record(self, result: InnerResult, commit_override: str | None = None) -> Evaluation:
         row = record.record_result(self.run_dir, self.repo, result, self.rows, self.target, commit_override)
@@ -208,6 +238,7 @@ class Search:
         direction = self.target.spec.benchmark.direction
         for row in results:
             ray.get(islands[row.island % len(islands)].add.remote(record.member(row)))
+        ray.get([isl.mark_round.remote(rnd) for isl in islands])
         best = record.best(self.rows, direction)
         notes = record.revert_if_slower(self.repo, rnd, results, best, direction, len(islands))
         if rnd % 2 == 0 and len(islands) > 1:  # migration: each island's best to the next island (a ring)

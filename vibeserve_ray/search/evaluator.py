@@ -37,6 +37,7 @@ class Trial:
     metrics: dict[str, Any] = field(default_factory=dict)
     failure: CandidateFailure | None = None
     report: BenchReport | None = field(default=None, repr=False, compare=False)
+    distributions: dict[str, str] = field(default_factory=dict)  # Optuna's JSON, so the driver can store the study
 
 
 @dataclass(frozen=True)
@@ -93,19 +94,20 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
     for n in range(max(1, n_trials)):
         ot = study.ask()
         knobs = {**spec.knobs, **{k.name: _suggest(ot, k) for k in active_knobs}}
+        dists = {k: optuna.distributions.distribution_to_json(d) for k, d in ot.distributions.items()}
         write_candidate_toml(spec.path, spec.entrypoint, spec.design, knobs)
         say(f"evaluate: trial {n + 1}/{n_trials} knobs {({k: knobs[k] for k in sorted(names)})}")
         result = bench_candidate(target, load_candidate(spec.path), workdir / f"trial{n}", say=lambda s: None)
         if isinstance(result, CandidateFailure):
             ot.set_user_attr("constraints", (1.0,))
             study.tell(ot, state=optuna.trial.TrialState.FAIL)
-            trials.append(Trial(knobs, math.nan, failure=result))
+            trials.append(Trial(knobs, math.nan, failure=result, distributions=dists))
             say(f"evaluate: trial {n + 1} failed ({result.phase}): {result.reason}")
             continue
         violations = [v.value / v.bound - 1 if v.kind == "max" else 1 - v.value / v.bound for v in result.slo_violations]
         ot.set_user_attr("constraints", tuple(violations) or (0.0,))
         study.tell(ot, result.headline_value)
-        trials.append(Trial(knobs, result.headline_value, result.slo_passed, result.metrics.to_dict(), report=result))
+        trials.append(Trial(knobs, result.headline_value, result.slo_passed, result.metrics.to_dict(), report=result, distributions=dists))
         say(f"evaluate: trial {n + 1}: {result.headline_name} = {result.headline_value:.2f}, slo {'ok' if result.slo_passed else 'missed'}")
     measured = [t for t in trials if t.report is not None]
     if not measured:

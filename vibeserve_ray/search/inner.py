@@ -75,7 +75,9 @@ def _ray_context() -> tuple[str, int]:
         import ray
 
         ctx = ray.get_runtime_context()
-        return ctx.get_node_id() or "", int(getattr(ctx, "get_task_attempt_number", lambda: 0)() or 0)
+        # Ray keeps the attempt number on the core worker only (no public accessor in 2.60).
+        attempt = getattr(ray._private.worker.global_worker.core_worker, "get_current_task_attempt_number", lambda: 0)()
+        return ctx.get_node_id() or "", int(attempt or 0)
     except Exception:  # noqa: BLE001 - outside Ray (tests, benchmarks) there is no context
         return "", 0
 
@@ -126,7 +128,7 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
         t0 = time.time()
         outcome = evaluate(target, spec, work / "eval", space.active_knobs(spec.design), task.warm_knobs, task.n_trials, say=say)
         timings["evaluate_s"] = time.time() - t0
-        trials = [{"knobs": t.knobs, "value": t.value, "slo_passed": t.slo_passed} for t in outcome.trials]
+        trials = [{"knobs": t.knobs, "value": t.value, "slo_passed": t.slo_passed, "distributions": t.distributions} for t in outcome.trials]
         if outcome.best is None:
             f = outcome.failure
             return result("failed" if f and f.phase != "evaluate-sample" else "rejected", message, failure_phase=f.phase if f else "evaluate",

@@ -74,12 +74,17 @@ class Island:
             out[v] = sum(m.verdict == v for m in self.members)
         return out
 
-    def _publish(self, member: Member) -> None:
-        """Ray metrics, exported to the dashboard's Prometheus endpoint."""
+    def mark_round(self, rnd: int) -> None:
+        """The round this island has finished, as a metric beside its counts."""
+        if self._ensure_metrics():
+            self._metrics["round"].set(rnd, tags={"island": str(self.index)})
+
+    def _ensure_metrics(self) -> bool:
+        """Ray metrics, exported to the dashboard's Prometheus endpoint (False outside Ray)."""
         try:
             from ray.util import metrics
         except ImportError:
-            return
+            return False
         if self._metrics is None:
             tags = ("island",)
             self._metrics = {
@@ -87,7 +92,13 @@ class Island:
                 "failed": metrics.Counter("vibeserve_candidates_failed", "Candidates that crashed, hung or ran out of memory", tag_keys=tags),
                 "rejected": metrics.Counter("vibeserve_candidates_rejected", "Candidates the judge rejected", tag_keys=tags),
                 "best": metrics.Gauge("vibeserve_best_headline", "Best validated headline metric", tag_keys=tags),
+                "round": metrics.Gauge("vibeserve_search_round", "Last round the island finished", tag_keys=tags),
             }
+        return True
+
+    def _publish(self, member: Member) -> None:
+        if not self._ensure_metrics():
+            return
         tag = {"island": str(self.index)}
         self._metrics["evaluated"].inc(1, tags=tag)
         if member.verdict in ("failed", "timeout"):

@@ -16,6 +16,7 @@ from vibeserve_ray.search.inner import InnerResult, InnerTask
 from vibeserve_ray.search.islands import Member
 from vibeserve_ray.search.results import Evaluation, append_result, read_results, rebuild_from_notes
 from vibeserve_ray.search.state import RunRepo, extract_tree
+from vibeserve_ray.search.studies import save_study
 from vibeserve_ray.target import Target
 
 RUNNING_FILE = "running.json"
@@ -73,6 +74,8 @@ def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[
     )
     repo.add_note(commit, row.to_dict() | {"trials": result.trials})
     append_result(run_dir, row)
+    if result.trials:
+        save_study(run_dir, f"island-{row.island}:{commit[:12]}", direction, result.trials)
     return row
 
 

@@ -1,0 +1,95 @@
+"""Is the offline implementer a directed search? Compare it with random sampling.
+
+Both run the real search (real judge, real benchmark, Optuna off: one trial per
+candidate, so only the design choice differs) on a copy of `targets/tiny-llama-cpu`,
+with the same budget of candidates and the same workload. We report each one's best
+validated headline metric, the best-so-far after every evaluation, how many candidates
+were rejected, and the ratio offline/random (> 1 means the directed search found a
+better system within the budget). The random baseline samples uniformly from every
+valid design of the space (`--implementer random`).
+
+    python benchmarks/implementer_vs_random.py [--candidates 8] [--num-requests 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vibeserve_ray.search.results import read_results  # noqa: E402
+
+TARGET = ROOT / "targets" / "tiny-llama-cpu"
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def budget_target(tmp: Path, candidates: int, num_requests: int) -> Path:
+    """The tiny target with one island, `candidates` candidates after the seed, a shorter benchmark."""
+    dest = tmp / "target"
+    shutil.copytree(TARGET, dest)
+    text = (dest / "target.toml").read_text()
+    for key, value in {"islands": 1, "population": 2, "rounds": (candidates + 1) // 2, "num_requests": num_requests}.items():
+        text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+    (dest / "target.toml").write_text(text)
+    return dest
+
+
+def search(target: Path, run: Path, implementer: str, candidates: int) -> dict:
+    cmd = [sys.executable, "-m", "vibeserve_ray.cli", "search", str(target), "--run", str(run), "--implementer", implementer,
+           "--max-candidates", str(candidates + 1), "--trials", "1", "--time-limit", "3600", "--no-remeasure"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    for line in proc.stderr.splitlines():
+        if line.startswith("round "):
+            say(f"  {implementer}: {line}")
+    rows = sorted(read_results(run), key=lambda r: r.finished_at)
+    seed = next(r.headline_value for r in rows if r.implementer == "seed")
+    best, curve = seed, []
+    for r in rows:
+        if r.implementer != "seed" and r.verdict == "validated":
+            best = max(best, r.headline_value)
+        curve.append(round(best, 2))
+    return {"implementer": implementer, "exit_code": proc.returncode, "wall_s": round(wall, 1), "seed": round(seed, 2), "best": round(best, 2),
+            "speedup_over_seed": round(best / seed, 2), "best_so_far": curve,
+            "validated": sum(r.verdict == "validated" for r in rows), "rejected_or_failed": sum(r.verdict != "validated" for r in rows),
+            "designs": [json.loads(r.design) if isinstance(r.design, str) else r.design for r in rows if r.implementer != "seed"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--candidates", type=int, default=8, help="candidates per search after the seed")
+    ap.add_argument("--num-requests", type=int, default=24, help="benchmark requests per measurement")
+    args = ap.parse_args()
+    out = {"target": "tiny-llama-cpu", "candidates": args.candidates, "num_requests": args.num_requests, "runs": []}
+    with tempfile.TemporaryDirectory(prefix="vibeserve-vs-random-") as tmp:
+        target = budget_target(Path(tmp), args.candidates, args.num_requests)
+        for implementer in ("offline", "random"):
+            say(f"implementer_vs_random: searching with the {implementer} implementer ({args.candidates} candidates)")
+            out["runs"].append(search(target, Path(tmp) / f"run-{implementer}", implementer, args.candidates))
+    offline, rnd = out["runs"]
+    # The seed is measured in each run; compare speed-ups over each run's own seed, so
+    # machine noise between the two runs cancels.
+    out["ratio_offline_over_random"] = round(offline["speedup_over_seed"] / rnd["speedup_over_seed"], 2)
+    out["mean_best_so_far_ratio"] = round(statistics.mean(o / offline["seed"] / (r / rnd["seed"])
+                                                          for o, r in zip(offline["best_so_far"], rnd["best_so_far"])), 2)
+    out["offline_beats_random"] = out["ratio_offline_over_random"] > 1.0
+    print(json.dumps(out, indent=2))
+    return 0 if out["offline_beats_random"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
