@@ -62,3 +62,8 @@ class RayHead:
         except ProcessLookupError:
             pass
         self.proc.wait()
+        # A SIGKILLed head leaves its address in Ray's "current cluster" file, which a later
+        # plain ray.init() would try to join.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip().endswith(f":{self.port}"):
+            current.unlink()

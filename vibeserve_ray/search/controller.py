@@ -57,7 +57,9 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # "local": a new instance even when /tmp/ray names a cluster from an earlier `ray start`
+        # (plain ray.init() would join it, or hang on it if it died without cleaning up).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 
 HEAD_NODE = "node:__internal_head__"  # the resource Ray puts on the head node alone
