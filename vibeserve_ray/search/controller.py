@@ -96,6 +96,7 @@ class Search:
         self.say(f"search: target {self.target.name}, policy {s.policy}, {s.islands} islands x {s.population}, "
                  f"{self.budget.rounds} rounds, time limit {self.budget.time_limit_s:g}s, implementer {self.implementer.name}"
                  + (f", resuming with {len(self.rows)} evaluations" if self.rows else ""))
+        self._write_meta(None, record.best(self.rows, self.target.spec.benchmark.direction))  # `status` names the target while running
         seed = self._ensure_seed()
         islands = self._islands(seed)
         start_round = max((r.round for r in self.rows), default=0)
@@ -254,6 +255,10 @@ class Search:
         memory = self.repo.read_planning("MEMORY.md") or "# Memory\n\nWhat the outer loop learned, round by round.\n\n"
         self.repo.write_planning({"MEMORY.md": memory + "\n".join([f"- {line}"] + [f"- {n}" for n in notes]) + "\n"}, f"round {rnd}")
 
+    def _write_meta(self, stopped: str | None, best: Evaluation | None) -> None:
+        meta = {"target": self.target_arg, "stopped_because": stopped, "best": best.commit if best else None, "evaluations": len(self.rows)}
+        (self.run_dir / "search.json").write_text(json.dumps(meta, indent=2))
+
     def _finish(self, stopped: str) -> SearchSummary:
         direction = self.target.spec.benchmark.direction
         best = record.best(self.rows, direction)
@@ -263,8 +268,7 @@ class Search:
             winner = self.run_dir / "best"
             shutil.rmtree(winner, ignore_errors=True)
             self.repo.export(best.commit, winner)
-        json.dump({"target": self.target_arg, "stopped_because": stopped, "best": best.commit if best else None,
-                   "evaluations": len(self.rows)}, open(self.run_dir / "search.json", "w"), indent=2)
+        self._write_meta(stopped, best)
         if best is not None:
             self.say(f"search: stopped ({stopped}); best {best.commit[:12]} {best.headline_name} = {best.headline_value:.2f} "
                      f"({best.speedup:.2f}x the seed); winner in {self.run_dir / 'best'} (branch 'best')")
