@@ -8,6 +8,7 @@ and rerunning the same command resumes from what git and the table say.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -72,6 +73,15 @@ def _capacity(options: dict) -> int:
     return max(1, min(fits)) if fits else 64
 
 
+def _islands_take_turns(items: list) -> list:
+    """Interleaves the round's work by island, so a cluster smaller than a round (or a
+    time limit) still explores from every island."""
+    by_island: dict[int, list] = {}
+    for it in items:
+        by_island.setdefault(it.island, []).append(it)
+    return [it for turn in itertools.zip_longest(*by_island.values()) for it in turn if it is not None]
+
+
 class Search:
     def __init__(self, target: Target, target_arg: str, run_dir: Path, space, budget: Budget, implementer: str = "offline",
                  say: Callable[[str], None] = print, noop_seconds: float | None = None):
@@ -131,8 +141,7 @@ class Search:
             self.repo.set_branch(f"island-{i}", commit)
         self.say("search: round 0: measuring the seed")
         task = replace(self._task(uuid.uuid4().hex, 0, 0, commit, None, {}), n_trials=1)  # the baseline, measured as it is
-        [result] = self._run_tasks([(task, None)])
-        row = self._record(result, commit_override=commit)
+        [row] = self._run_tasks([(task, None)], lambda r: self._record(r, commit_override=commit))
         if not row.validated:
             raise RuntimeError(f"the seed did not validate ({row.failure_phase}: {row.failure_reason}); fix the target before searching")
         return row
@@ -170,13 +179,15 @@ class Search:
                          implementer=self.implementer.name, noop_seconds=self.noop_seconds)
 
     def _dispatch(self, items: list, rnd: int) -> list[Evaluation]:
+        items = _islands_take_turns(items)
         if self.budget.max_candidates is not None:
             items = items[: max(0, self.budget.max_candidates - self._candidates())]
         tasks = [(self._task(uuid.uuid4().hex, it.island, rnd, it.parent.commit, it.proposal, it.parent.knobs), it) for it in items]
-        return [self._record(r) for r in self._run_tasks(tasks)]
+        return self._run_tasks(tasks, self._record)
 
-    def _run_tasks(self, tasks: list) -> list[InnerResult]:
-        """Runs inner loops concurrently, as many at once as the cluster has room for.
+    def _run_tasks(self, tasks: list, record_result: Callable[[InnerResult], Evaluation]) -> list[Evaluation]:
+        """Runs inner loops concurrently, as many at once as the cluster has room for, and
+        records each result as it arrives (a killed driver loses only what was in flight).
 
         Tasks wait in the driver, not in Ray's queue, so an inner loop's wall-time limit
         counts from when it started, and at the search's time limit the ones not yet
@@ -187,7 +198,7 @@ class Search:
         remote, options = ray.remote(run_inner_loop), inner_loop_options(hw.num_cpus, hw.num_gpus, hw.accelerator_type)
         waiting = [t for t, _ in tasks]
         pending: dict = {}
-        results: list[InnerResult] = []
+        results: list[Evaluation] = []
         while waiting or pending:
             if waiting and time.monotonic() - self.started > self.budget.time_limit_s and results + list(pending):
                 self.say(f"search: time limit: {len(waiting)} planned evaluations not started (a resumed search plans again)")
@@ -203,15 +214,17 @@ class Search:
             for ref in ready:
                 task, _ = pending.pop(ref)
                 try:
-                    results.append(ray.get(ref))
+                    result = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - retries exhausted: record, keep searching
-                    results.append(record.lost_result(self.repo, task, f"{type(exc).__name__}: {exc}"))
+                    result = record.lost_result(self.repo, task, f"{type(exc).__name__}: {exc}")
+                results.append(record_result(result))
             now = time.monotonic()
             for ref, (task, since) in list(pending.items()):
                 if now - since > self.budget.candidate_time_limit_s:
                     ray.cancel(ref, force=True)
                     pending.pop(ref)
-                    results.append(record.lost_result(self.repo, task, f"no result within {self.budget.candidate_time_limit_s:g}s", "timeout"))
+                    results.append(record_result(record.lost_result(self.repo, task, f"no result within {self.budget.candidate_time_limit_s:g}s",
+                                                                    "timeout")))
             if ready:
                 self._write_running(pending)
         record.write_running(self.run_dir, [])
