@@ -13,7 +13,7 @@ import asyncio
 import pytest
 import torch
 
-from test_engine import PROMPTS, collect, hf_greedy, hf_sampled, make_hf_model, run
+from test_engine import PROMPTS, collect, hf_greedy, hf_model, hf_sampled, model_dir, run  # noqa: F401 - shared module fixtures
 from vibeserve_ray.candidate import GenerationRequest
 from vibeserve_ray.engine import create_engine
 from vibeserve_ray.engine.block_pool import BlockPool
@@ -45,18 +45,6 @@ DESIGNS = {
 # small budgets and blocks so chunked prefill, block boundaries and batching all happen
 KNOBS = {"max_num_batched_tokens": 24, "block_size": 8, "num_kv_blocks": 96, "max_num_seqs": 4, "max_model_len": 128, "spec_k": 3,
          "spec_ngram": 1, "batch_wait_ms": 20.0}
-
-
-@pytest.fixture(scope="module")
-def hf_model():
-    return make_hf_model()
-
-
-@pytest.fixture(scope="module")
-def model_dir(hf_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    hf_model.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,9 @@ class ForwardBatch:
         self.num_tokens = at
         single = [i for i, c in enumerate(chunks) if c.length == 1]
         self.decode = single if len(single) > 1 else []  # batched only when there is a batch
-        self.others = [i for i in range(len(chunks)) if i not in set(self.decode)]
+        self.all_decode = len(self.decode) == len(chunks)  # the common steady state: no scatter needed
+        decoding = set(self.decode)
+        self.others = [i for i in range(len(chunks)) if i not in decoding]
         self.decode_rows = torch.tensor([self.offsets[i] for i in self.decode], device=device, dtype=torch.long)
         self.cache = cache.step(chunks, self.decode)
 
@@ -69,12 +71,22 @@ class ForwardBatch:
         if len(self.others) == 1 and not self.decode:  # one sequence (serial, or a lone prefill)
             ck, cv = self.cache.read(layer, 0)
             return self.backend.prefill(q, ck, cv)
+        if self.all_decode:
+            return self._decode(layer, q)
         out = torch.empty_like(q)
         for i in self.others:
             o, n = self.offsets[i], self.chunks[i].length
             ck, cv = self.cache.read(layer, i)
             out[o:o + n] = self.backend.prefill(q[o:o + n], ck, cv)
         if self.decode:
-            ck, cv, mask = self.cache.read_decode(layer)
-            out[self.decode_rows] = self.backend.decode(q[self.decode_rows], ck, cv, mask)
+            out[self.decode_rows] = self._decode(layer, q[self.decode_rows])
         return out
+
+    def _decode(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """All single-token chunks in one call; q [decodes, heads, d]."""
+        ck, cv, mask, rows = self.cache.read_decode(layer)
+        if rows is None:
+            return self.backend.decode(q, ck, cv, mask)
+        # the cache attends over its own rows (slab slots): put each query on its row, then take the answers back
+        placed = q.new_zeros((ck.shape[0], *q.shape[1:])).index_copy_(0, rows, q)
+        return self.backend.decode(placed, ck, cv, mask).index_select(0, rows)

@@ -9,10 +9,12 @@ import torch
 from safetensors import safe_open
 
 from .config import ModelConfig
-from .model import LlamaForCausalLM
+from .model import LlamaForCausalLM, PackedLinear
 
 # Older checkpoints store rotary buffers; we compute them from the config instead.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# Packed projection of the model -> the checkpoint's projections, in row order (model.PackedLinear).
+PACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
 def checkpoint_files(model_dir: Path) -> list[Path]:
@@ -43,21 +45,37 @@ def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype) 
 
 
 def load_weights(model: LlamaForCausalLM, model_dir: Path) -> None:
-    """Copies checkpoint tensors into parameters of the same HF name (casting dtype)."""
-    params = dict(model.named_parameters())
-    missing = set(params)
+    """Copies checkpoint tensors into parameters of the same HF name (casting dtype), or
+    into their row block of a packed parameter."""
+    targets = _targets(model)
+    missing = set(targets)
     for path in checkpoint_files(model_dir):
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in f.keys():
                 if name.endswith(IGNORED_SUFFIXES) or (name == "lm_head.weight" and model.config.tie_word_embeddings):
                     continue
-                if name not in params:
+                if name not in targets:
                     raise ValueError(f"{path.name}: unexpected tensor {name!r} (unsupported model variant?)")
-                tensor = f.get_tensor(name)
-                if tensor.shape != params[name].shape:
-                    raise ValueError(f"{path.name}: {name} has shape {tuple(tensor.shape)}, expected {tuple(params[name].shape)}")
+                tensor, dest = f.get_tensor(name), targets[name]
+                if tensor.shape != dest.shape:
+                    raise ValueError(f"{path.name}: {name} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
                 with torch.no_grad():
-                    params[name].copy_(tensor)
+                    dest.copy_(tensor)
                 missing.discard(name)
     if missing:
         raise ValueError(f"{model_dir}: checkpoint lacks {sorted(missing)[:5]}")
+
+
+def _targets(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
+    """Checkpoint tensor name -> the tensor (a parameter, or a view of a packed one) it fills."""
+    targets: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        module_name, _, leaf = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        if not isinstance(module, PackedLinear):
+            targets[name] = param
+            continue
+        prefix, _, packed = module_name.rpartition(".")
+        for proj, rows in zip(PACKED[packed], param.detach().split(module.shards), strict=True):
+            targets[f"{prefix}.{proj}.{leaf}"] = rows
+    return targets

@@ -2,6 +2,10 @@
 
 Activations are [tokens, hidden] for all the step's tokens, whichever sequences they
 belong to (batch.ForwardBatch); attention is the one place that tells them apart.
+
+q/k/v and gate/up each run as one matmul over weights packed at load time
+(`qkv_proj`, `gate_up_proj`; loader.PACKED maps the checkpoint's names onto their
+row blocks): a small-batch decode step on CPU pays per op, not per FLOP.
 """
 
 from __future__ import annotations
@@ -32,6 +36,15 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+class PackedLinear(nn.Linear):
+    """Several bias-free projections of the same input stacked as one weight; `shards`
+    are their output sizes, in the order the loader fills them."""
+
+    def __init__(self, in_features: int, shards: tuple[int, ...]):
+        super().__init__(in_features, sum(shards), bias=False)
+        self.shards = shards
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
@@ -40,29 +53,26 @@ class LlamaAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         hidden, q_size, kv_size = config.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(hidden, q_size, bias=False)
-        self.k_proj = nn.Linear(hidden, kv_size, bias=False)
-        self.v_proj = nn.Linear(hidden, kv_size, bias=False)
+        self.qkv_proj = PackedLinear(hidden, (q_size, kv_size, kv_size))
         self.o_proj = nn.Linear(q_size, hidden, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        n = x.shape[0]
-        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])
+        n, heads, kv_heads = x.shape[0], self.num_heads, self.num_kv_heads
+        qkv = self.qkv_proj(x).view(n, heads + 2 * kv_heads, self.head_dim)
+        qk = apply_rotary(qkv[:, :heads + kv_heads], cos[:, None], sin[:, None])  # q and k heads rotate alike: one pass
+        q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads:]
         return self.o_proj(batch.attend(self.layer_idx, q, k, v).reshape(n, -1))
 
 
 class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.gate_up_proj = PackedLinear(config.hidden_size, (config.intermediate_size, config.intermediate_size))
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class LlamaDecoderLayer(nn.Module):

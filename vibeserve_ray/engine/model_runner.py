@@ -30,5 +30,7 @@ class ModelRunner:
         rows = batch.logits_rows()
         if not rows:
             return [[] for _ in chunks]
-        logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+        if len(rows) < batch.num_tokens:  # only rows that sample pay for the vocabulary projection
+            hidden = hidden[torch.tensor(rows, device=self.device)]
+        logits = self.model.compute_logits(hidden)
         return self.sampler(logits, chunks)
