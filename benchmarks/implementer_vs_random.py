@@ -49,7 +49,7 @@ def budget_target(tmp: Path, candidates: int, num_requests: int) -> Path:
 
 def search(target: Path, run: Path, implementer: str, candidates: int) -> dict:
     cmd = [sys.executable, "-m", "vibeserve_ray.cli", "search", str(target), "--run", str(run), "--implementer", implementer,
-           "--max-candidates", str(candidates + 1), "--trials", "1", "--time-limit", "3600", "--no-remeasure"]
+           "--max-candidates", str(candidates), "--trials", "1", "--time-limit", "3600", "--no-remeasure"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
