@@ -43,7 +43,7 @@ from vibeserve_ray.tinymodel import cache_dir  # noqa: E402
 
 TARGETS = ROOT / "targets"
 BEST = {"scheduler": "continuous", "kv_cache": "slab"}
-BEST_KNOBS = {"num_threads": 1}
+BEST_KNOBS: dict = {}  # torch picks the intra-op threads (2 here); the HTTP front shares the cores
 # name -> (design, knobs); each component alone, in the smallest valid design that holds it
 ALONE = {
     "seed": ({}, {}),

@@ -96,12 +96,12 @@ def test_prefix_cache_reuses_shared_blocks_and_evicts_lru(model_dir, hf_model):
 
 def test_block_pool_refcounts_and_waits_when_full():
     pool = BlockPool(num_blocks=4, block_size=4, prefix_caching=True)
-    a = Sequence(GenerationRequest(list(range(9)), max_tokens=3), 0, emit=lambda _: None)
+    a = Sequence(GenerationRequest(list(range(9)), max_tokens=3), 0)
     assert pool.allocate(a, 12) and len(a.block_table) == 3
     a.num_cached = 9
     pool.commit(a)  # its two full prompt blocks are named
     shared = a.block_table[:2]
-    b = Sequence(GenerationRequest(list(range(9)) + [50], max_tokens=6), 0, emit=lambda _: None)
+    b = Sequence(GenerationRequest(list(range(9)) + [50], max_tokens=6), 0)
     assert not pool.allocate(b, 16)  # 2 shared + 2 new, but only 1 block is free
     assert b.block_table == [] and pool.ref[shared[0]] == 1
     pool.release(a)
@@ -110,13 +110,13 @@ def test_block_pool_refcounts_and_waits_when_full():
 
 
 def test_prompt_lookup_drafts_from_prediction_then_prompt():
-    seq = Sequence(GenerationRequest([1, 2, 3, 4, 5], max_tokens=10, prediction=[7, 8, 9, 3, 4, 11, 12, 13]), 0, emit=lambda _: None)
+    seq = Sequence(GenerationRequest([1, 2, 3, 4, 5], max_tokens=10, prediction=[7, 8, 9, 3, 4, 11, 12, 13]), 0)
     seq.token_ids += [3, 4]
     assert propose(seq, 3, 2) == [11, 12, 13]
-    seq2 = Sequence(GenerationRequest([1, 2, 3, 4, 5, 6], max_tokens=10), 0, emit=lambda _: None)
+    seq2 = Sequence(GenerationRequest([1, 2, 3, 4, 5, 6], max_tokens=10), 0)
     seq2.token_ids += [2, 3]
     assert propose(seq2, 2, 2) == [4, 5]
-    seq3 = Sequence(GenerationRequest([1, 2, 3, 4, 5, 6], max_tokens=2), 0, emit=lambda _: None)
+    seq3 = Sequence(GenerationRequest([1, 2, 3, 4, 5, 6], max_tokens=2), 0)
     seq3.token_ids += [2, 3]
     assert propose(seq3, 4, 2) == []  # one token left: nothing to draft
 

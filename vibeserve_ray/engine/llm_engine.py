@@ -12,7 +12,6 @@ import asyncio
 import queue
 import random
 import threading
-from functools import partial
 from typing import Any, AsyncIterator
 
 import torch
@@ -60,7 +59,7 @@ class LLMEngine:
         loop = asyncio.get_running_loop()
         stream: asyncio.Queue = asyncio.Queue()
         seed = request.seed if request.seed is not None else random.getrandbits(63)
-        seq = Sequence(request, seed, emit=partial(_emit, loop, stream))
+        seq = Sequence(request, seed, outlet=(loop, stream))
         with self._lock:
             if self._closed:
                 raise RuntimeError("engine is closed")
@@ -91,7 +90,7 @@ class LLMEngine:
             raise ValueError(f"max_tokens must be at least 1, got {request.max_tokens}")
         if not all(0 <= t < self.config.vocab_size for t in request.prompt_token_ids):
             raise ValueError(f"prompt has token ids outside [0, {self.config.vocab_size})")
-        probe = Sequence(request, 0, emit=lambda _: None)
+        probe = Sequence(request, 0)
         if (why := self.scheduler.cache.never_fits(probe, self.scheduler.spec_slack)) is not None:
             raise ValueError(f"request cannot fit this engine's KV cache: {why}")
 
@@ -108,9 +107,10 @@ class LLMEngine:
             error = exc
         with self._lock:
             self._closed = True
-        for seq in self.scheduler.all_sequences() + self._drain():
+        failed = self.scheduler.all_sequences() + self._drain()
+        for seq in failed:
             self.scheduler.finish(seq)
-            seq.emit(error)
+        _deliver_threadsafe([(seq, error) for seq in failed])
 
     def step(self) -> bool:
         """Schedule, run, postprocess; tokens go straight to their requests' streams.
@@ -123,14 +123,11 @@ class LLMEngine:
         except Exception as exc:  # a failed forward fails the requests in it, not the engine
             for chunk in chunks:
                 self.scheduler.finish(chunk.seq)
-                chunk.seq.emit(exc)
+            _deliver_threadsafe([(chunk.seq, exc) for chunk in chunks])
             return True
         finished = self.scheduler.postprocess(chunks, outs)
-        for chunk, tokens in zip(chunks, outs):
-            for out in tokens:
-                chunk.seq.emit(out)
-        for seq in finished:
-            seq.emit(FINISHED)
+        _deliver_threadsafe([(chunk.seq, out) for chunk, tokens in zip(chunks, outs) for out in tokens]
+                            + [(seq, FINISHED) for seq in finished])
         return True
 
     def _admit(self, wait: bool, timeout: float | None = None) -> None:
@@ -141,7 +138,7 @@ class LLMEngine:
             while True:
                 if item is not None and (why := self.scheduler.add(item)) is not None:
                     item.status = Status.FINISHED
-                    item.emit(ValueError(why))
+                    _deliver_threadsafe([(item, ValueError(why))])
                 item = self._inbox.get_nowait()
         except queue.Empty:
             pass
@@ -154,11 +151,25 @@ class LLMEngine:
         return seqs
 
 
-def _emit(loop: asyncio.AbstractEventLoop, stream: asyncio.Queue, item: object) -> None:
-    try:
-        loop.call_soon_threadsafe(stream.put_nowait, item)
-    except RuntimeError:  # the request's event loop is closed: nobody is listening
-        pass
+def _deliver_threadsafe(items: list[tuple[Sequence, object]]) -> None:
+    """Hands items to their requests' streams from the step thread, waking each event
+    loop once per call (one call per step), not once per token: every wake-up competes
+    with the next forward pass for the cores."""
+    batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, object]]] = {}
+    for seq, item in items:
+        if seq.outlet is not None:
+            loop, stream = seq.outlet
+            batches.setdefault(loop, []).append((stream, item))
+    for loop, batch in batches.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, batch)
+        except RuntimeError:  # that event loop is closed: nobody is listening
+            pass
+
+
+def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
+    for stream, item in batch:
+        stream.put_nowait(item)
 
 
 def create_engine(model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None) -> LLMEngine:

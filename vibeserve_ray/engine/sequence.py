@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from itertools import count
-from typing import Callable
 
 from vibeserve_ray.candidate import GenerationRequest
 
@@ -22,13 +22,13 @@ class Status(Enum):
 class Sequence:
     """Owned by the step thread once admitted; the event loop only sets `aborted`.
 
-    `emit` hands a TokenOut, an exception or FINISHED to the request's stream and is
-    safe to call from the step thread.
+    `outlet` is the request's stream: the event loop it lives on and the asyncio.Queue
+    that receives TokenOut, an exception or the end marker (llm_engine delivers).
     """
 
     request: GenerationRequest
     seed: int  # sampling seed (the request's, or drawn for it when it gave none)
-    emit: Callable[[object], None]
+    outlet: tuple[asyncio.AbstractEventLoop, asyncio.Queue] | None = None  # None: a probe nobody listens to
     seq_id: int = field(default_factory=lambda: next(_ids))
     token_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING

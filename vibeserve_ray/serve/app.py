@@ -11,7 +11,7 @@ import json
 import time
 from typing import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -34,25 +34,26 @@ def build_app(front: OpenAIFront | None = None) -> FastAPI:
     async def _bad(request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse(error_body(str(exc), exc.type, exc.status, exc.param), status_code=exc.status)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
+    # A dependency of the /v1 routes, not an HTTP middleware: a middleware wraps every
+    # streamed chunk in its own memory stream, which the event loop pays per token.
+    async def _auth(request: Request) -> None:
         key = request.app.state.front.api_key if request.app.state.front else None
-        if key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {key}":
-                return JSONResponse(error_body("Invalid or missing API key", "authentication_error", 401), status_code=401)
-        return await call_next(request)
+        if key and request.headers.get("authorization", "") != f"Bearer {key}":
+            raise RequestError("Invalid or missing API key", status=401, type_="authentication_error")
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_auth)])
 
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/v1/models")
+    @v1.get("/models")
     async def models(request: Request) -> dict:
         front = request.app.state.front
         card = {"id": front.served_name, "object": "model", "created": front.created, "owned_by": "vibeserve_ray", "max_model_len": front.max_model_len}
         return {"object": "list", "data": [card]}
 
-    @app.post("/v1/completions")
+    @v1.post("/completions")
     async def completions(body: CompletionRequest, request: Request):
         front: OpenAIFront = request.app.state.front
         front.check_model(body.model)
@@ -82,7 +83,7 @@ def build_app(front: OpenAIFront | None = None) -> FastAPI:
             body_out["prompt_token_ids"] = prompt_ids
         return body_out
 
-    @app.post("/v1/chat/completions")
+    @v1.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         front: OpenAIFront = request.app.state.front
         front.check_model(body.model)
@@ -120,6 +121,7 @@ def build_app(front: OpenAIFront | None = None) -> FastAPI:
             "usage": Usage(len(prompt_ids), len(whole.token_ids)).to_dict(),
         }
 
+    app.include_router(v1)
     return app
 
 
