@@ -37,9 +37,8 @@ from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
 from vibeserve_ray.judge.checker import Completion, check_candidate, compare  # noqa: E402
 from vibeserve_ray.measure import bench_candidate, target_workload  # noqa: E402
-from vibeserve_ray.reference import reference_outputs  # noqa: E402
+from vibeserve_ray.reference import load_reference  # noqa: E402
 from vibeserve_ray.target import Target, load_target  # noqa: E402
-from vibeserve_ray.tinymodel import cache_dir  # noqa: E402
 
 TARGETS = ROOT / "targets"
 BEST = {"scheduler": "continuous", "kv_cache": "slab"}
@@ -106,12 +105,11 @@ class Bench:
         verdict = check_candidate(self.target, spec, self.work / "check" / name.replace(" ", "_"))
         c = self.target.spec.checker
         requests = target_workload(self.target, self.num_requests)
+        reference = load_reference(self.target.spec.reference.kind, self.target.model_dir(), self.target.spec.reference.dtype)
         equal = forgiven = 0
         mismatches = []
         for i, result in enumerate(self.reports[name].results):
-            req = requests[i]
-            [ref] = reference_outputs(self.target.spec.reference.kind, self.target.model_dir(), self.target.spec.reference.dtype,
-                                      [req.prompt_token_ids], req.max_tokens, cache_root=cache_dir())
+            ref = reference.generate(requests[i].prompt_token_ids, requests[i].max_tokens)
             status, step, reason = compare(ref, Completion(list(result.output_token_ids), []), c.tolerance, c.logprob_tolerance)
             equal += status == "ok"
             forgiven += status == "forgiven"
