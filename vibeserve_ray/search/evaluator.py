@@ -83,14 +83,14 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
     written back into its candidate.toml."""
     b = target.spec.benchmark
     names = {k.name for k in active_knobs}
-    sampler = optuna.samplers.TPESampler(seed=0, constraints_func=lambda t: t.user_attrs.get("constraints", (1.0,)))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=0)  # reads each trial's constraints (set_constraint): SLOs
     study = optuna.create_study(direction=b.direction, sampler=sampler)
     for start in (warm_knobs, spec.knobs):
         enqueue = {k: v for k, v in start.items() if k in names}
         if enqueue:
             study.enqueue_trial(enqueue, skip_if_exists=True)
     trials: list[Trial] = []
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     for n in range(max(1, n_trials)):
         ot = study.ask()
         knobs = {**spec.knobs, **{k.name: _suggest(ot, k) for k in active_knobs}}
@@ -99,13 +99,13 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
         say(f"evaluate: trial {n + 1}/{n_trials} knobs {({k: knobs[k] for k in sorted(names)})}")
         result = bench_candidate(target, load_candidate(spec.path), workdir / f"trial{n}", say=lambda s: None)
         if isinstance(result, CandidateFailure):
-            ot.set_user_attr("constraints", (1.0,))
+            ot.set_constraint("failed", 1.0)
             study.tell(ot, state=optuna.trial.TrialState.FAIL)
             trials.append(Trial(knobs, math.nan, failure=result, distributions=dists))
             say(f"evaluate: trial {n + 1} failed ({result.phase}): {result.reason}")
             continue
         violations = [v.value / v.bound - 1 if v.kind == "max" else 1 - v.value / v.bound for v in result.slo_violations]
-        ot.set_user_attr("constraints", tuple(violations) or (0.0,))
+        ot.set_constraint("slo", max(violations, default=0.0))  # > 0: infeasible, by how far the worst SLO is missed
         study.tell(ot, result.headline_value)
         trials.append(Trial(knobs, result.headline_value, result.slo_passed, result.metrics.to_dict(), report=result, distributions=dists))
         say(f"evaluate: trial {n + 1}: {result.headline_name} = {result.headline_value:.2f}, slo {'ok' if result.slo_passed else 'missed'}")
