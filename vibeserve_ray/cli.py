@@ -109,7 +109,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         implementer = "offline"
     run_dir = Path(args.run or Path("runs") / target.name)
     connect_ray(args.address)
-    summary = Search(target, _portable_path(args.target), run_dir, space, budget, implementer, say=say, noop_seconds=args.noop_evaluator).run()
+    summary = Search(target, _portable_path(args.target), run_dir, space, budget, implementer, say=say, noop_seconds=args.noop_evaluator,
+                     seed=args.seed).run()
     if summary.best is None:
         say("search: no validated candidate")
         return 1
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--implementer", choices=("auto", "offline", "random"), default="auto",
                         help="who proposes changes; 'random' samples the space uniformly (a baseline)")
     search.add_argument("--space", help="search space file (default search_spaces/llama.toml)")
+    search.add_argument("--seed", type=int, default=0, help="seed of the implementer's and the islands' choices (default 0)")
     search.add_argument("--no-remeasure", action="store_true", help="skip benchmarking the seed and the winner side by side at the end")
     search.add_argument("--noop-evaluator", type=float, metavar="SECONDS", help=argparse.SUPPRESS)  # orchestration tests only
     search.set_defaults(func=cmd_search)

@@ -84,8 +84,9 @@ def _islands_take_turns(items: list) -> list:
 
 class Search:
     def __init__(self, target: Target, target_arg: str, run_dir: Path, space, budget: Budget, implementer: str = "offline",
-                 say: Callable[[str], None] = print, noop_seconds: float | None = None):
+                 say: Callable[[str], None] = print, noop_seconds: float | None = None, seed: int = 0):
         self.target, self.target_arg, self.run_dir, self.space, self.budget = target, target_arg, Path(run_dir), space, budget
+        self.seed = seed
         self.say, self.noop_seconds = say, noop_seconds
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.repo = RunRepo(self.run_dir / "repo")
@@ -94,10 +95,11 @@ class Search:
         self.started = time.monotonic()
         device = target.spec.hardware.device
         self.device = device
+        rng_seed = seed * 100_003 + len(self.rows)  # a resumed search does not replay its first choices
         if implementer == "random":
-            self.implementer: OfflineImplementer = RandomImplementer(space.all_designs(device), seed=len(self.rows))
+            self.implementer: OfflineImplementer = RandomImplementer(space.all_designs(device), seed=rng_seed)
         else:
-            self.implementer = OfflineImplementer([s for s in load_skills() if s.applies(target)], seed=len(self.rows))
+            self.implementer = OfflineImplementer([s for s in load_skills() if s.applies(target)], seed=rng_seed)
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -152,7 +154,7 @@ class Search:
         for i in range(s.islands):
             # Islands live on the head node: they are the driver's state and must not go down with a worker node.
             actor = IslandActor.options(name=island_actor_name(self.name, i), get_if_exists=True, resources={HEAD_NODE: 0.001}).remote(
-                i, self.target.spec.benchmark.direction)
+                i, self.target.spec.benchmark.direction, seed=self.seed)
             members = [record.member(r) for r in self.rows if r.island == i or r.implementer == "seed"]
             ray.get([actor.receive.remote(members)])
             islands.append(actor)
