@@ -23,6 +23,17 @@ def test_tiny_target_loads_typed():
     assert t.checker_concurrency == 16
 
 
+@pytest.mark.parametrize("target_dir", sorted(p.parent for p in TINY_TARGET.parent.glob("*/target.toml")), ids=lambda p: p.name)
+def test_every_shipped_target_loads_and_its_workload_builds(target_dir):
+    from vibeserve_ray.measure import target_workload
+
+    t = load_target(target_dir)
+    requests = target_workload(t)
+    assert len(requests) == t.spec.benchmark.num_requests and all(r.prompt_len > 0 and r.max_tokens > 0 for r in requests)
+    if t.name == "tiny-llama-prefix":  # every prompt opens with the same 256 tokens
+        assert len({tuple(r.prompt_token_ids[:256]) for r in requests}) == 1
+
+
 def _bad(tmp_path, text: str):
     (tmp_path / "checker").mkdir(exist_ok=True)
     (tmp_path / "checker" / "prompts.jsonl").write_text('{"prompt": "x"}\n')
