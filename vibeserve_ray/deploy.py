@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import yaml
 
+from vibeserve_ray import raycluster
 from vibeserve_ray.candidate import load_candidate, resolve_candidate
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.serve.deployment import API_KEY_ENV_VAR, DEPLOYMENT_NAME, IMPORT_PATH, build
@@ -254,9 +255,9 @@ def _connect(detach: bool, say: Callable[[str], None]) -> str:
     if not address and detach:
         address = _start_head(say)
     if address:
-        ray.init(address=address)
+        raycluster.join(address)
         return "cluster"
-    ray.init(address="local")
+    raycluster.start_local()
     return "embedded"
 
 

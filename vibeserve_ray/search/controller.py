@@ -20,6 +20,7 @@ from typing import Callable
 
 import ray
 
+from vibeserve_ray import raycluster
 from vibeserve_ray.agents.offline import OfflineImplementer, RandomImplementer, design_key
 from vibeserve_ray.candidate import materialise_seed
 from vibeserve_ray.search import record
@@ -56,11 +57,9 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        raycluster.join(address, log_to_driver=True)
     else:
-        # "local": a new instance even when /tmp/ray names a cluster from an earlier `ray start`
-        # (plain ray.init() would join it, or hang on it if it died without cleaning up).
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        raycluster.start_local(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 
 HEAD_NODE = "node:__internal_head__"  # the resource Ray puts on the head node alone

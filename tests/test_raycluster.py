@@ -1,0 +1,34 @@
+"""Joining a head by address where Ray's token authentication is on by default.
+
+Ray >= 2.60 starts a head with token auth whenever ~/.ray/auth_token exists (any local
+`ray.init` writes one), but a driver joining by explicit address does not send it
+unless told: `vibeserve deploy --detach` and `search --address` on the same machine
+were refused. The conftest disables auth for every other test; this one restores the
+default a user has, in a HOME of its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+from search_helpers import RayHead
+
+PROBE = "import sys, ray; from vibeserve_ray import raycluster; raycluster.join(sys.argv[1]); print(int(ray.cluster_resources()['CPU']))"
+PLAIN = "import sys, ray; ray.init(address=sys.argv[1]); print(int(ray.cluster_resources()['CPU']))"
+
+
+def test_join_sends_the_local_token_to_a_head_that_requires_it(tmp_path):
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text(uuid.uuid4().hex)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(tmp_path)}
+    head = RayHead(num_cpus=1, env=env, status_env=env | {"RAY_AUTH_MODE": "token"})
+    try:
+        plain = subprocess.run([sys.executable, "-c", PLAIN, head.address], env=env, capture_output=True, text=True, timeout=120)
+        assert plain.returncode != 0 and "auth" in plain.stderr.lower(), "the head does not require the token: this test shows nothing"
+        joined = subprocess.run([sys.executable, "-c", PROBE, head.address], env=env, capture_output=True, text=True, timeout=120)
+        assert joined.returncode == 0, joined.stderr[-2000:]
+        assert joined.stdout.strip().splitlines()[-1] == "1"
+    finally:
+        head.stop()
