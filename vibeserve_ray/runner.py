@@ -69,6 +69,17 @@ def scrubbed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def scratch_env(workdir: Path) -> dict[str, str]:
+    """Scratch space of a candidate process inside its sandbox directory: temporary files
+    and torch.compile's caches stay out of /tmp and the home directory."""
+    dirs = {"TMPDIR": "tmp", "TORCHINDUCTOR_CACHE_DIR": "torch-cache", "TRITON_CACHE_DIR": "triton-cache"}
+    env = {}
+    for var, name in dirs.items():
+        (Path(workdir) / name).mkdir(parents=True, exist_ok=True)
+        env[var] = str((Path(workdir) / name).resolve())
+    return env
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: SIGKILL it if the parent dies (Linux only)."""
     try:
@@ -90,7 +101,7 @@ class CandidateProcess:
                "--tokenizer", str(tokenizer_dir), "--device", device, "--served-name", served_name, "--port-file", str(port_file)]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            cmd, cwd=str(workdir), env=scrubbed_env(), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            cmd, cwd=str(workdir), env=scrubbed_env(scratch_env(workdir)), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=_die_with_parent,
         )
         self.base_url = ""
