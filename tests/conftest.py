@@ -50,3 +50,35 @@ def test_candidate(tmp_path):
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Runs `vibeserve ARGS` as a user would, in a fresh process."""
     return subprocess.run([sys.executable, "-m", "vibeserve_ray.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+ROPE_LLAMA3 = {
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64
+}
+def make_hf_model(seed: int = 0, **overrides):
+    """A small random HF Llama (2 layers) for the engine's unit tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rope_theta=500000.0, rope_scaling=dict(ROPE_LLAMA3), **overrides,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # peaked logits: greedy has no near-ties to trip over
+        model.lm_head.weight.mul_(50)
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    """Module-scoped: each test module gets its own model and checkpoint directory."""
+    return make_hf_model()
+
+
+@pytest.fixture(scope="module")
+def model_dir(hf_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    hf_model.save_pretrained(path)
+    return path

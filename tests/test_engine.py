@@ -8,7 +8,8 @@ import time
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import ROPE_LLAMA3, make_hf_model
+from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from vibeserve_ray.candidate import GenerationRequest, sample_token
@@ -16,34 +17,7 @@ from vibeserve_ray.engine import create_engine
 from vibeserve_ray.engine.config import ModelConfig
 from vibeserve_ray.engine.rotary import rope_inv_freq
 
-ROPE_LLAMA3 = {
-    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64
-}
 PROMPTS = [[7], [5, 6, 7, 8, 9, 10, 11], list(range(100, 160))]
-
-
-def make_hf_model(seed: int = 0, **overrides) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, rope_theta=500000.0, rope_scaling=dict(ROPE_LLAMA3), **overrides,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # peaked logits: greedy has no near-ties to trip over
-        model.lm_head.weight.mul_(50)
-    return model
-
-
-@pytest.fixture(scope="module")
-def hf_model():
-    return make_hf_model()
-
-
-@pytest.fixture(scope="module")
-def model_dir(hf_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    hf_model.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import asyncio
 import pytest
 import torch
 
-from test_engine import PROMPTS, collect, hf_greedy, hf_model, hf_sampled, model_dir, run  # noqa: F401 - shared module fixtures
+from test_engine import PROMPTS, collect, hf_greedy, hf_sampled, run
 from vibeserve_ray.candidate import GenerationRequest
 from vibeserve_ray.engine import create_engine
 from vibeserve_ray.engine.block_pool import BlockPool

@@ -25,9 +25,9 @@ from vibeserve_ray.agents.offline import OfflineImplementer, RandomImplementer, 
 from vibeserve_ray.candidate import materialise_seed
 from vibeserve_ray.search import record
 from vibeserve_ray.search.inner import InnerResult, InnerTask, inner_loop_options, run_inner_loop
-from vibeserve_ray.search.islands import IslandActor, Member, island_actor_name
+from vibeserve_ray.search.islands import IslandActor, island_actor_name
 from vibeserve_ray.search.policy import merge_tasks, parse_backlog, plan_backlog, plan_evolution, render_backlog, seed_backlog
-from vibeserve_ray.search.results import Evaluation, read_results
+from vibeserve_ray.search.results import Evaluation
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.skills import load_skills
 from vibeserve_ray.target import Target
