@@ -72,6 +72,14 @@ def _pad_mask(lengths: list[int], device: torch.device) -> torch.Tensor:
     return (torch.arange(width, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None])[:, None, None, :]
 
 
+def _preallocate(model: ModelConfig, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[list, list]:
+    """Keys and values of `shape` for every layer, zeroed once up front."""
+    def make() -> list[torch.Tensor]:
+        return [torch.zeros(shape, device=device, dtype=dtype) for _ in range(model.num_hidden_layers)]
+
+    return make(), make()
+
+
 # --- dynamic ---------------------------------------------------------------------------
 
 
@@ -123,53 +131,7 @@ class _DynamicStep(CacheStep):
         return torch.stack([pad(k) for k in ks]), torch.stack([pad(v) for v in vs]), _pad_mask(lengths, ks[0].device), None
 
 
-# --- slab and paged: flat slot storage ---------------------------------------------------
-
-
-class FlatKVCache(KVCache):
-    """Storage [kv_heads, capacity, head_dim] per layer, addressed by flat slot numbers
-    (the paged cache maps positions to them through block tables)."""
-
-    def __init__(self, model: ModelConfig, capacity: int, device: torch.device, dtype: torch.dtype):
-        shape = (model.num_key_value_heads, capacity, model.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(model.num_hidden_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(model.num_hidden_layers)]
-        self.device = device
-
-    def slots(self, seq: Sequence, end: int) -> torch.Tensor:
-        """Slot numbers of positions [0, end) of `seq`."""
-        raise NotImplementedError
-
-    def step(self, chunks: list[Chunk], decode: list[int]) -> CacheStep:
-        return _FlatStep(self, chunks, decode)
-
-
-class _FlatStep(CacheStep):
-    def __init__(self, cache: FlatKVCache, chunks: list[Chunk], decode: list[int]):
-        self.cache = cache
-        self.context = [cache.slots(c.seq, c.end) for c in chunks]  # every chunk's whole context
-        self.write_slots = torch.cat([ctx[c.start:] for ctx, c in zip(self.context, chunks)])
-        if len(decode) > 1:
-            lengths = [chunks[i].end for i in decode]
-            width = max(lengths)
-            self.decode_slots = torch.stack([torch.nn.functional.pad(self.context[i], (0, width - chunks[i].end)) for i in decode]).flatten()
-            self.decode_shape = (len(decode), width)
-            self.mask = _pad_mask(lengths, cache.device)
-
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.cache.keys[layer].index_copy_(1, self.write_slots, k.transpose(0, 1))
-        self.cache.values[layer].index_copy_(1, self.write_slots, v.transpose(0, 1))
-
-    def read(self, layer: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        slots = self.context[i]
-        return self.cache.keys[layer].index_select(1, slots), self.cache.values[layer].index_select(1, slots)
-
-    def read_decode(self, layer: int):
-        b, width = self.decode_shape
-        k = self.cache.keys[layer].index_select(1, self.decode_slots)
-        v = self.cache.values[layer].index_select(1, self.decode_slots)
-        heads, dim = k.shape[0], k.shape[2]
-        return k.view(heads, b, width, dim).transpose(0, 1), v.view(heads, b, width, dim).transpose(0, 1), self.mask, None
+# --- slab ------------------------------------------------------------------------------
 
 
 class SlabKVCache(KVCache):
@@ -182,8 +144,7 @@ class SlabKVCache(KVCache):
         self.num_slots = 1 if config.scheduler == "serial" else config.max_num_seqs
         self.max_len = config.max_model_len
         shape = (self.num_slots, model.num_key_value_heads, self.max_len, model.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(model.num_hidden_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(model.num_hidden_layers)]
+        self.keys, self.values = _preallocate(model, shape, device, dtype)
         self.device = device
         self.free_slots = list(range(self.num_slots))  # a heap: lowest first keeps the busy slots leading
 
@@ -237,11 +198,19 @@ class _SlabStep(CacheStep):
         return self.cache.keys[layer][self.decode_view], self.cache.values[layer][self.decode_view], self.mask, self.decode_rows
 
 
-class PagedKVCache(FlatKVCache):
+# --- paged -----------------------------------------------------------------------------
+
+
+class PagedKVCache(KVCache):
+    """Storage [kv_heads, num_kv_blocks * block_size, head_dim] per layer, addressed by
+    flat slot numbers; a request's positions map to slots through its block table."""
+
     def __init__(self, model: ModelConfig, config: EngineConfig, device: torch.device, dtype: torch.dtype):
         self.pool = BlockPool(config.num_kv_blocks, config.block_size, config.prefix_cache)
         self.block_size = config.block_size
-        super().__init__(model, config.num_kv_blocks * config.block_size, device, dtype)
+        shape = (model.num_key_value_heads, config.num_kv_blocks * config.block_size, model.head_dim)
+        self.keys, self.values = _preallocate(model, shape, device, dtype)
+        self.device = device
 
     def never_fits(self, seq: Sequence, spec_slack: int) -> str | None:
         need = self.pool.blocks_for(self.room_needed(seq, spec_slack))
@@ -256,10 +225,42 @@ class PagedKVCache(FlatKVCache):
     def commit(self, seq: Sequence) -> None:
         self.pool.commit(seq)
 
+    def step(self, chunks: list[Chunk], decode: list[int]) -> CacheStep:
+        return _PagedStep(self, chunks, decode)
+
     def slots(self, seq: Sequence, end: int) -> torch.Tensor:
+        """Slot numbers of positions [0, end) of `seq`."""
         table = torch.tensor(seq.block_table, device=self.device)
         pos = torch.arange(end, device=self.device)
         return table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+
+class _PagedStep(CacheStep):
+    def __init__(self, cache: PagedKVCache, chunks: list[Chunk], decode: list[int]):
+        self.cache = cache
+        self.context = [cache.slots(c.seq, c.end) for c in chunks]  # every chunk's whole context
+        self.write_slots = torch.cat([ctx[c.start:] for ctx, c in zip(self.context, chunks)])
+        if len(decode) > 1:
+            lengths = [chunks[i].end for i in decode]
+            width = max(lengths)
+            self.decode_slots = torch.stack([torch.nn.functional.pad(self.context[i], (0, width - chunks[i].end)) for i in decode]).flatten()
+            self.decode_shape = (len(decode), width)
+            self.mask = _pad_mask(lengths, cache.device)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.cache.keys[layer].index_copy_(1, self.write_slots, k.transpose(0, 1))
+        self.cache.values[layer].index_copy_(1, self.write_slots, v.transpose(0, 1))
+
+    def read(self, layer: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        slots = self.context[i]
+        return self.cache.keys[layer].index_select(1, slots), self.cache.values[layer].index_select(1, slots)
+
+    def read_decode(self, layer: int):
+        b, width = self.decode_shape
+        k = self.cache.keys[layer].index_select(1, self.decode_slots)
+        v = self.cache.values[layer].index_select(1, self.decode_slots)
+        heads, dim = k.shape[0], k.shape[2]
+        return k.view(heads, b, width, dim).transpose(0, 1), v.view(heads, b, width, dim).transpose(0, 1), self.mask, None
 
 
 def make_kv_cache(model: ModelConfig, config: EngineConfig, device: torch.device, dtype: torch.dtype) -> KVCache:
