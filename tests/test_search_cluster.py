@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT
 from search_helpers import RayHead, small_target
 
 from vibeserve_ray.search.results import read_results
@@ -38,12 +39,24 @@ def _agree(run):
 def test_four_fake_gpus_evaluate_four_candidates_at_once(tmp_path, head, tiny_models):
     target = small_target(tmp_path, islands=2, population=2, rounds=1, num_gpus=1)
     run = tmp_path / "run"
-    r = run_cli("search", str(target), "--run", str(run), "--address", head.address, "--noop-evaluator", "12", timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    cmd = [sys.executable, "-m", "vibeserve_ray.cli", "search", str(target), "--run", str(run), "--address", head.address, "--noop-evaluator", "12"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen_running: list = []
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline and len(seen_running) < 4:
+        try:  # what `vibeserve status` lists as running, while the round runs
+            seen_running = [t for t in json.loads((run / "running.json").read_text()) if t["round"] == 1]
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.3)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert len(seen_running) == 4 and {t["island"] for t in seen_running} == {0, 1}, seen_running
+    assert json.loads((run / "running.json").read_text()) == [], "finished work still listed as running"
     rows = [x for x in _agree(run) if x.round == 1]
     assert len(rows) == 4
     assert max(x.started_at for x in rows) < min(x.finished_at for x in rows), "the four inner loops did not overlap"
-    assert "round 1/1" in r.stderr
+    assert "round 1/1" in err
 
 
 def test_ray_job_submit_runs_a_search(tmp_path, head, tiny_models):

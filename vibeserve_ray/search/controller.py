@@ -204,11 +204,13 @@ class Search:
             if waiting and time.monotonic() - self.started > self.budget.time_limit_s and results + list(pending):
                 self.say(f"search: time limit: {len(waiting)} planned evaluations not started (a resumed search plans again)")
                 waiting = []
-            while waiting and len(pending) < _capacity(options):
+            before = set(pending)
+            room = _capacity(options) - len(pending)  # asked once a pass: nodes come and go
+            while waiting and room > 0:
                 t = waiting.pop(0)
                 ref = remote.options(**options, name=f"inner:{t.eval_id[:8]}:island-{t.island}").remote(t)
                 pending[ref] = (t, time.monotonic())
-                self._write_running(pending)
+                room -= 1
             if not pending:
                 break
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
@@ -226,7 +228,7 @@ class Search:
                     pending.pop(ref)
                     results.append(record_result(record.lost_result(self.repo, task, f"no result within {self.budget.candidate_time_limit_s:g}s",
                                                                     "timeout")))
-            if ready:
+            if set(pending) != before:  # what `status` shows as running, at most a pass (1 s) late
                 self._write_running(pending)
         record.write_running(self.run_dir, [])
         return results
