@@ -60,14 +60,14 @@ def search(target: Path, run: Path, implementer: str, candidates: int, seed: int
         if line.startswith("round "):
             say(f"  {implementer} (seed {seed}): {line}")
     rows = sorted(read_results(run), key=lambda r: r.finished_at)
-    seed = next(r.headline_value for r in rows if r.implementer == "seed")
-    best, curve = seed, []
+    baseline = next(r.headline_value for r in rows if r.implementer == "seed")  # the seed engine's measurement
+    best, curve = baseline, []
     for r in rows:
         if r.implementer != "seed" and r.verdict == "validated":
             best = max(best, r.headline_value)
         curve.append(round(best, 2))
-    return {"implementer": implementer, "seed_arg": seed, "exit_code": proc.returncode, "wall_s": round(wall, 1), "seed": round(seed, 2), "best": round(best, 2),
-            "speedup_over_seed": round(best / seed, 2), "best_so_far": curve,
+    return {"implementer": implementer, "seed_arg": seed, "exit_code": proc.returncode, "wall_s": round(wall, 1), "seed": round(baseline, 2), "best": round(best, 2),
+            "speedup_over_seed": round(best / baseline, 2), "best_so_far": curve,
             "validated": sum(r.verdict == "validated" for r in rows), "rejected_or_failed": sum(r.verdict != "validated" for r in rows),
             "designs": [json.loads(r.design) if isinstance(r.design, str) else r.design for r in rows if r.implementer != "seed"]}
 
