@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.engine_vs_transformers import hf_batched  # noqa: E402
 from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
 from vibeserve_ray.judge.checker import Completion, check_candidate, compare  # noqa: E402
@@ -136,11 +137,7 @@ def transformers_batched(target: Target, num_requests: int, threads: int) -> flo
     size = target.spec.benchmark.concurrency
 
     def run(batch) -> None:
-        width = max(r.prompt_len for r in batch)
-        ids = torch.tensor([[pad] * (width - r.prompt_len) + r.prompt_token_ids for r in batch])
-        mask = torch.tensor([[0] * (width - r.prompt_len) + [1] * r.prompt_len for r in batch])
-        n = max(r.max_tokens for r in batch)
-        model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=pad)
+        hf_batched(model, [r.prompt_token_ids for r in batch], max(r.max_tokens for r in batch), pad)
 
     with torch.inference_mode():
         run(requests[:2])  # warm-up
