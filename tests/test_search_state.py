@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from vibeserve_ray.candidate import load_candidate, materialise_seed, write_candidate_toml
 from vibeserve_ray.judge.scan import scan_for_bypass
@@ -29,6 +30,16 @@ def test_candidate_commit_tree_is_exactly_the_directory_and_parent_is_its_origin
     assert load_candidate(out).design["scheduler"] == "continuous"
     assert repo.tree_id(child) == repo.tree_of_dir(cand)
     assert "scheduler" in repo.diff(seed, child)
+
+
+def test_relative_paths_mean_the_callers_directory(tmp_path, monkeypatch):
+    # `vibeserve search T --run runs/demo`: git runs inside the repository, paths are the user's
+    monkeypatch.chdir(tmp_path)
+    materialise_seed(tmp_path / "runs" / "demo" / ".seed")
+    repo = RunRepo(Path("runs/demo/repo"))
+    commit = repo.commit_candidate(Path("runs/demo/.seed"), None, "seed", branch="seed")
+    assert repo.tree_id(commit) == repo.tree_of_dir(tmp_path / "runs" / "demo" / ".seed")
+    assert sorted(p.name for p in repo.export(commit, Path("out")).iterdir()) == ["candidate.toml", "engine"]
 
 
 def test_trees_travel_as_bytes(tmp_path):

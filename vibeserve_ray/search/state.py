@@ -44,7 +44,8 @@ class RunRepo:
         env = dict(AUTHOR_ENV)
         if index:
             env["GIT_INDEX_FILE"] = index
-        cmd = ["git"] + (["--work-tree", work_tree] if work_tree else []) + list(args)
+        # git runs inside the repository: a relative work tree means the caller's directory, so resolve it here
+        cmd = ["git"] + (["--work-tree", str(Path(work_tree).resolve())] if work_tree else []) + list(args)
         return self.repo.git.execute(cmd, env=env, istream=None if input is None else _stdin(input), strip_newline_in_stdout=True)
 
     # --- candidates ------------------------------------------------------------------
