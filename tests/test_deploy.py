@@ -200,6 +200,41 @@ def test_metrics_count_requests_ttft_and_tokens_per_second(served):
     assert refused, "401s are counted too"
 
 
+def _replica() -> dict:
+    from ray import serve
+
+    return serve.get_app_handle(MODEL).describe.remote().result(timeout_s=60)
+
+
+def test_the_engine_runs_in_its_own_process_without_the_key(served):
+    info = _replica()
+    assert info["engine_pid"] and info["engine_pid"] != info["pid"]
+    environ = Path(f"/proc/{info['engine_pid']}/environ").read_bytes().split(b"\0")
+    assert not [v for v in environ if KEY.encode() in v], "the API key reached the candidate's process"
+    assert not [v for v in environ if v.startswith(KEY_ENV.encode() + b"=")]
+
+
+def test_a_dead_engine_fails_health_and_serve_replaces_the_replica(served):
+    before = _replica()
+    os.kill(before["engine_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            after = _replica()
+            if after["pid"] != before["pid"]:
+                break
+        except Exception:  # noqa: BLE001 - the replica is being replaced
+            pass
+        time.sleep(1)
+    else:
+        pytest.fail("the replica with a dead engine was not replaced")
+    assert after["engine_pid"] != before["engine_pid"]
+    deadline = time.monotonic() + 60
+    while (code := _post(served, json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 1}).encode())[0]) != 200 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert code == 200
+
+
 # ---------------------------------------------------------------- choosing what to deploy
 
 
@@ -253,6 +288,9 @@ def test_a_run_deploys_its_best_validated_candidate_or_the_commit_asked_for(run_
         (["--candidate", "seed", "--target", str(TINY_TARGET), "--api-key-env", "MY-KEY"], "--api-key-env"),
         (["--candidate", "seed", "--target", str(TINY_TARGET), "--min-replicas", "3", "--max-replicas", "2"], "--max-replicas"),
         (["--candidate", "seed", "--target", str(TINY_TARGET), "--api-key-env", "VIBESERVE_UNSET_KEY"], "VIBESERVE_UNSET_KEY"),
+        (["--candidate", "seed", "--target", str(TINY_TARGET), "--knobs", "no_such_knob=1"], "--knobs no_such_knob"),
+        (["--candidate", "seed", "--target", str(TINY_TARGET), "--knobs", "batch_wait_ms=soon"], "--knobs batch_wait_ms"),
+        (["--candidate", "seed", "--target", str(TINY_TARGET), "--knobs", "batch_wait_ms"], "--knobs batch_wait_ms"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_field_and_exit_2(run_dir, argv, field, capsys, monkeypatch):
@@ -269,7 +307,7 @@ def test_config_only_writes_a_valid_serve_config_with_the_key_name_not_the_key(t
     monkeypatch.setenv(KEY_ENV, KEY)
     out = tmp_path / "serve.yaml"
     argv = ["deploy", "--candidate", "seed", "--target", str(TINY_TARGET), "--api-key-env", KEY_ENV, "--min-replicas", "1",
-            "--max-replicas", "3", "--max-ongoing-requests", "8", "--config-only", str(out)]
+            "--max-replicas", "3", "--max-ongoing-requests", "8", "--knobs", "batch_wait_ms=2.5", "--config-only", str(out)]
     assert deploy_cli.main(argv) == 0
     assert KEY not in out.read_text()
     config = yaml.safe_load(out.read_text())
@@ -281,6 +319,8 @@ def test_config_only_writes_a_valid_serve_config_with_the_key_name_not_the_key(t
     assert d["autoscaling_config"]["min_replicas"] == 1 and d["autoscaling_config"]["max_replicas"] == 3
     assert d["max_ongoing_requests"] == 8 and d["max_queued_requests"] == 16
     assert d["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0}
+    assert d["user_config"]["knobs"]["batch_wait_ms"] == 2.5  # the override, as a float like the knob it replaces
+    assert app["args"]["memory_mb"] == 6144  # the engine process runs under the target's limits
 
 
 # ---------------------------------------------------------------- the CLI and `serve deploy` on a real head

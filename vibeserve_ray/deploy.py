@@ -127,6 +127,32 @@ def _from_run(run: Path, commit: str | None, target: str | None) -> Chosen:
     return Chosen(str(spec.path), spec.knobs, tgt, label)
 
 
+def with_knobs(chosen: Chosen, items: list[str]) -> Chosen:
+    """`chosen` with `NAME=VALUE` knob overrides, each parsed as the type of the value it
+    replaces (a candidate's knobs are its own: no design space is needed)."""
+    from dataclasses import replace
+
+    from vibeserve_ray.design_space import parse_assignments
+
+    knobs = dict(chosen.knobs)
+    for name, text in parse_assignments(items, CLI, "knobs").items():
+        if name not in knobs:
+            raise BadInput(CLI, f"--knobs {name}", f"unknown knob (the candidate has {', '.join(sorted(knobs))})")
+        knobs[name] = _parse_like(knobs[name], text, name)
+    return replace(chosen, knobs=knobs)
+
+
+def _parse_like(current: Any, text: str, name: str) -> Any:
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        return type(current)(text)
+    except ValueError:
+        raise BadInput(CLI, f"--knobs {name}", f"{text!r} is not a valid {type(current).__name__}") from None
+
+
 # --- the Serve config ----------------------------------------------------------------------
 
 
@@ -135,6 +161,8 @@ def serve_config(chosen: Chosen, opts: ServeOptions) -> dict:
     opts.validate()
     t, hw, bench = chosen.target, chosen.target.spec.hardware, chosen.target.spec.benchmark
     args: dict[str, Any] = {"candidate": chosen.candidate, "served_name": t.served_name, "device": hw.device}
+    # The engine process gets the limits it was evaluated under.
+    args |= {"memory_mb": t.spec.limits.memory_mb, "startup_timeout_s": t.spec.limits.startup_timeout_s}
     m = t.spec.model
     if m.generator:
         args |= {"generator": m.generator, "generator_seed": m.seed}

@@ -26,6 +26,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     )
     opts.validate()
     chosen = deploy.choose(args.run, args.commit, args.candidate, args.target)
+    knobs = [x for group in args.knobs for x in group]
+    if knobs:
+        chosen = deploy.with_knobs(chosen, knobs)
     config = deploy.serve_config(chosen, opts)
     if args.config_only:
         written = deploy.write_config(config, args.config_only)
@@ -51,6 +54,8 @@ def add_deploy_parser(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1; 0.0.0.0 to listen on all interfaces)")
     p.add_argument("--api-key-env", metavar="NAME", help="require `Authorization: Bearer $NAME`; only the name is written anywhere")
+    p.add_argument("--knobs", nargs="+", action="append", default=[], metavar="KNOB=VALUE",
+                   help="override the candidate's knobs for serving (sent as user_config; changeable without a restart)")
     p.add_argument("--config-only", metavar="FILE", help="write the Serve config for `serve deploy` and exit")
     p.add_argument("--detach", action="store_true", help="return once healthy and leave the application running")
     p.add_argument("--max-ongoing-requests", type=int, help="requests a replica works on at once (default: the benchmark's concurrency)")

@@ -9,6 +9,7 @@ reason, log tail): a recorded result, never a hung or crashed caller.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import signal
@@ -91,7 +92,8 @@ def _die_with_parent() -> None:
 class CandidateProcess:
     """A running candidate server. Use as a context manager; `stop()` is idempotent."""
 
-    def __init__(self, spec: CandidateSpec, model_dir: Path, tokenizer_dir: Path, served_name: str, device: str, limits: Limits, workdir: Path):
+    def __init__(self, spec: CandidateSpec, model_dir: Path, tokenizer_dir: Path, served_name: str, device: str, limits: Limits, workdir: Path,
+                 knobs: dict | None = None):
         self.spec, self.limits, self.served_name = spec, limits, served_name
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "server.log"
@@ -99,6 +101,8 @@ class CandidateProcess:
         port_file.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "vibeserve_ray.serve.worker", "--candidate", str(spec.path), "--model", str(model_dir),
                "--tokenizer", str(tokenizer_dir), "--device", device, "--served-name", served_name, "--port-file", str(port_file)]
+        if knobs:
+            cmd += ["--knobs", json.dumps(knobs)]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             cmd, cwd=str(workdir), env=scrubbed_env(scratch_env(workdir)), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
@@ -214,6 +218,8 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def start_candidate(spec: CandidateSpec, model_dir: Path, tokenizer_dir: Path, served_name: str, device: str, limits: Limits, workdir: Path) -> CandidateProcess:
-    """Starts the candidate and waits until it is healthy; CandidateFailed otherwise."""
-    return CandidateProcess(spec, model_dir, tokenizer_dir, served_name, device, limits, workdir)
+def start_candidate(spec: CandidateSpec, model_dir: Path, tokenizer_dir: Path, served_name: str, device: str, limits: Limits, workdir: Path,
+                    knobs: dict | None = None) -> CandidateProcess:
+    """Starts the candidate (its own knobs, or `knobs` over them) and waits until it is
+    healthy; CandidateFailed otherwise."""
+    return CandidateProcess(spec, model_dir, tokenizer_dir, served_name, device, limits, workdir, knobs)

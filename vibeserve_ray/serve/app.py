@@ -1,8 +1,8 @@
 """The OpenAI-compatible HTTP front: one FastAPI app for evaluation and deployment.
 
-The evaluator runs it in the candidate's sandboxed subprocess under uvicorn; the Ray
-Serve deployment mounts the same app with `@serve.ingress`, so what was measured is
-what is served. The front lives in `app.state.front`.
+It runs in the candidate's sandboxed engine process under uvicorn (`serve.worker`): the
+evaluator measures that process and a Ray Serve replica proxies to it, so what was
+measured is what is served. The front lives in `app.state.front`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import time
 from typing import AsyncIterator
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -34,14 +34,7 @@ def build_app(front: OpenAIFront | None = None) -> FastAPI:
     async def _bad(request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse(error_body(str(exc), exc.type, exc.status, exc.param), status_code=exc.status)
 
-    # A dependency of the /v1 routes, not an HTTP middleware: a middleware wraps every
-    # streamed chunk in its own memory stream, which the event loop pays per token.
-    async def _auth(request: Request) -> None:
-        key = request.app.state.front.api_key if request.app.state.front else None
-        if key and request.headers.get("authorization", "") != f"Bearer {key}":
-            raise RequestError("Invalid or missing API key", status=401, type_="authentication_error")
-
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_auth)])
+    v1 = APIRouter(prefix="/v1")
 
     @app.get("/health")
     async def health() -> dict:

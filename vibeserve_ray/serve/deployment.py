@@ -1,27 +1,39 @@
 """The Ray Serve deployment: a candidate's engine behind the front the evaluator measured.
 
-One replica holds one engine with the target's resources; its ingress is the shared
-FastAPI app (`build_app`), so routes, validation, errors and streaming are exactly the
-ones measured in evaluation. Knobs arrive through `user_config`, so `reconfigure` can
-swap in a re-built engine without restarting the replica. Serve config files name
+One replica holds the target's resources and runs the candidate exactly as the evaluator
+did: the same sandboxed engine process behind the same front (`runner.start_candidate`),
+so routes, validation, errors and streaming are the ones measured in evaluation. The
+replica's ingress checks the API key and relays requests to that process over loopback.
+Knobs arrive through `user_config`, so `reconfigure` can swap in a new engine process
+without restarting the replica. Serve config files name
 `vibeserve_ray.serve.deployment:app_builder` as their import path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import tempfile
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, AsyncIterator, Literal
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 from ray.serve import Application
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
-from vibeserve_ray.candidate import GenerationRequest, TokenOut, import_entrypoint, load_candidate, materialise_seed
+from vibeserve_ray.candidate import load_candidate, materialise_seed
 from vibeserve_ray.errors import BadInput
+from vibeserve_ray.runner import CandidateFailed, CandidateProcess, Limits, start_candidate
+from vibeserve_ray.serve.protocol import error_body
+from vibeserve_ray.serve.worker import STATS_PATH
 
 DEPLOYMENT_NAME = "vibeserve"
 IMPORT_PATH = "vibeserve_ray.serve.deployment:app_builder"
@@ -47,6 +59,8 @@ class ServeArgs(BaseModel):
     tokenizer_path: str | None = None
     generator: Literal["tiny-llama"] | None = None
     generator_seed: int = 0
+    memory_mb: int = Limits.memory_mb  # the engine process's limit (the target's [limits])
+    startup_timeout_s: float = Limits.startup_timeout_s
 
     def model_dirs(self) -> tuple[Path, Path]:
         if self.generator == "tiny-llama":
@@ -88,38 +102,6 @@ class _Metrics:
             m.set_default_tags({"deployment": deployment})
 
 
-class _MeteredEngine:
-    """The candidate's engine, timed from the outside (its internals are its own), and
-    counting live streams so a replaced engine is closed only once it is idle."""
-
-    def __init__(self, engine: Any, metrics: _Metrics):
-        self.engine, self.metrics, self.active = engine, metrics, 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenOut]:
-        self.active += 1
-        self.idle.clear()
-        start, first, n = time.perf_counter(), None, 0
-        try:
-            async for out in self.engine.generate(request):
-                if first is None:
-                    first = time.perf_counter()
-                    self.metrics.ttft_ms.observe((first - start) * 1000)
-                n += 1
-                yield out
-        finally:
-            self.active -= 1
-            if not self.active:
-                self.idle.set()
-            if n:
-                self.metrics.tokens_per_s.observe(n / max(time.perf_counter() - start, 1e-6))
-
-    async def close(self) -> None:
-        await self.idle.wait()
-        await self.engine.close()
-
-
 class _CountRequests:
     """Pure ASGI middleware (no buffering of SSE streams) counting responses by status."""
 
@@ -148,79 +130,205 @@ class _CountRequests:
 
 
 def _api_key() -> str | None:
-    """The key from the variable the config names; then secrets leave the environment,
-    so the candidate's code, which runs in this process, cannot read them."""
+    """The key from the variable the config names; then it and anything else secret leave
+    this process's environment, from which the engine process's environment is made."""
     from vibeserve_ray.runner import SECRET_ENV
 
     name = os.environ.get(API_KEY_ENV_VAR)
     key = os.environ.get(name) if name else None
     if name and not key:
         raise RuntimeError(f"{API_KEY_ENV_VAR} names {name}, which is not set on this node: refusing to serve without the key")
-    for var in [v for v in os.environ if SECRET_ENV.search(v) and not v.startswith("RAY_")]:
+    for var in [v for v in os.environ if v == name or (SECRET_ENV.search(v) and not v.startswith("RAY_"))]:
         del os.environ[var]
     return key
+
+
+class _Engine:
+    """One engine process (the evaluator's sandboxed worker) and the requests in flight on
+    it, so a replaced one is stopped only once it is idle."""
+
+    def __init__(self, proc: CandidateProcess, knobs: dict, generation: int):
+        self.proc, self.knobs, self.generation, self.active = proc, knobs, generation, 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.active += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.active -= 1
+        if not self.active:
+            self.idle.set()
+
+    async def retire(self, engines: set) -> None:
+        await self.idle.wait()
+        await asyncio.to_thread(self.proc.stop)
+        engines.discard(self)
+
+
+def _error(status: int, message: str, type_: str) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, status), status_code=status)
 
 
 @serve.deployment(name=DEPLOYMENT_NAME, user_config={"knobs": {}}, max_constructor_retry_count=2, health_check_period_s=5)
 @serve.ingress()
 class VibeServer:
-    """One replica: the candidate's engine, the shared front, knobs via `reconfigure`.
+    """One replica: the candidate's engine in its own sandboxed process, behind a proxy.
 
-    The engine is built by the first `reconfigure` (Serve calls it before the replica
-    takes traffic; the default user_config makes sure it does), so it is built once,
-    with the knobs the config names.
+    The engine process is the evaluator's (`runner.start_candidate`: the shared front,
+    scrubbed environment, memory watchdog, scratch space of its own), so the replica runs
+    no candidate code and serves exactly the process that was measured. The replica
+    checks the API key, relays bytes, counts requests and exports the engine's TTFT and
+    tokens/s. The engine is started by the first `reconfigure` (Serve calls it before the
+    replica takes traffic; the default user_config makes sure it does), with the config's
+    knobs; a dead or over-limit engine fails `check_health`, and Serve replaces the replica.
     """
 
     def __init__(self, args: dict | ServeArgs):
-        from vibeserve_ray.serve.front import OpenAIFront
-
         self.args = parse_args(args)
-        api_key = _api_key()  # before any candidate code is imported
-        self.model_dir, tokenizer_dir = self.args.model_dirs()
+        self.api_key = _api_key()
+        self.model_dir, self.tokenizer_dir = self.args.model_dirs()
+        self.sandbox = Path(tempfile.mkdtemp(prefix="vibeserve-replica-"))
         candidate = self.args.candidate
         if candidate == "seed":
-            candidate = materialise_seed(Path(tempfile.mkdtemp(prefix="vibeserve-seed-")) / "seed")
+            candidate = materialise_seed(self.sandbox / "seed")
         self.spec = load_candidate(candidate)
-        self.create_engine = import_entrypoint(self.spec)
+        self.limits = Limits(startup_timeout_s=self.args.startup_timeout_s, memory_mb=self.args.memory_mb)
         self.metrics = _Metrics(serve.get_replica_context().deployment)
-        self.knobs: dict | None = None
-        self.generation = 0
-        self.front = OpenAIFront(None, tokenizer_dir, self.args.served_name, api_key=api_key)
+        self.engine: _Engine | None = None
+        self._engines: set[_Engine] = set()  # the current one and those retiring
+        # Engine processes die with the thread that started them (PR_SET_PDEATHSIG), so
+        # they are started from one thread that lives as long as the replica.
+        self._starter = ThreadPoolExecutor(1, thread_name_prefix="engine-starter")
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     def __serve_build_asgi_app__(self):
-        from vibeserve_ray.serve.app import build_app
-
-        app = build_app(self.front)
+        app = Starlette(routes=[Route("/health", self._health), Route("/v1/{path:path}", self._forward, methods=["GET", "POST"])])
         app.add_middleware(_CountRequests, metrics=self.metrics)
         return app
 
     async def reconfigure(self, user_config: dict) -> None:
-        """New knobs build a new engine; requests in flight finish on the old one, which
-        is closed once idle. Unknown knobs fail the update and leave the engine as it was."""
+        """New knobs start a new engine process; requests in flight finish on the old one,
+        which is stopped once idle. Unknown knobs, or an engine that does not start, fail
+        the update and leave the running engine as it was."""
         knobs = dict((user_config or {}).get("knobs") or {})
         unknown = sorted(set(knobs) - set(self.spec.knobs))
         if unknown:
             raise ValueError(f"user_config.knobs.{unknown[0]}: unknown knob (the candidate has {', '.join(sorted(self.spec.knobs))})")
         wanted = {**self.spec.knobs, **knobs}
-        if wanted == self.knobs:
+        if self.engine is not None and wanted == self.engine.knobs:
             return
-        # Built on the event loop's thread, as the evaluator's worker builds it: an engine
-        # may bind to the running loop in its constructor.
-        engine = self.create_engine(str(self.model_dir), self.args.device, dict(wanted))
-        old, self.front.engine = self.front.engine, _MeteredEngine(engine, self.metrics)
-        self.knobs, self.generation = wanted, self.generation + 1
-        if old is not None:
-            self._retiring = asyncio.create_task(old.close())
+        generation = self.engine.generation + 1 if self.engine else 1
+        try:
+            proc = await asyncio.get_running_loop().run_in_executor(
+                self._starter, start_candidate, self.spec, self.model_dir, self.tokenizer_dir, self.args.served_name, self.args.device,
+                self.limits, self.sandbox / f"engine-{generation}", wanted)
+        except CandidateFailed as exc:
+            raise RuntimeError(f"the engine did not start: {exc.failure.describe()}") from None
+        old, self.engine = self.engine, _Engine(proc, wanted, generation)
+        self._engines.add(self.engine)
+        if old is None:
+            self._spawn(self._export_stats())
+        else:
+            self._spawn(old.retire(self._engines))
+
+    def check_health(self) -> None:
+        """A dead or over-limit engine process fails the replica, and Serve replaces it."""
+        failure = self.engine.proc.failure() if self.engine else None
+        if failure:
+            raise RuntimeError(failure.describe())
 
     async def describe(self) -> dict:
         """What this replica runs (through a handle: `handle.describe.remote()`)."""
-        return {"pid": os.getpid(), "candidate": str(self.spec.path), "design": self.spec.design, "knobs": self.knobs,
-                "engine_generation": self.generation, "served_name": self.args.served_name}
+        e = self.engine
+        return {"pid": os.getpid(), "engine_pid": e.proc.proc.pid if e else None, "candidate": str(self.spec.path),
+                "design": self.spec.design, "knobs": e.knobs if e else None, "engine_generation": e.generation if e else 0,
+                "served_name": self.args.served_name}
+
+    # --- the proxy ---------------------------------------------------------------------
+
+    async def _health(self, request: Request) -> Response:
+        failure = self.engine.proc.failure() if self.engine else None
+        if self.engine is None or failure:
+            return _error(503, "engine " + (f"failed: {failure.reason}" if failure else "not started"), "server_error")
+        return JSONResponse({"status": "ok"})
+
+    async def _forward(self, request: Request) -> Response:
+        if self.api_key and request.headers.get("authorization", "") != f"Bearer {self.api_key}":
+            return _error(401, "Invalid or missing API key", "authentication_error")
+        engine, body = self.engine, await request.body()
+        if engine is None:
+            return _error(503, "engine not started", "server_error")
+        engine.enter()
+        try:
+            resp = await self._client().request(request.method, engine.proc.base_url + request.url.path, params=request.query_params,
+                                                data=body, headers={"Content-Type": request.headers.get("content-type", "application/json")})
+        except aiohttp.ClientError as exc:
+            engine.leave()
+            failure = engine.proc.failure()
+            return _error(503, f"engine unavailable: {failure.reason if failure else exc}", "server_error")
+        if resp.content_type != "text/event-stream":
+            try:
+                return Response(await resp.read(), resp.status, media_type=resp.content_type)
+            except aiohttp.ClientError as exc:
+                return _error(503, f"engine unavailable: {exc}", "server_error")
+            finally:
+                resp.release()
+                engine.leave()
+        return StreamingResponse(self._relay(resp, engine), resp.status, media_type="text/event-stream")
+
+    @staticmethod
+    async def _relay(resp: aiohttp.ClientResponse, engine: _Engine) -> AsyncIterator[bytes]:
+        """The engine's SSE bytes as they come (what has arrived since the last read goes
+        as one chunk). A client that goes away closes the connection, which aborts the
+        request inside the engine."""
+        done = False
+        try:
+            async for chunk in resp.content.iter_any():
+                yield chunk
+            done = True
+        except aiohttp.ClientError as exc:
+            yield f"data: {json.dumps(error_body(f'engine unavailable: {exc}', 'server_error', 503))}\n\n".encode()
+        finally:
+            resp.release() if done else resp.close()
+            engine.leave()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made on the loop that serves requests
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None, connect=5))
+        return self._session
+
+    async def _export_stats(self, period_s: float = 1.0) -> None:
+        """Drains the engine process's per-request TTFT and tokens/s into Ray metrics."""
+        while True:
+            await asyncio.sleep(period_s)
+            engine = self.engine
+            try:
+                async with self._client().get(engine.proc.base_url + STATS_PATH) as r:
+                    stats = await r.json()
+            except (aiohttp.ClientError, ValueError):
+                continue  # a dead engine is check_health's business
+            for v in stats["ttft_ms"]:
+                self.metrics.ttft_ms.observe(v)
+            for v in stats["tokens_per_s"]:
+                self.metrics.tokens_per_s.observe(v)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def __del__(self):
-        engine = getattr(getattr(self, "front", None), "engine", None)
-        if engine is not None:
-            await engine.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()
+        for engine in list(self._engines):
+            engine.proc.stop()
+        self._starter.shutdown(wait=False)
+        shutil.rmtree(self.sandbox, ignore_errors=True)
 
 
 def build(args: dict | ServeArgs, options: dict | None = None) -> Application:

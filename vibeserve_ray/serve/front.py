@@ -73,7 +73,7 @@ class _Detokenizer:
 class OpenAIFront:
     """Shared by the evaluator's subprocess server and the Ray Serve deployment."""
 
-    def __init__(self, engine: Engine, tokenizer_dir: str | Path, served_name: str, api_key: str | None = None):
+    def __init__(self, engine: Engine, tokenizer_dir: str | Path, served_name: str):
         from transformers import AutoTokenizer
 
         self.engine = engine
@@ -84,7 +84,6 @@ class OpenAIFront:
         eos = config.get("eos_token_id", self.tokenizer.eos_token_id)
         self.eos_token_ids = sorted(set(eos if isinstance(eos, list) else [eos]) - {None})
         self.served_name = served_name
-        self.api_key = api_key
         self.created = int(time.time())
 
     # --- requests -> GenerationRequest ------------------------------------------------

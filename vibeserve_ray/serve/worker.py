@@ -1,16 +1,62 @@
 """Entry point of a candidate's sandboxed server process (started by `runner`).
 
 Imports the candidate, builds its engine, and serves the shared front on a port it
-picks itself (bound before writing it to --port-file, so there is no port race).
+picks itself (bound before writing it to --port-file, so there is no port race). The
+evaluator measures this process and a Serve replica proxies to it, so what was measured
+is what is served. It times the engine from the outside (TTFT, tokens/s per request) and
+hands the figures to whoever drains `GET /stats`: the replica, which exports them as Ray
+metrics (this process holds no Ray connection and no secrets).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import sys
+import time
+from collections import deque
+from typing import Any, AsyncIterator
+
+from vibeserve_ray.candidate import GenerationRequest, TokenOut
+
+STATS_PATH = "/stats"
+
+
+class Meter:
+    """The candidate's engine, timed from the outside (its internals are its own)."""
+
+    def __init__(self, engine: Any, keep: int = 10_000):
+        self.engine = engine
+        self.ttft_ms: deque[float] = deque(maxlen=keep)
+        self.tokens_per_s: deque[float] = deque(maxlen=keep)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenOut]:
+        start, n = time.perf_counter(), 0
+        stream = self.engine.generate(request)
+        try:
+            async for out in stream:
+                if not n:
+                    self.ttft_ms.append((time.perf_counter() - start) * 1000)
+                n += 1
+                yield out
+        finally:
+            if n:
+                self.tokens_per_s.append(n / max(time.perf_counter() - start, 1e-6))
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()  # an abandoned request is aborted inside the engine
+
+    def drain(self) -> dict[str, list[float]]:
+        out = {"ttft_ms": list(self.ttft_ms), "tokens_per_s": list(self.tokens_per_s)}
+        self.ttft_ms.clear()
+        self.tokens_per_s.clear()
+        return out
+
+    async def close(self) -> None:
+        await self.engine.close()
 
 
 def main() -> None:
@@ -22,6 +68,7 @@ def main() -> None:
     parser.add_argument("--served-name", required=True)
     parser.add_argument("--port-file", required=True)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--knobs", type=json.loads, default={}, help="JSON object overriding the candidate's knobs")
     args = parser.parse_args()
     asyncio.run(serve(args))
 
@@ -35,8 +82,13 @@ async def serve(args: argparse.Namespace) -> None:
 
     spec = load_candidate(args.candidate)
     create_engine = import_entrypoint(spec)
-    engine = create_engine(args.model, args.device, dict(spec.knobs))
+    engine = Meter(create_engine(args.model, args.device, {**spec.knobs, **args.knobs}))
     app = build_app(OpenAIFront(engine, args.tokenizer, args.served_name))
+
+    async def stats() -> dict[str, list[float]]:
+        return engine.drain()
+
+    app.add_api_route(STATS_PATH, stats, methods=["GET"], include_in_schema=False)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, 0))
