@@ -1,12 +1,19 @@
 """What Ray Serve costs: the same candidate, the same workload, served two ways.
 
-Direct: the evaluator's path, the candidate's sandboxed subprocess behind the shared
-front (uvicorn). Serve: `vibeserve deploy`'s path, the same front as the ingress of a
-Serve replica holding the target's resources, requests through Serve's HTTP proxy. Both
-get the target's warm-up and benchmark (`measure.bench_running`), one run each; the
+Direct: the evaluator's path, the candidate's sandboxed engine process behind the shared
+front (uvicorn), alone on the node. Serve: `vibeserve deploy`'s path, a Serve replica
+holding the target's resources that relays to the same kind of engine process, requests
+through Serve's HTTP proxy; a local Ray is started for each Serve turn and stopped after
+it. Turns alternate (direct, serve, direct, ...), each with the target's warm-up and
+benchmark (`measure.bench_running`); the figures are medians over the repeats and the
 figure of merit is Serve's output throughput over the direct one (goal >= 0.9).
 
-    python benchmarks/serve_overhead.py [--candidate seed|PATH] [--num-requests N]
+It also accounts the CPU every process on the node used during each measurement (engine,
+Serve's proxy/replica/controller, the rest of Ray, the load generator), per 1,000 output
+tokens: on a node whose cores the engine already fills, Serve's share comes out of the
+engine's.
+
+    python benchmarks/serve_overhead.py [--candidate seed|PATH] [--knobs K=V ...] [--repeats N] [--num-requests N]
 """
 
 from __future__ import annotations
@@ -15,10 +22,15 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -30,6 +42,7 @@ from vibeserve_ray.target import load_target  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent.parent / "targets" / "tiny-llama-cpu"
 FIGURES = ("output_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "completed", "failed")
+SERVE_STACK = ("ray::ProxyActor", "ray::ServeReplica", "ray::ServeController")
 
 
 @dataclass(frozen=True)
@@ -49,24 +62,43 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--candidate", default="seed")
     parser.add_argument("--target", default=str(TARGET))
+    parser.add_argument("--knobs", nargs="+", default=[], metavar="KNOB=VALUE", help="knob overrides, the same for both paths")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-requests", type=int)
     args = parser.parse_args()
     target = load_target(args.target)
     requests = target_workload(target, args.num_requests)
     limits = Limits(**target.spec.limits.model_dump())
     b = target.spec.benchmark
-    out: dict = {"target": target.name, "candidate": args.candidate,
-                 "workload": {"num_requests": len(requests), "concurrency": b.concurrency, "request_rate": str(b.request_rate)}}
-    with tempfile.TemporaryDirectory(prefix="vibeserve-overhead-") as tmp:
+    chosen = deploy.choose(None, None, args.candidate, str(target.dir))
+    if args.knobs:
+        chosen = deploy.with_knobs(chosen, args.knobs)
+    out: dict = {"target": target.name, "candidate": args.candidate, "knobs": chosen.knobs, "node_cpus": psutil.cpu_count(),
+                 "workload": {"num_requests": len(requests), "concurrency": b.concurrency, "request_rate": str(b.request_rate)},
+                 "repeats": args.repeats}
+    runs: dict[str, list[dict]] = {"direct": [], "serve": []}
+    with tempfile.TemporaryDirectory(prefix="vibeserve-overhead-") as tmp, contextlib.redirect_stdout(sys.stderr):
         spec = resolve_candidate(args.candidate, Path(tmp))
-        say("direct: the evaluator's subprocess front")
+        say("direct: the evaluator's engine process and front")
         with start_candidate(spec, target.model_dir(), target.tokenizer_dir(), target.served_name, target.spec.hardware.device, limits,
-                             Path(tmp) / "direct") as proc:
-            out["direct"] = _figures(asyncio.run(bench_running(proc, target, requests, say)))
-        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON alone (URL line, Ray's log lines)
-            out["serve"] = _figures(_bench_serve(target, str(spec.path), requests, limits))
+                             Path(tmp) / "direct", knobs=chosen.knobs) as proc:
+            engines = {"direct": proc.proc.pid}
+            for i in range(args.repeats):
+                say(f"repeat {i + 1}/{args.repeats}: direct")
+                runs["direct"].append(_measure(proc, target, requests, engines))
+                # Ray runs only for the Serve turn: its idle processes alone cost an engine
+                # that fills the node's cores several percent.
+                with _serve_app(target, chosen, limits) as endpoint:
+                    say(f"repeat {i + 1}/{args.repeats}: serve")
+                    runs["serve"].append(_measure(endpoint, target, requests, engines))
+    for name, rs in runs.items():
+        out[name] = {k: _round(statistics.median(r[k] for r in rs)) for k in FIGURES}
+        groups = sorted({g for r in rs for g in r["cpu_s_per_1k_tokens"]})
+        out[name]["cpu_s_per_1k_tokens"] = {g: _round(statistics.median(r["cpu_s_per_1k_tokens"].get(g, 0.0) for r in rs)) for g in groups}
     d, s = out["direct"], out["serve"]
     out["throughput_ratio"] = round(s["output_throughput"] / d["output_throughput"], 3)
+    out["throughput_ratio_per_repeat"] = [round(rs["output_throughput"] / rd["output_throughput"], 3)
+                                          for rd, rs in zip(runs["direct"], runs["serve"])]
     out["p50_ttft_ratio"] = round(s["median_ttft_ms"] / d["median_ttft_ms"], 3)
     out["p99_ttft_ratio"] = round(s["p99_ttft_ms"] / d["p99_ttft_ms"], 3)
     out["goal_throughput_ratio"] = 0.9
@@ -74,27 +106,71 @@ def main() -> None:
     print(json.dumps(out, indent=2))
 
 
-def _bench_serve(target, candidate: str, requests, limits: Limits):
+def _measure(endpoint, target, requests, engines: dict[str, int]) -> dict:
+    with _cpu_seconds(engines) as cpu:
+        report = asyncio.run(bench_running(endpoint, target, requests, say))
+    m = report.metrics.to_dict()
+    tokens = max(m["output_throughput"] * m["duration_s"], 1.0)
+    return {k: m[k] for k in FIGURES} | {"cpu_s_per_1k_tokens": {k: v * 1000 / tokens for k, v in cpu.items()}}
+
+
+@contextlib.contextmanager
+def _serve_app(target, chosen: deploy.Chosen, limits: Limits) -> Iterator[Endpoint]:
     import ray
     from ray import serve
 
-    say("serve: the same front as a Ray Serve replica, through Serve's proxy")
+    say("serve: a Serve replica relaying to its own engine process, through Serve's proxy")
     ray.init(address="local", num_cpus=max(2, int(target.spec.hardware.num_cpus)), include_dashboard=False, log_to_driver=False)
     try:
-        chosen = deploy.choose(None, None, candidate, str(target.dir))
         config = deploy.serve_config(chosen, deploy.ServeOptions(port=_free_port()))
         if deploy.deploy(config, detach=True, say=say) != 0:
             raise SystemExit("serve: the application did not become healthy")
-        endpoint = Endpoint(deploy.base_url(config), target.served_name, limits)
-        return asyncio.run(bench_running(endpoint, target, requests, say))
+        yield Endpoint(deploy.base_url(config), target.served_name, limits)
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
-def _figures(report) -> dict:
-    m = report.metrics.to_dict()
-    return {k: round(m[k], 2) if isinstance(m[k], float) else m[k] for k in FIGURES}
+@contextlib.contextmanager
+def _cpu_seconds(named: dict[str, int]) -> Iterator[dict[str, float]]:
+    """CPU seconds each group of the node's processes used inside the block. Processes in
+    `named` (name -> pid) are their own group; other engine processes are `engine`."""
+    me = os.getpid()
+
+    def group(p: psutil.Process) -> str | None:
+        for name, pid in named.items():
+            if p.pid == pid:
+                return f"engine_{name}"
+        if p.pid == me:
+            return "load_generator"
+        cmd = " ".join(p.cmdline())
+        if "vibeserve_ray.serve.worker" in cmd:
+            return "engine_serve"
+        if any(cmd.startswith(s) for s in SERVE_STACK):
+            return "serve_stack"
+        return "ray_other" if "ray" in cmd else None
+
+    def snapshot() -> dict[int, tuple[str, float]]:
+        snap = {}
+        for p in psutil.process_iter():
+            try:
+                g = group(p)
+                if g:
+                    t = p.cpu_times()
+                    snap[p.pid] = (g, t.user + t.system)
+            except psutil.Error:
+                pass
+        return snap
+
+    used: dict[str, float] = {}
+    before = snapshot()
+    yield used
+    for pid, (g, t) in snapshot().items():
+        used[g] = used.get(g, 0.0) + t - before.get(pid, (g, 0.0))[1]
+
+
+def _round(x):
+    return round(x, 2) if isinstance(x, float) else x
 
 
 def _free_port() -> int:

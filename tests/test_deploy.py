@@ -184,20 +184,18 @@ def test_metrics_count_requests_ttft_and_tokens_per_second(served):
     import ray
 
     port = ray._private.worker.global_worker.node.metrics_export_port
-    wanted = ('ray_vibeserve_serve_requests_total', 'route="/v1/completions"', 'status="200"', 'deployment="vibeserve"')
+    wanted = [("ray_vibeserve_serve_requests_total", 'route="/v1/completions"', f'status="{code}"', 'deployment="vibeserve"') for code in (200, 401)]
+    wanted += [("ray_vibeserve_serve_ttft_ms_count",), ("ray_vibeserve_serve_output_tokens_per_s_count",)]  # 401s are counted too
     deadline, text = time.monotonic() + 30, ""
     while time.monotonic() < deadline:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
         lines = text.splitlines()
-        if (any(all(w in ln for w in wanted) for ln in lines) and any(ln.startswith("ray_vibeserve_serve_ttft_ms_count") for ln in lines)
-                and any(ln.startswith("ray_vibeserve_serve_output_tokens_per_s_count") for ln in lines)):
+        if all(any(ln.startswith(w[0]) and all(x in ln for x in w[1:]) for ln in lines) for w in wanted):
             break
         time.sleep(1)
     else:
         pytest.fail("metrics not exported:\n" + "\n".join(ln for ln in text.splitlines() if "vibeserve" in ln)[:2000])
-    refused = [ln for ln in text.splitlines() if ln.startswith("ray_vibeserve_serve_requests_total") and 'status="401"' in ln]
-    assert refused, "401s are counted too"
 
 
 def _replica() -> dict:
@@ -291,6 +289,7 @@ def test_a_run_deploys_its_best_validated_candidate_or_the_commit_asked_for(run_
         (["--candidate", "seed", "--target", str(TINY_TARGET), "--knobs", "no_such_knob=1"], "--knobs no_such_knob"),
         (["--candidate", "seed", "--target", str(TINY_TARGET), "--knobs", "batch_wait_ms=soon"], "--knobs batch_wait_ms"),
         (["--candidate", "seed", "--target", str(TINY_TARGET), "--knobs", "batch_wait_ms"], "--knobs batch_wait_ms"),
+        (["--candidate", "seed", "--target", str(TINY_TARGET), "--stream-interval-ms", "-1"], "--stream-interval-ms"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_field_and_exit_2(run_dir, argv, field, capsys, monkeypatch):
@@ -307,7 +306,8 @@ def test_config_only_writes_a_valid_serve_config_with_the_key_name_not_the_key(t
     monkeypatch.setenv(KEY_ENV, KEY)
     out = tmp_path / "serve.yaml"
     argv = ["deploy", "--candidate", "seed", "--target", str(TINY_TARGET), "--api-key-env", KEY_ENV, "--min-replicas", "1",
-            "--max-replicas", "3", "--max-ongoing-requests", "8", "--knobs", "batch_wait_ms=2.5", "--config-only", str(out)]
+            "--max-replicas", "3", "--max-ongoing-requests", "8", "--knobs", "batch_wait_ms=2.5", "--stream-interval-ms", "20",
+            "--config-only", str(out)]
     assert deploy_cli.main(argv) == 0
     assert KEY not in out.read_text()
     config = yaml.safe_load(out.read_text())
@@ -321,6 +321,7 @@ def test_config_only_writes_a_valid_serve_config_with_the_key_name_not_the_key(t
     assert d["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0}
     assert d["user_config"]["knobs"]["batch_wait_ms"] == 2.5  # the override, as a float like the knob it replaces
     assert app["args"]["memory_mb"] == 6144  # the engine process runs under the target's limits
+    assert app["args"]["stream_interval_ms"] == 20
 
 
 # ---------------------------------------------------------------- the CLI and `serve deploy` on a real head

@@ -44,6 +44,7 @@ class ServeOptions:
     max_queued_requests: int | None = None
     min_replicas: int | None = None
     max_replicas: int | None = None
+    stream_interval_ms: float | None = None
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
@@ -58,6 +59,8 @@ class ServeOptions:
             raise BadInput(CLI, "--min-replicas", "must be at least 0")
         if self.max_replicas is not None and self.max_replicas < max(1, self.min_replicas or 0):
             raise BadInput(CLI, "--max-replicas", "must be at least 1 and at least --min-replicas")
+        if self.stream_interval_ms is not None and not 0 <= self.stream_interval_ms <= 1000:
+            raise BadInput(CLI, "--stream-interval-ms", "must be between 0 and 1000")
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,8 @@ def serve_config(chosen: Chosen, opts: ServeOptions) -> dict:
     args: dict[str, Any] = {"candidate": chosen.candidate, "served_name": t.served_name, "device": hw.device}
     # The engine process gets the limits it was evaluated under.
     args |= {"memory_mb": t.spec.limits.memory_mb, "startup_timeout_s": t.spec.limits.startup_timeout_s}
+    if opts.stream_interval_ms is not None:
+        args["stream_interval_ms"] = opts.stream_interval_ms
     m = t.spec.model
     if m.generator:
         args |= {"generator": m.generator, "generator_seed": m.seed}

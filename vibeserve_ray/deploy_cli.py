@@ -22,7 +22,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     opts = deploy.ServeOptions(
         host=args.host, port=args.port, api_key_env=args.api_key_env,
         max_ongoing_requests=args.max_ongoing_requests, max_queued_requests=args.max_queued_requests,
-        min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+        min_replicas=args.min_replicas, max_replicas=args.max_replicas, stream_interval_ms=args.stream_interval_ms,
     )
     opts.validate()
     chosen = deploy.choose(args.run, args.commit, args.candidate, args.target)
@@ -62,6 +62,8 @@ def add_deploy_parser(subparsers) -> None:
     p.add_argument("--max-queued-requests", type=int, help="requests waiting beyond those; more get 503 (default: twice the above)")
     p.add_argument("--min-replicas", type=int, help="autoscale from this many replicas")
     p.add_argument("--max-replicas", type=int, help="autoscale up to this many replicas")
+    p.add_argument("--stream-interval-ms", type=float,
+                   help="relay streamed tokens in batches at most this often (default 50; 0 sends each at once)")
     p.set_defaults(func=cmd_deploy)
 
 

@@ -18,10 +18,10 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal
+from typing import Annotated, Any, AsyncIterator, Literal
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 from starlette.applications import Starlette
@@ -61,6 +61,8 @@ class ServeArgs(BaseModel):
     generator_seed: int = 0
     memory_mb: int = Limits.memory_mb  # the engine process's limit (the target's [limits])
     startup_timeout_s: float = Limits.startup_timeout_s
+    # Streamed tokens are relayed in batches at most this often (0: every chunk at once).
+    stream_interval_ms: Annotated[float, Field(ge=0, le=1000)] = 50.0
 
     def model_dirs(self) -> tuple[Path, Path]:
         if self.generator == "tiny-llama":
@@ -279,15 +281,33 @@ class VibeServer:
                 engine.leave()
         return StreamingResponse(self._relay(resp, engine), resp.status, media_type="text/event-stream")
 
-    @staticmethod
-    async def _relay(resp: aiohttp.ClientResponse, engine: _Engine) -> AsyncIterator[bytes]:
-        """The engine's SSE bytes as they come (what has arrived since the last read goes
-        as one chunk). A client that goes away closes the connection, which aborts the
-        request inside the engine."""
-        done = False
+    async def _relay(self, resp: aiohttp.ClientResponse, engine: _Engine) -> AsyncIterator[bytes]:
+        """The engine's SSE bytes, gathered: the first two chunks go at once (a chat
+        stream's role chunk, then its first token: TTFT is never held back), later ones at
+        most once per `stream_interval_ms`, so Serve's per-message cost (replica, proxy)
+        is paid a few dozen times a second, not once per token. A client that goes away
+        closes the connection, which aborts the request inside the engine."""
+        interval, loop = self.args.stream_interval_ms / 1000, asyncio.get_running_loop()
+        read, pending, due, sent, done = resp.content.readany, b"", 0.0, 0, False
         try:
-            async for chunk in resp.content.iter_any():
-                yield chunk
+            while True:
+                if pending:  # wait for more, at most until it is due
+                    try:
+                        chunk = await asyncio.wait_for(read(), due - loop.time())
+                    except asyncio.TimeoutError:
+                        yield pending
+                        pending, due, sent = b"", loop.time() + interval, sent + 1
+                        continue
+                else:
+                    chunk = await read()
+                if not chunk:
+                    break
+                pending += chunk
+                if sent < 2 or loop.time() >= due:
+                    yield pending
+                    pending, due, sent = b"", loop.time() + interval, sent + 1
+            if pending:
+                yield pending
             done = True
         except aiohttp.ClientError as exc:
             yield f"data: {json.dumps(error_body(f'engine unavailable: {exc}', 'server_error', 503))}\n\n".encode()
