@@ -11,7 +11,7 @@ import json
 import time
 from typing import AsyncIterator
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -34,19 +34,17 @@ def build_app(front: OpenAIFront | None = None) -> FastAPI:
     async def _bad(request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse(error_body(str(exc), exc.type, exc.status, exc.param), status_code=exc.status)
 
-    v1 = APIRouter(prefix="/v1")
-
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
 
-    @v1.get("/models")
+    @app.get("/v1/models")
     async def models(request: Request) -> dict:
         front = request.app.state.front
         card = {"id": front.served_name, "object": "model", "created": front.created, "owned_by": "vibeserve_ray", "max_model_len": front.max_model_len}
         return {"object": "list", "data": [card]}
 
-    @v1.post("/completions")
+    @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         front: OpenAIFront = request.app.state.front
         front.check_model(body.model)
@@ -76,7 +74,7 @@ def build_app(front: OpenAIFront | None = None) -> FastAPI:
             body_out["prompt_token_ids"] = prompt_ids
         return body_out
 
-    @v1.post("/chat/completions")
+    @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         front: OpenAIFront = request.app.state.front
         front.check_model(body.model)
@@ -114,7 +112,6 @@ def build_app(front: OpenAIFront | None = None) -> FastAPI:
             "usage": Usage(len(prompt_ids), len(whole.token_ids)).to_dict(),
         }
 
-    app.include_router(v1)
     return app
 
 

@@ -71,7 +71,7 @@ class _Detokenizer:
 
 
 class OpenAIFront:
-    """Shared by the evaluator's subprocess server and the Ray Serve deployment."""
+    """The text side of every candidate's engine process, in evaluation and behind Serve."""
 
     def __init__(self, engine: Engine, tokenizer_dir: str | Path, served_name: str):
         from transformers import AutoTokenizer
