@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from vibeserve_ray.candidate import load_candidate, materialise_seed
 from vibeserve_ray.errors import BadInput
-from vibeserve_ray.runner import CandidateFailed, CandidateProcess, Limits, start_candidate
+from vibeserve_ray.runner import CandidateFailed, CandidateFailure, CandidateProcess, Limits, start_candidate
 from vibeserve_ray.serve.protocol import error_body
 from vibeserve_ray.serve.worker import STATS_PATH
 
@@ -132,16 +132,13 @@ class _CountRequests:
 
 
 def _api_key() -> str | None:
-    """The key from the variable the config names; then it and anything else secret leave
-    this process's environment, from which the engine process's environment is made."""
-    from vibeserve_ray.runner import SECRET_ENV
-
+    """The key from the variable the config names, which then leaves this process's
+    environment: the engine process's is made from it (`runner.scrubbed_env` drops the
+    rest of what looks secret, but not a variable of any name the user picked)."""
     name = os.environ.get(API_KEY_ENV_VAR)
-    key = os.environ.get(name) if name else None
+    key = os.environ.pop(name, None) if name else None
     if name and not key:
         raise RuntimeError(f"{API_KEY_ENV_VAR} names {name}, which is not set on this node: refusing to serve without the key")
-    for var in [v for v in os.environ if v == name or (SECRET_ENV.search(v) and not v.startswith("RAY_"))]:
-        del os.environ[var]
     return key
 
 
@@ -238,9 +235,12 @@ class VibeServer:
 
     def check_health(self) -> None:
         """A dead or over-limit engine process fails the replica, and Serve replaces it."""
-        failure = self.engine.proc.failure() if self.engine else None
+        failure = self._failure()
         if failure:
             raise RuntimeError(failure.describe())
+
+    def _failure(self) -> CandidateFailure | None:
+        return self.engine.proc.failure() if self.engine else None
 
     async def describe(self) -> dict:
         """What this replica runs (through a handle: `handle.describe.remote()`)."""
@@ -252,7 +252,7 @@ class VibeServer:
     # --- the proxy ---------------------------------------------------------------------
 
     async def _health(self, request: Request) -> Response:
-        failure = self.engine.proc.failure() if self.engine else None
+        failure = self._failure()
         if self.engine is None or failure:
             return _error(503, "engine " + (f"failed: {failure.reason}" if failure else "not started"), "server_error")
         return JSONResponse({"status": "ok"})
