@@ -8,7 +8,8 @@ it. Turns alternate (direct, serve, direct, ...), each with the target's warm-up
 benchmark (`measure.bench_running`); the figures are medians over the repeats and the
 figure of merit is Serve's output throughput over the direct one (goal >= 0.9).
 
-It also accounts the CPU every process on the node used during each measurement (engine,
+It also accounts the CPU every process on the node used during each benchmark, warm-up
+excluded (engine,
 Serve's proxy/replica/controller, the rest of Ray, the load generator), per 1,000 output
 tokens: on a node whose cores the engine already fills, Serve's share comes out of the
 engine's.
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vibeserve_ray import deploy  # noqa: E402
 from vibeserve_ray.candidate import resolve_candidate  # noqa: E402
-from vibeserve_ray.measure import bench_running, target_workload  # noqa: E402
+from vibeserve_ray.measure import bench_running, target_workload, warm_up  # noqa: E402
 from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 
@@ -86,19 +87,19 @@ def main() -> None:
         say("direct: the evaluator's engine process and front")
         with start_candidate(spec, target.model_dir(), target.tokenizer_dir(), target.served_name, target.spec.hardware.device, limits,
                              Path(tmp) / "direct", knobs=chosen.knobs) as proc:
-            engines = {"direct": proc.proc.pid}
+            direct_pid = proc.proc.pid
             for i in range(args.repeats):
                 say(f"repeat {i + 1}/{args.repeats}: direct")
-                runs["direct"].append(_measure(proc, target, requests, engines))
+                runs["direct"].append(_measure(proc, target, requests, direct_pid))
                 if args.side_load:
                     say(f"repeat {i + 1}/{args.repeats}: direct beside a side load")
                     with _side_load():
-                        runs["direct_side_load"].append(_measure(proc, target, requests, engines))
+                        runs["direct_side_load"].append(_measure(proc, target, requests, direct_pid))
                 # Ray runs only for the Serve turn: its idle processes alone cost an engine
                 # that fills the node's cores several percent.
                 with _serve_app(target, chosen, limits, args.max_ongoing_requests) as endpoint:
                     say(f"repeat {i + 1}/{args.repeats}: serve")
-                    runs["serve"].append(_measure(endpoint, target, requests, engines))
+                    runs["serve"].append(_measure(endpoint, target, requests, direct_pid))
     for name, rs in runs.items():
         out[name] = {k: _round(statistics.median(r[k] for r in rs)) for k in FIGURES}
         groups = sorted({g for r in rs for g in r["cpu_s_per_1k_tokens"]})
@@ -116,11 +117,12 @@ def main() -> None:
     print(json.dumps(out, indent=2))
 
 
-def _measure(endpoint, target, requests, engines: dict[str, int]) -> dict:
-    with _cpu_seconds(engines) as cpu:
-        report = asyncio.run(bench_running(endpoint, target, requests, say))
+def _measure(endpoint, target, requests, direct_pid: int) -> dict:
+    asyncio.run(warm_up(endpoint, target, requests, say))  # outside the CPU window: per 1k measured tokens
+    with _cpu_seconds(direct_pid) as cpu:
+        report = asyncio.run(bench_running(endpoint, target, requests, say, warm=False))
     m = report.metrics.to_dict()
-    tokens = max(m["output_throughput"] * m["duration_s"], 1.0)
+    tokens = max(m["total_output_tokens"], 1)
     return {k: m[k] for k in FIGURES} | {"cpu_s_per_1k_tokens": {k: v * 1000 / tokens for k, v in cpu.items()}}
 
 
@@ -167,15 +169,14 @@ def _side_load(processes: int = 2) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _cpu_seconds(named: dict[str, int]) -> Iterator[dict[str, float]]:
-    """CPU seconds each group of the node's processes used inside the block. Processes in
-    `named` (name -> pid) are their own group; other engine processes are `engine`."""
+def _cpu_seconds(direct_pid: int) -> Iterator[dict[str, float]]:
+    """CPU seconds each group of the node's processes used inside the block: the direct
+    path's engine, Serve's engine, Serve's stack, the rest of Ray, the load generator."""
     me = os.getpid()
 
     def group(p: psutil.Process) -> str | None:
-        for name, pid in named.items():
-            if p.pid == pid:
-                return f"engine_{name}"
+        if p.pid == direct_pid:
+            return "engine_direct"
         if p.pid == me:
             return "load_generator"
         cmd = " ".join(p.cmdline())

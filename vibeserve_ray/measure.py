@@ -33,17 +33,24 @@ def _special_token_ids(tokenizer_dir: Path) -> list[int]:
     return [t["id"] for t in json.loads(tok_file.read_text()).get("added_tokens", []) if t.get("special")]
 
 
-async def bench_running(proc: CandidateProcess, target: Target, requests: list[Request], say: Callable[[str], None]) -> BenchReport:
-    """Warm-up requests (not measured), then the benchmark proper."""
+async def warm_up(proc: CandidateProcess, target: Target, requests: list[Request], say: Callable[[str], None]) -> None:
+    """The target's warm-up requests, not measured."""
     b = target.spec.benchmark
-    timeout = proc.limits.request_timeout_s
     if b.warmup_requests:
         say(f"bench: {b.warmup_requests} warm-up requests")
         await run_benchmark_async(proc.base_url, proc.served_name, requests[: b.warmup_requests], b.concurrency, float("inf"),
-                                  b.seed, timeout, b.headline, {}, progress=lambda line: None)
+                                  b.seed, proc.limits.request_timeout_s, b.headline, {}, progress=lambda line: None)
+
+
+async def bench_running(proc: CandidateProcess, target: Target, requests: list[Request], say: Callable[[str], None],
+                        warm: bool = True) -> BenchReport:
+    """Warm-up requests (unless `warm` is False: the caller did them), then the benchmark proper."""
+    b = target.spec.benchmark
+    if warm:
+        await warm_up(proc, target, requests, say)
     say(f"bench: {len(requests)} requests, concurrency {b.concurrency}, rate {b.request_rate:g}/s")
-    return await run_benchmark_async(proc.base_url, proc.served_name, requests, b.concurrency, b.request_rate, b.seed, timeout,
-                                     b.headline, dict(b.slo), progress=say)
+    return await run_benchmark_async(proc.base_url, proc.served_name, requests, b.concurrency, b.request_rate, b.seed,
+                                     proc.limits.request_timeout_s, b.headline, dict(b.slo), progress=say)
 
 
 def bench_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, num_requests: int | None = None,
