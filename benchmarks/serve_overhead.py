@@ -9,10 +9,9 @@ benchmark (`measure.bench_running`); the figures are medians over the repeats an
 figure of merit is Serve's output throughput over the direct one (goal >= 0.9).
 
 It also accounts the CPU every process on the node used during each benchmark, warm-up
-excluded (engine,
-Serve's proxy/replica/controller, the rest of Ray, the load generator), per 1,000 output
-tokens: on a node whose cores the engine already fills, Serve's share comes out of the
-engine's.
+excluded (engine, Serve's proxy/replica/controller, the rest of Ray, the load generator),
+per 1,000 output tokens: on a node whose cores the engine already fills, Serve's share
+comes out of the engine's.
 
     python benchmarks/serve_overhead.py [--candidate seed|PATH] [--knobs K=V ...] [--repeats N] [--num-requests N]
                                         [--max-ongoing-requests N] [--side-load]
