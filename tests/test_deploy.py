@@ -128,6 +128,60 @@ def test_streaming_chat_yields_incremental_chunks(served):
     assert full.choices[0].message.content == text
 
 
+def test_streamed_tokens_are_relayed_in_batches(served):
+    """Through Serve: the replica gathers a stream's later chunks (default 50 ms)."""
+    body = {"model": MODEL, "prompt": "and a I", "max_tokens": 48, "ignore_eos": True, "stream": True}
+
+    async def reads() -> list[tuple[float, int]]:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(served + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+                assert r.status == 200
+                return [(time.perf_counter(), chunk.count(b"data: ")) async for chunk in r.content.iter_any()]
+
+    got = asyncio.run(reads())
+    events = [n for _, n in got]
+    assert sum(events) == 48 + 1  # one event per token, then [DONE]
+    assert len(events) < sum(events) / 2, f"about one read per token: {events}"
+    assert got[0][0] < got[-1][0] - 0.1, "the first token came only with the last"
+
+
+def test_relay_sends_the_first_two_chunks_at_once_then_at_most_one_batch_per_interval():
+    """`relay` on a real loopback stream of 12 events, one every 10 ms."""
+    from aiohttp import web
+
+    from vibeserve_ray.serve.deployment import relay
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(12):
+            await resp.write(f"data: {i}\n\n".encode())
+            await asyncio.sleep(0.01)
+        return resp
+
+    async def run() -> list[tuple[float, bytes]]:
+        app = web.Application()
+        app.router.add_get("/", events)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                resp = await session.get(f"http://127.0.0.1:{port}/")
+                return [(asyncio.get_running_loop().time(), chunk) async for chunk in relay(resp, 0.05)]
+        finally:
+            await runner.cleanup()
+
+    sent = asyncio.run(run())
+    assert b"".join(c for _, c in sent) == b"".join(f"data: {i}\n\n".encode() for i in range(12))
+    assert [c.count(b"data: ") for _, c in sent[:2]] == [1, 1], "the first two go as they come"
+    assert len(sent) < 12
+    gaps = [b[0] - a[0] for a, b in zip(sent[1:-1], sent[2:-1])]  # the last goes when the stream ends
+    assert gaps and min(gaps) >= 0.045, f"batches closer than the interval: {gaps}"
+
+
 @pytest.mark.parametrize(
     "body,headers,status",
     [

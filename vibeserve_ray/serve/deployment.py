@@ -142,6 +142,40 @@ def _api_key() -> str | None:
     return key
 
 
+async def relay(resp: aiohttp.ClientResponse, interval_s: float) -> AsyncIterator[bytes]:
+    """The engine's SSE bytes, gathered: the first two chunks go at once (a chat stream's
+    role chunk, then its first token: TTFT is never held back), later ones at most once
+    per `interval_s` (what is left goes when the stream ends), so Serve's per-message cost (replica, proxy) is paid a few dozen
+    times a second, not once per token. A client that goes away closes the connection,
+    which aborts the request inside the engine."""
+    loop = asyncio.get_running_loop()
+    read, pending, due, sent, done = resp.content.readany, b"", 0.0, 0, False
+    try:
+        while True:
+            if pending:  # wait for more, at most until it is due
+                try:
+                    chunk = await asyncio.wait_for(read(), due - loop.time())
+                except asyncio.TimeoutError:
+                    yield pending
+                    pending, due, sent = b"", loop.time() + interval_s, sent + 1
+                    continue
+            else:
+                chunk = await read()
+            if not chunk:
+                break
+            pending += chunk
+            if sent < 2 or loop.time() >= due:
+                yield pending
+                pending, due, sent = b"", loop.time() + interval_s, sent + 1
+        if pending:
+            yield pending
+        done = True
+    except aiohttp.ClientError as exc:
+        yield f"data: {json.dumps(error_body(f'engine unavailable: {exc}', 'server_error', 503))}\n\n".encode()
+    finally:
+        resp.release() if done else resp.close()
+
+
 class _Engine:
     """One engine process (the evaluator's sandboxed worker) and the requests in flight on
     it, so a replaced one is stopped only once it is idle."""
@@ -282,37 +316,10 @@ class VibeServer:
         return StreamingResponse(self._relay(resp, engine), resp.status, media_type="text/event-stream")
 
     async def _relay(self, resp: aiohttp.ClientResponse, engine: _Engine) -> AsyncIterator[bytes]:
-        """The engine's SSE bytes, gathered: the first two chunks go at once (a chat
-        stream's role chunk, then its first token: TTFT is never held back), later ones at
-        most once per `stream_interval_ms`, so Serve's per-message cost (replica, proxy)
-        is paid a few dozen times a second, not once per token. A client that goes away
-        closes the connection, which aborts the request inside the engine."""
-        interval, loop = self.args.stream_interval_ms / 1000, asyncio.get_running_loop()
-        read, pending, due, sent, done = resp.content.readany, b"", 0.0, 0, False
         try:
-            while True:
-                if pending:  # wait for more, at most until it is due
-                    try:
-                        chunk = await asyncio.wait_for(read(), due - loop.time())
-                    except asyncio.TimeoutError:
-                        yield pending
-                        pending, due, sent = b"", loop.time() + interval, sent + 1
-                        continue
-                else:
-                    chunk = await read()
-                if not chunk:
-                    break
-                pending += chunk
-                if sent < 2 or loop.time() >= due:
-                    yield pending
-                    pending, due, sent = b"", loop.time() + interval, sent + 1
-            if pending:
-                yield pending
-            done = True
-        except aiohttp.ClientError as exc:
-            yield f"data: {json.dumps(error_body(f'engine unavailable: {exc}', 'server_error', 503))}\n\n".encode()
+            async for chunk in relay(resp, self.args.stream_interval_ms / 1000):
+                yield chunk
         finally:
-            resp.release() if done else resp.close()
             engine.leave()
 
     def _client(self) -> aiohttp.ClientSession:
