@@ -55,6 +55,9 @@ BAD_CASES = [
     ("bad direction", lambda s: s.replace('direction = "maximize"', 'direction = "up"'), "benchmark.direction"),
     ("bad reference", lambda s: s.replace('kind = "transformers"', 'kind = "nothing"'), "reference"),
     ("not toml", lambda s: s + "\n[[[", "target.toml"),
+    ("unknown agent role", lambda s: s.replace('backend = "auto"', 'backend = "auto"\nroles = {planner = "m"}'), "agent"),
+    ("bad agent budget", lambda s: s.replace('backend = "auto"', 'backend = "auto"\nbudget_usd = -1'), "agent.budget_usd"),
+    ("unknown role limit", lambda s: s + "\n[agent.judge]\nturns = 3\n", "agent.judge.turns"),
 ]
 
 

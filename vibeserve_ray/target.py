@@ -143,10 +143,51 @@ class SearchSpec(_Strict):
     token_budget: Annotated[int, Field(ge=0)] = 0  # 0 = unlimited
 
 
+AGENT_ROLES = ("orchestrator", "implementer", "judge", "evaluator")
+NonNegative = Annotated[float, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class RoleSpec(_Strict):
+    """`[agent.<role>]`: one role's limits; what is unset comes from `[agent]`."""
+
+    model: str | None = None
+    max_tokens: PositiveInt | None = None
+    max_turns: PositiveInt | None = None
+    time_limit_s: PositiveFloat | None = None  # one session's wall time
+
+
+class PriceSpec(_Strict):
+    """`[agent.prices."<model>"]`: US dollars per million tokens."""
+
+    input: NonNegative
+    output: NonNegative
+    cache_write: NonNegative
+    cache_read: NonNegative
+
+
 class AgentSpec(_Strict):
     backend: Literal["auto", "offline", "anthropic"] = "auto"
-    model: str = "claude-sonnet-4-5"
-    roles: dict[str, str] = {}  # role -> model, overriding `model`
+    model: str = "claude-sonnet-5-5"  # claude-sonnet-4-5, the earlier default, was retired on 2026-11-30
+    roles: dict[str, str] = {}  # role -> model, overriding `model` ([agent.<role>] model wins over it)
+    max_tokens: PositiveInt = 8192
+    max_turns: PositiveInt = 40
+    time_limit_s: PositiveFloat = 600  # one session's wall time; an implementer's is added to the inner loop's limit
+    budget_usd: NonNegative = 0  # 0 = unlimited
+    max_retries: Annotated[int, Field(ge=0)] = 8  # the client's own retries of 408/409/429/5xx
+    request_timeout_s: PositiveFloat = 600
+    prices: dict[str, PriceSpec] = {}  # per model, over the built-in list prices
+    orchestrator: RoleSpec = RoleSpec()
+    implementer: RoleSpec = RoleSpec()
+    judge: RoleSpec = RoleSpec()
+    evaluator: RoleSpec = RoleSpec()
+
+    @model_validator(mode="after")
+    def _roles(self) -> "AgentSpec":
+        for role in self.roles:
+            if role not in AGENT_ROLES:
+                raise ValueError(f"roles.{role}: unknown role (one of {', '.join(AGENT_ROLES)})")
+        return self
 
 
 class TargetSpec(_Strict):
