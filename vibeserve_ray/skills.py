@@ -1,31 +1,44 @@
-"""The skills library: Markdown notes on how to make serving faster, by layer.
+"""The skills library: what we know about making serving faster, in the Agent Skills layout.
 
-Each file in `skills/<layer>/` starts with YAML front matter:
+A skill is a folder `skills/<layer>/<name>/` holding `SKILL.md` (YAML front matter, then
+Markdown) and, where useful, longer material in sub-folders (`references/`, ...):
 
     ---
-    name: continuous-batching
-    applies_to: {scheduler: continuous}      # the design choices this skill points at
-    when: {min_concurrency: 2}                 # target conditions (optional)
-    prior: 2.0                                 # how much the offline implementer trusts it
+    name: continuous-batching              # the folder's name
+    description: One paragraph: what it does and when to use it.
+    layer: serving                         # the parent folder: models | serving | hardware | workloads
+    applies_to: {scheduler: continuous}    # design choices of search_spaces/llama.toml it switches on ({} if none)
+    when: {min_concurrency: 2}             # target conditions (optional)
+    keywords: [batching, scheduler]
+    prior: 2.0                             # weight the offline implementer gives a matching move
     ---
-    Why and how, for agents and people.
 
-The offline implementer ranks design changes by the skills that apply; LLM agents get
-the relevant skills' text in their prompt.
+The offline implementer and the backlog policy score design changes by the priors of
+the skills that apply; LLM agents find skills with `search_skills` and open them with
+`read_skill` rather than having the library pasted into their prompts.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from vibeserve_ray.design_space import DesignSpace
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.target import Target
 
 SKILLS_DIR = Path(__file__).resolve().parent.parent / "skills"
+LAYERS = ("models", "serving", "hardware", "workloads")
 CONDITIONS = ("min_concurrency", "device", "shared_prefix", "predictions")
+# ours, then the optional fields of the Agent Skills specification (so a standard skill loads)
+KEYS = {"name", "description", "layer", "applies_to", "when", "keywords", "prior", "license", "compatibility", "metadata", "allowed-tools"}
+NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 
 @dataclass(frozen=True)
@@ -34,8 +47,12 @@ class Skill:
     layer: str
     applies_to: dict[str, str]
     when: dict[str, object] = field(default_factory=dict)
-    prior: float = 1.0
-    text: str = ""
+    prior: float = 0.0
+    text: str = ""  # the Markdown body
+    description: str = ""
+    keywords: tuple[str, ...] = ()
+    path: Path | None = None  # its SKILL.md
+    references: tuple[str, ...] = ()  # other files of its folder, relative to it
 
     def applies(self, target: Target) -> bool:
         b, w = target.spec.benchmark, self.when
@@ -54,31 +71,181 @@ class Skill:
         return bool(self.applies_to) and all(changes.get(k) == v for k, v in self.applies_to.items())
 
 
-def load_skills(root: Path = SKILLS_DIR) -> list[Skill]:
-    skills = []
-    for path in sorted(Path(root).rglob("*.md")):
-        if path.name == "README.md":
+@dataclass(frozen=True)
+class SkillHit:
+    """One search result: enough for an agent to decide whether to read the skill."""
+
+    name: str
+    layer: str
+    description: str
+    score: float
+
+
+class SkillError(LookupError):
+    """An agent asked for a skill, file or layer that does not exist (its tool reports the message)."""
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def load_skills(root: Path = SKILLS_DIR, space: DesignSpace | None = None) -> list[Skill]:
+    """Every skill under `root`, validated, strongest prior first (so the reasons a
+    proposal or backlog task gives lead with the strongest); with `space`, `applies_to`
+    must name its choices and options."""
+    root = Path(root)
+    skills: dict[str, Skill] = {}
+    for layer_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if layer_dir.name not in LAYERS:
+            raise BadInput(str(layer_dir), "layer", f"not a layer (one of {', '.join(LAYERS)})")
+        for entry in sorted(layer_dir.iterdir()):
+            if entry.is_file() and entry.name == "README.md":
+                continue
+            if not (entry / "SKILL.md").is_file():
+                raise BadInput(str(entry), "layout", f"a skill is a folder {layer_dir.name}/<name>/ holding SKILL.md")
+            skill = _parse(entry / "SKILL.md", layer_dir.name, space)
+            if skill.name in skills:
+                raise BadInput(str(skill.path), "name", f"also the name of {skills[skill.name].path}")
+            skills[skill.name] = skill
+    return sorted(skills.values(), key=lambda s: (-s.prior, s.layer, s.name))
+
+
+def _parse(path: Path, layer: str, space: DesignSpace | None) -> Skill:
+    file = str(path)
+    text = path.read_text()
+    if not text.startswith("---\n") or "\n---\n" not in text[4:]:
+        raise BadInput(file, "front matter", "SKILL.md starts with a '---' YAML block closed by '---'")
+    head, body = text[4:].split("\n---\n", 1)
+    try:
+        meta = yaml.safe_load(head) or {}
+    except yaml.YAMLError as exc:
+        raise BadInput(file, "front matter", f"not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(meta, dict):
+        raise BadInput(file, "front matter", "must be a mapping of fields")
+    if unknown := sorted(set(meta) - KEYS):
+        raise BadInput(file, unknown[0], f"unknown field (known: {', '.join(sorted(KEYS))})")
+    name, folder = meta.get("name"), path.parent.name
+    if not isinstance(name, str) or not NAME.fullmatch(name) or len(name) > 64:
+        raise BadInput(file, "name", "required: lowercase letters, digits and single hyphens, at most 64 characters")
+    if name != folder:
+        raise BadInput(file, "name", f"{name!r} differs from its folder {folder!r}")
+    description = meta.get("description")
+    if not isinstance(description, str) or not description.strip() or len(description) > 1024:
+        raise BadInput(file, "description", "required: what the skill does and when to use it, at most 1024 characters")
+    if meta.get("layer") != layer:
+        raise BadInput(file, "layer", f"must be {layer!r}, the folder it sits in")
+    applies_to = _applies_to(file, meta.get("applies_to"), space)
+    when = meta.get("when") or {}
+    if not isinstance(when, dict):
+        raise BadInput(file, "when", f"a mapping of conditions ({', '.join(CONDITIONS)})")
+    if bad := sorted(set(when) - set(CONDITIONS)):
+        raise BadInput(file, f"when.{bad[0]}", f"unknown condition (one of {', '.join(CONDITIONS)})")
+    keywords = meta.get("keywords") or []
+    if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
+        raise BadInput(file, "keywords", "a list of strings")
+    prior = meta.get("prior", 0.0)
+    if applies_to and "prior" not in meta:
+        raise BadInput(file, "prior", "required when applies_to names a design choice")
+    if isinstance(prior, bool) or not isinstance(prior, (int, float)) or prior < 0:
+        raise BadInput(file, "prior", "a number >= 0")
+    references = tuple(sorted(str(p.relative_to(path.parent)) for p in path.parent.rglob("*") if p.is_file() and p != path))
+    return Skill(name=name, layer=layer, applies_to=applies_to, when=dict(when), prior=float(prior), text=body.strip(),
+                 description=" ".join(description.split()), keywords=tuple(keywords), path=path, references=references)
+
+
+def _applies_to(file: str, raw: object, space: DesignSpace | None) -> dict[str, str]:
+    if raw is None or raw == "none":
+        return {}
+    if not isinstance(raw, dict):
+        raise BadInput(file, "applies_to", "a mapping {choice: option} (or {} / none)")
+    for choice, option in raw.items():
+        where = f"applies_to.{choice}"
+        if not isinstance(option, str):  # YAML reads a bare on/off as a boolean
+            raise BadInput(file, where, f"the option must be a string, got {option!r} (quote it)")
+        if space is not None:
+            if choice not in space.choices:
+                raise BadInput(file, where, f"no such design choice in {space.path.name} (one of {', '.join(space.choices)})")
+            if option not in space.choices[choice].options:
+                raise BadInput(file, where, f"{option!r} is not an option (one of {', '.join(space.choices[choice].options)})")
+    return {str(k): v for k, v in raw.items()}
+
+
+# --- what agents call ----------------------------------------------------------------
+
+FIELD_WEIGHTS = {"name": 3, "keywords": 3, "description": 2, "text": 1}
+STOPWORDS = frozenset("a an and are as at be by do for from how i in is it of on or the this to what when with".split())
+
+
+def _terms(text: str) -> list[str]:
+    """Lower-case words with a crude suffix strip, so 'caching', 'caches' and 'cache' meet."""
+    out = []
+    for w in re.findall(r"[a-z0-9]+", text.lower()):
+        if w in STOPWORDS:
             continue
-        text = path.read_text()
-        if not text.startswith("---\n") or "\n---\n" not in text[4:]:
-            raise BadInput(str(path), "front matter", "a skill starts with a '---' YAML block")
-        head, body = text[4:].split("\n---\n", 1)
-        try:
-            meta = yaml.safe_load(head) or {}
-        except yaml.YAMLError as exc:
-            raise BadInput(str(path), "front matter", f"not valid YAML: {exc}") from None
-        unknown = set(meta) - {"name", "applies_to", "when", "prior"}
-        if unknown:
-            raise BadInput(str(path), sorted(unknown)[0], "unknown key")
-        bad_when = set(meta.get("when") or {}) - set(CONDITIONS)
-        if bad_when:
-            raise BadInput(str(path), f"when.{sorted(bad_when)[0]}", f"unknown condition (one of {', '.join(CONDITIONS)})")
-        skills.append(Skill(
-            name=str(meta.get("name", path.stem)),
-            layer=path.parent.name,
-            applies_to={str(k): str(v) for k, v in (meta.get("applies_to") or {}).items()},
-            when=dict(meta.get("when") or {}),
-            prior=float(meta.get("prior", 1.0)),
-            text=body.strip(),
-        ))
-    return skills
+        for suffix in ("ing", "ed", "es", "s"):
+            if len(w) > len(suffix) + 2 and w.endswith(suffix):
+                w = w[:-len(suffix)]
+                break
+        out.append(w[:-1] if len(w) > 3 and w.endswith("e") else w)
+    return out
+
+
+def _names(query: list[str], phrase: list[str]) -> bool:
+    """True when the query's words appear in `phrase` in a row ('prefix cache' in 'prefix caching')."""
+    n = len(query)
+    return any(phrase[i:i + n] == query for i in range(len(phrase) - n + 1))
+
+
+def search_skills(query: str, layer: str | None = None, limit: int = 5, root: Path = SKILLS_DIR) -> list[SkillHit]:
+    """Skills ranked by BM25 over name, keywords, description and body (weighted in that
+    order), doubled where the query is the skill's name or one of its keywords; ties by
+    name, so the same query always gives the same list."""
+    if layer is not None and layer not in LAYERS:
+        raise SkillError(f"no layer {layer!r} (one of {', '.join(LAYERS)})")
+    skills = [s for s in load_skills(root) if layer is None or s.layer == layer]
+    docs = []
+    for s in skills:
+        fields = {"name": s.name, "keywords": " ".join(s.keywords), "description": s.description, "text": s.text}
+        tf: Counter[str] = Counter()
+        for f, content in fields.items():
+            for term in _terms(content):
+                tf[term] += FIELD_WEIGHTS[f]
+        docs.append(tf)
+    query_words = _terms(query)
+    query_terms = sorted(set(query_words))
+    if not docs or not query_terms:
+        return []
+    k1, b = 1.2, 0.75
+    avg_len = sum(sum(tf.values()) for tf in docs) / len(docs)
+    hits = []
+    for s, tf in zip(skills, docs):
+        length, score = sum(tf.values()), 0.0
+        for term in query_terms:
+            if tf[term]:
+                n = sum(1 for d in docs if d[term])
+                idf = math.log(1 + (len(docs) - n + 0.5) / (n + 0.5))
+                score += idf * tf[term] * (k1 + 1) / (tf[term] + k1 * (1 - b + b * length / avg_len))
+        if any(_names(query_words, _terms(phrase)) for phrase in (s.name, *s.keywords)):
+            score *= 2
+        if score > 0:
+            hits.append(SkillHit(s.name, s.layer, s.description, round(score, 4)))
+    return sorted(hits, key=lambda h: (-h.score, h.name))[:max(limit, 0)]
+
+
+def read_skill(name: str, root: Path = SKILLS_DIR) -> str:
+    """A skill's SKILL.md with the list of its other files; 'NAME/PATH' reads one of those."""
+    skill_name, _, rel = name.strip().strip("/").partition("/")
+    skills = {s.name: s for s in load_skills(root)}
+    if skill_name not in skills:
+        close = difflib.get_close_matches(skill_name, list(skills), n=3)
+        raise SkillError(f"no skill named {skill_name!r}" + (f" (did you mean {', '.join(close)}?)" if close else "; search_skills finds them"))
+    skill = skills[skill_name]
+    folder = skill.path.parent
+    if rel:
+        if rel not in skill.references:  # only the listed files: never a path outside the skill
+            raise SkillError(f"skill {skill_name!r} has no file {rel!r} (it has: {', '.join(skill.references) or 'none'})")
+        return (folder / rel).read_text()
+    text = skill.path.read_text()
+    if skill.references:
+        text += "\n\nFiles of this skill (read one with read_skill('" + skill_name + "/PATH')):\n"
+        text += "\n".join(f"- {r}" for r in skill.references) + "\n"
+    return text

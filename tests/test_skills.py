@@ -1,0 +1,211 @@
+"""The skills library: every shipped skill loads and validates against the design space,
+names code that exists, is found by the obvious query and read by name; a malformed
+skill is refused naming its file and field; the offline implementer and the backlog
+still make the moves they made from the old flat files."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vibeserve_ray.agents.offline import OfflineImplementer, design_key
+from vibeserve_ray.design_space import default_space_path, load_space
+from vibeserve_ray.errors import BadInput
+from vibeserve_ray.search.policy import seed_backlog
+from vibeserve_ray.skills import LAYERS, SKILLS_DIR, SkillError, load_skills, read_skill, search_skills
+from vibeserve_ray.target import load_target
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACE = load_space(default_space_path())
+SKILLS = load_skills(space=SPACE)
+REQUIRED = {"continuous-batching", "chunked-prefill", "paged-kv-cache", "prefix-caching", "prompt-lookup-speculation", "cpu-threads",
+            "torch-compile", "cuda-graphs", "flashinfer-attention", "constrained-decoding", "quantisation", "profiling"}
+
+
+def test_every_skill_loads_with_its_metadata():
+    assert len(SKILLS) >= 12
+    assert REQUIRED <= {s.name for s in SKILLS}
+    for s in SKILLS:
+        assert s.path == SKILLS_DIR / s.layer / s.name / "SKILL.md"
+        assert s.layer in LAYERS and s.description and s.keywords and len(s.text.splitlines()) >= 10, s.name
+
+
+def test_applies_to_names_real_choices_and_options():
+    covered = [s for s in SKILLS if s.applies_to]
+    assert covered  # the offline implementer has priors to use
+    for s in covered:
+        for choice, option in s.applies_to.items():
+            assert option in SPACE.choices[choice].options, f"{s.name}: {choice}={option}"
+
+
+def _engine_classes() -> dict[str, type]:
+    classes = {}
+    for path in (ROOT / "vibeserve_ray" / "engine").glob("*.py"):
+        module = importlib.import_module(f"vibeserve_ray.engine.{path.stem}")  # flashinfer is imported only when used
+        classes.update({n: c for n, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__})
+    return classes
+
+
+def _has(cls: type, attr: str) -> bool:
+    """A method, property or dataclass field, or an attribute its methods set on self."""
+    return hasattr(cls, attr) or attr in getattr(cls, "__dataclass_fields__", {}) or re.search(rf"self\.{attr}\b", inspect.getsource(cls)) is not None
+
+
+def test_skills_name_files_tests_and_engine_methods_that_exist():
+    """Skills tell agents where to look: a renamed file, test or method must be caught here."""
+    classes = _engine_classes()
+    for s in SKILLS:
+        for path in re.findall(r"(?:vibeserve_ray|benchmarks|search_spaces|targets|tests)/[\w/.-]*\w", s.text):
+            assert (ROOT / path.split("::")[0]).exists(), f"{s.name}: {path}"
+        for path, test in re.findall(r"(tests/\w+\.py)::\s*(\w+)", s.text):
+            assert f"def {test}(" in (ROOT / path).read_text(), f"{s.name}: {path}::{test}"
+        for cls, attr in re.findall(r"`([A-Z]\w+)\.(\w+)", s.text):
+            if cls in classes:
+                assert _has(classes[cls], attr), f"{s.name}: {cls}.{attr}"
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("prefix cache", "prefix-caching"),
+    ("json schema", "constrained-decoding"),
+    ("cuda graphs", "cuda-graphs"),
+    ("speculative decoding with a predicted output", "prompt-lookup-speculation"),
+    ("torch.compile", "torch-compile"),
+    ("long prompts stall running decodes", "chunked-prefill"),
+])
+def test_search_finds_the_obvious_skill(query, expected):
+    hits = search_skills(query)
+    assert hits and hits[0].name == expected, [h.name for h in hits]
+    assert hits[0].description == next(s.description for s in SKILLS if s.name == expected)
+
+
+def test_search_is_deterministic_limited_and_filtered_by_layer():
+    assert search_skills("kv cache memory", limit=3) == search_skills("kv cache memory", limit=3)
+    assert len(search_skills("kv cache memory", limit=3)) == 3
+    hardware = search_skills("kv cache memory", layer="hardware", limit=20)
+    assert hardware and {h.layer for h in hardware} == {"hardware"}
+    scores = [h.score for h in search_skills("attention", limit=20)]
+    assert scores == sorted(scores, reverse=True)
+    assert search_skills("the of and") == [] and search_skills("zzzqqq") == []
+    with pytest.raises(SkillError, match="layer"):
+        search_skills("cache", layer="kernels")
+
+
+def test_read_skill_gives_the_text_and_its_reference_files():
+    text = read_skill("profiling")
+    assert text.startswith("---\nname: profiling\n")
+    assert "- references/torch-profiler.md" in text
+    reference = read_skill("profiling/references/torch-profiler.md")
+    assert "profile_all_threads=True" in reference
+    assert read_skill("prefix-caching") == (SKILLS_DIR / "workloads" / "prefix-caching" / "SKILL.md").read_text()  # no files: no list
+
+
+@pytest.mark.parametrize("name, match", [
+    ("prefix-cache", "no skill named 'prefix-cache' \\(did you mean prefix-caching"),
+    ("profiling/../../../pyproject.toml", "has no file"),
+    ("profiling/SKILL.md", "has no file"),
+])
+def test_read_skill_refuses_unknown_names_and_paths(name, match):
+    with pytest.raises(SkillError, match=match):
+        read_skill(name)
+
+
+GOOD = (SKILLS_DIR / "serving" / "paged-kv-cache" / "SKILL.md").read_text()
+
+
+def edit(old: str, new: str):
+    def apply(text: str) -> str:
+        assert text.count(old) == 1, f"paged-kv-cache/SKILL.md no longer holds {old!r} once"
+        return text.replace(old, new)
+    return apply
+
+
+BAD = [
+    ("no front matter", lambda t: t.split("---\n", 2)[2], "front matter"),
+    ("bad YAML", edit("layer: serving\n", "layer: [serving\n"), "front matter"),
+    ("no name", edit("name: paged-kv-cache\n", ""), "name"),
+    ("name not the folder", edit("name: paged-kv-cache\n", "name: paged-cache\n"), "name"),
+    ("upper-case name", edit("name: paged-kv-cache\n", "name: Paged-KV-Cache\n"), "name"),
+    ("no description", lambda t: re.sub(r"description: >-\n(  .*\n)+", "", t), "description"),
+    ("layer not the folder", edit("layer: serving\n", "layer: hardware\n"), "layer"),
+    ("unknown field", edit("layer: serving\n", "layer: serving\nweight: 2\n"), "weight"),
+    ("bare on/off", edit("applies_to: {kv_cache: paged}", "applies_to: {prefix_cache: on}"), "applies_to.prefix_cache"),
+    ("unknown choice", edit("applies_to: {kv_cache: paged}", "applies_to: {kv_store: paged}"), "applies_to.kv_store"),
+    ("unknown option", edit("applies_to: {kv_cache: paged}", "applies_to: {kv_cache: radix}"), "applies_to.kv_cache"),
+    ("unknown condition", edit("layer: serving\n", "layer: serving\nwhen: {min_qps: 3}\n"), "when.min_qps"),
+    ("keywords not a list", lambda t: re.sub(r"keywords: \[.*\]", "keywords: paged", t), "keywords"),
+    ("no prior with applies_to", edit("prior: 1.5\n", ""), "prior"),
+    ("negative prior", edit("prior: 1.5\n", "prior: -1\n"), "prior"),
+]
+
+
+@pytest.mark.parametrize("case, change, field", BAD, ids=[b[0] for b in BAD])
+def test_malformed_skill_is_refused_naming_file_and_field(tmp_path, case, change, field):
+    path = tmp_path / "serving" / "paged-kv-cache" / "SKILL.md"
+    path.parent.mkdir(parents=True)
+    path.write_text(change(GOOD))
+    with pytest.raises(BadInput) as info:
+        load_skills(tmp_path, space=SPACE)
+    assert (info.value.file, info.value.field) == (str(path), field), str(info.value)
+
+
+@pytest.mark.parametrize("make, file, field", [
+    (lambda root: (root / "serving" / "flat.md").write_text(GOOD), "serving/flat.md", "layout"),
+    (lambda root: (root / "kernels").mkdir(), "kernels", "layer"),
+    (lambda root: shutil.copytree(root / "serving" / "paged-kv-cache", root / "hardware" / "paged-kv-cache"),
+     "serving/paged-kv-cache/SKILL.md", "name"),
+])
+def test_malformed_library_is_refused_naming_the_path(tmp_path, make, file, field):
+    (tmp_path / "hardware").mkdir()
+    (tmp_path / "serving" / "paged-kv-cache").mkdir(parents=True)
+    (tmp_path / "serving" / "paged-kv-cache" / "SKILL.md").write_text(GOOD)
+    make(tmp_path)
+    if field == "name":  # the copy sits in another layer: fix its layer so the duplicate name is what fails
+        copy = tmp_path / "hardware" / "paged-kv-cache" / "SKILL.md"
+        copy.write_text(copy.read_text().replace("layer: serving", "layer: hardware"))
+    with pytest.raises(BadInput) as info:
+        load_skills(tmp_path)
+    assert info.value.field == field and info.value.file.endswith(file), str(info.value)
+
+
+# What the offline implementer proposed, from the seed with no hints, and what the backlog
+# held, when the skills were flat files (measured with that loader): the library's move to
+# folders and its new entries must not change either.
+SAME_MOVES = {
+    "tiny-llama-cpu": [{"kv_cache": "slab", "scheduler": "continuous"}, {"kv_cache": "paged", "prefix_cache": "on"}, {"scheduler": "static"},
+                       {"compile": "on"}, {"scheduler": "continuous"}, {"scheduler": "serial"}],
+    "tiny-llama-prefix": [{"kv_cache": "paged", "prefix_cache": "on"}, {"scheduler": "continuous"}, {"scheduler": "static"},
+                          {"compile": "on"}, {"scheduler": "continuous"}, {"prefix_cache": "off"}],
+    "tiny-llama-code-edit": [{"kv_cache": "slab", "scheduler": "continuous"}, {"speculation": "prompt_lookup"}, {"kv_cache": "paged"},
+                             {"scheduler": "static"}, {"kv_cache": "slab"}, {"kv_cache": "paged", "prefix_cache": "on"}],
+}
+BACKLOG = {
+    ("compile", "on"): (0.5, "skill torch-compile"), ("kv_cache", "paged"): (1.5, "skill paged-kv-cache"),
+    ("kv_cache", "slab"): (1.5, "skill preallocated-kv-cache"), ("scheduler", "continuous"): (3.0, "skill continuous-batching"),
+    ("scheduler", "static"): (1.0, "skill static-batching"),
+}
+BACKLOG_EXTRA = {"tiny-llama-cpu": {}, "tiny-llama-prefix": {("prefix_cache", "on"): (3.0, "skill prefix-caching")},
+                 "tiny-llama-code-edit": {("speculation", "prompt_lookup"): (3.0, "skill prompt-lookup-speculation")}}
+
+
+@pytest.mark.parametrize("name", sorted(SAME_MOVES))
+def test_offline_implementer_and_backlog_make_the_same_moves(name):
+    target = load_target(ROOT / "targets" / name)
+    device = target.spec.hardware.device
+    skills = [s for s in SKILLS if s.applies(target)]
+    implementer = OfflineImplementer(skills, seed=0)
+    design, _ = SPACE.defaults()
+    tried, moves = {design_key(design)}, []
+    for _ in SAME_MOVES[name]:
+        proposal = implementer.propose(design, [], tried, SPACE.neighbours(design, device))
+        tried.add(proposal.key())
+        moves.append(proposal.changes)
+        design = proposal.design
+    assert moves == SAME_MOVES[name]
+    backlog = {tuple(*t.changes.items()): (t.priority, t.why) for t in seed_backlog(skills, [])}
+    assert backlog == {**BACKLOG, **BACKLOG_EXTRA[name]}, json.dumps({str(k): v for k, v in backlog.items()})
