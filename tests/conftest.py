@@ -55,6 +55,17 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 ROPE_LLAMA3 = {
     "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64
 }
+def edit(old: str, new: str):
+    """An edit of a shipped file's text (for bad-input cases) that fails loudly if the
+    file no longer holds `old` exactly once."""
+
+    def apply(text: str) -> str:
+        assert text.count(old) == 1, f"the file no longer holds {old!r} exactly once"
+        return text.replace(old, new)
+
+    return apply
+
+
 def make_hf_model(seed: int = 0, **overrides):
     """A small random HF Llama (2 layers) for the engine's unit tests."""
     import torch

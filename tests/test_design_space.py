@@ -9,7 +9,7 @@ import re
 import tomllib
 
 import pytest
-from conftest import run_cli
+from conftest import edit, run_cli
 
 from vibeserve_ray.design_space import covering_designs, default_space_path, load_space, materialise, parse_assignments
 from vibeserve_ray.engine.defaults import DEFAULT_DESIGN, DEFAULT_KNOBS
@@ -17,16 +17,6 @@ from vibeserve_ray.errors import BadInput
 
 GOOD = default_space_path().read_text()
 SPACE = load_space(default_space_path())
-
-
-def edit(old: str, new: str):
-    """An edit of the real space file that fails loudly if the file no longer holds `old`."""
-
-    def apply(text: str) -> str:
-        assert text.count(old) == 1, f"llama.toml no longer holds {old!r} exactly once"
-        return text.replace(old, new)
-
-    return apply
 
 
 def whole(text: str):

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import edit
 
 from vibeserve_ray.agents.offline import OfflineImplementer, design_key
 from vibeserve_ray.design_space import default_space_path, load_space
@@ -116,13 +117,6 @@ def test_read_skill_refuses_unknown_names_and_paths(name, match):
 
 
 GOOD = (SKILLS_DIR / "serving" / "paged-kv-cache" / "SKILL.md").read_text()
-
-
-def edit(old: str, new: str):
-    def apply(text: str) -> str:
-        assert text.count(old) == 1, f"paged-kv-cache/SKILL.md no longer holds {old!r} once"
-        return text.replace(old, new)
-    return apply
 
 
 BAD = [
