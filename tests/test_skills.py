@@ -132,6 +132,8 @@ BAD = [
     ("unknown choice", edit("applies_to: {kv_cache: paged}", "applies_to: {kv_store: paged}"), "applies_to.kv_store"),
     ("unknown option", edit("applies_to: {kv_cache: paged}", "applies_to: {kv_cache: radix}"), "applies_to.kv_cache"),
     ("unknown condition", edit("layer: serving\n", "layer: serving\nwhen: {min_qps: 3}\n"), "when.min_qps"),
+    ("unknown device", edit("layer: serving\n", "layer: serving\nwhen: {device: gpu}\n"), "when.device"),
+    ("condition of the wrong type", edit("layer: serving\n", "layer: serving\nwhen: {min_concurrency: two}\n"), "when.min_concurrency"),
     ("keywords not a list", lambda t: re.sub(r"keywords: \[.*\]", "keywords: paged", t), "keywords"),
     ("no prior with applies_to", edit("prior: 1.5\n", ""), "prior"),
     ("negative prior", edit("prior: 1.5\n", "prior: -1\n"), "prior"),

@@ -35,7 +35,7 @@ from vibeserve_ray.target import Target
 
 SKILLS_DIR = Path(__file__).resolve().parent.parent / "skills"
 LAYERS = ("models", "serving", "hardware", "workloads")
-CONDITIONS = ("min_concurrency", "device", "shared_prefix", "predictions")
+CONDITIONS = {"min_concurrency": int, "device": str, "shared_prefix": bool, "predictions": bool}  # -> the value's type
 # ours, then the optional fields of the Agent Skills specification (so a standard skill loads)
 KEYS = {"name", "description", "layer", "applies_to", "when", "keywords", "prior", "license", "compatibility", "metadata", "allowed-tools"}
 NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
@@ -139,6 +139,9 @@ def _parse(path: Path, layer: str, space: DesignSpace | None) -> Skill:
         raise BadInput(file, "when", f"a mapping of conditions ({', '.join(CONDITIONS)})")
     if bad := sorted(set(when) - set(CONDITIONS)):
         raise BadInput(file, f"when.{bad[0]}", f"unknown condition (one of {', '.join(CONDITIONS)})")
+    for key, value in when.items():
+        if type(value) is not CONDITIONS[key] or (key == "device" and value not in ("cpu", "cuda")):
+            raise BadInput(file, f"when.{key}", f"{value!r} is not a {'device (cpu or cuda)' if key == 'device' else CONDITIONS[key].__name__}")
     keywords = meta.get("keywords") or []
     if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
         raise BadInput(file, "keywords", "a list of strings")
@@ -197,8 +200,8 @@ def _names(query: list[str], phrase: list[str]) -> bool:
 
 def search_skills(query: str, layer: str | None = None, limit: int = 5, root: Path = SKILLS_DIR) -> list[SkillHit]:
     """Skills ranked by BM25 over name, keywords, description and body (weighted in that
-    order), doubled where the query is the skill's name or one of its keywords; ties by
-    name, so the same query always gives the same list."""
+    order), doubled where the query's words run together in the skill's name or one of
+    its keywords; ties by name, so the same query always gives the same list."""
     if layer is not None and layer not in LAYERS:
         raise SkillError(f"no layer {layer!r} (one of {', '.join(LAYERS)})")
     skills = [s for s in load_skills(root) if layer is None or s.layer == layer]
