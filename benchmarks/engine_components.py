@@ -8,7 +8,7 @@
 3. targets/tiny-llama-code-edit: speculation off vs prompt lookup (mean e2e latency).
 
 Every candidate is a point of search_spaces/llama.toml, materialised and measured as
-`vibeserve bench` measures it (vibeserve_ray.measure: a sandboxed subprocess behind the
+`vibeserve bench` measures it (vibeserve_ray.inner.evaluate: a sandboxed subprocess behind the
 HTTP front, warm-up, then the target's load). The best combination and the prefix and
 speculation designs are also checked for exactness: the checker of `vibeserve check`
 (held-out prompts: sequential, concurrent, seeded sampling) and every benchmark
@@ -36,9 +36,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.engine_vs_transformers import hf_batched  # noqa: E402
 from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
-from vibeserve_ray.judge.checker import Completion, check_candidate, compare  # noqa: E402
-from vibeserve_ray.measure import bench_candidate, target_workload  # noqa: E402
-from vibeserve_ray.reference import load_reference  # noqa: E402
+from vibeserve_ray.inner.judge.checker import check_candidate  # noqa: E402
+from vibeserve_ray.inner.evaluate import Measurement, bench_candidate, target_workload  # noqa: E402
 from vibeserve_ray.target import Target, load_target  # noqa: E402
 
 TARGETS = ROOT / "targets"
@@ -77,7 +76,7 @@ class Bench:
         self.space = load_space(default_space_path())
         self.dirs: dict[str, Path] = {}
         self.runs: dict[str, list[float]] = {}
-        self.reports: dict[str, object] = {}
+        self.measurements: dict[str, Measurement] = {}
 
     def candidate(self, name: str, design: dict, knobs: dict) -> Path:
         if name not in self.dirs:
@@ -89,38 +88,24 @@ class Bench:
         spec = load_candidate(self.candidate(name, design, knobs))
         t0 = time.perf_counter()
         result = bench_candidate(self.target, spec, self.work / "runs" / name.replace(" ", "_"), num_requests=self.num_requests)
-        if not hasattr(result, "metrics"):
+        if not isinstance(result, Measurement):
             raise SystemExit(f"{self.target.name}: {name} failed: {result.describe()}")
-        self.runs.setdefault(name, []).append(result.headline_value)
-        self.reports[name] = result
-        say(f"  {self.target.name}: {name}: {result.headline_name} = {result.headline_value:.1f} "
-            f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})")
-        return result.headline_value
+        self.runs.setdefault(name, []).append(result.report.headline_value)
+        self.measurements[name] = result
+        say(f"  {self.target.name}: {name}: {result.report.headline_name} = {result.report.headline_value:.1f} "
+            f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}, {result.exactness.summary()})")
+        return result.report.headline_value
 
     def median(self, name: str) -> float:
         return statistics.median(self.runs[name])
 
     def exactness(self, name: str) -> dict:
         """The checker on the held-out prompts, and the last run's responses against the reference."""
-        spec = load_candidate(self.dirs[name])
-        verdict = check_candidate(self.target, spec, self.work / "check" / name.replace(" ", "_"))
-        c = self.target.spec.checker
-        requests = target_workload(self.target, self.num_requests)
-        reference = load_reference(self.target.spec.reference.kind, self.target.model_dir(), self.target.spec.reference.dtype)
-        equal = forgiven = 0
-        mismatches = []
-        for i, result in enumerate(self.reports[name].results):
-            ref = reference.generate(requests[i].prompt_token_ids, requests[i].max_tokens)
-            status, step, reason = compare(ref, Completion(list(result.output_token_ids), []), c.tolerance, c.logprob_tolerance)
-            equal += status == "ok"
-            forgiven += status == "forgiven"
-            if status == "mismatch":
-                mismatches.append(f"request {i}, token {step}: {reason}")
-        passed = verdict.passed and not mismatches
-        say(f"  exactness of {name}: checker {'PASS' if verdict.passed else 'FAIL'}, responses {equal} equal, {forgiven} cut at a "
-            f"near-tie, {len(mismatches)} differ")
-        return {"passed": passed, "checker": verdict.summary().splitlines()[0], "responses_equal": equal,
-                "responses_cut_at_near_tie": forgiven, "responses_differing": mismatches[:3]}
+        verdict = check_candidate(self.target, load_candidate(self.dirs[name]), self.work / "check" / name.replace(" ", "_"))
+        exact = self.measurements[name].exactness
+        say(f"  exactness of {name}: checker {'PASS' if verdict.passed else 'FAIL'}, {exact.summary()}")
+        return {"passed": verdict.passed and exact.ok, "checker": verdict.summary().splitlines()[0],
+                "exact_responses": f"{exact.exact}/{exact.checked}", "first_difference": exact.mismatch}
 
 
 def transformers_batched(target: Target, num_requests: int, threads: int) -> float:

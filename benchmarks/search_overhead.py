@@ -1,6 +1,6 @@
 """Orchestration overhead of the search, and how it scales with workers.
 
-A no-op evaluator (each inner loop sleeps S seconds instead of judging and measuring)
+A sleeping inner loop (tests/sleepy_search.py: each sleeps S seconds instead of judging and measuring)
 isolates what the search itself costs: planning, shipping trees through the object
 store, git commits, notes, the results table. For 1, 2 and 4 fake GPUs (a local Ray
 with `num_gpus=W`), N candidates are searched; we report candidates/second and the
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the sleeping inner loop the orchestration tests use
 
 import ray  # noqa: E402
 
@@ -27,6 +28,7 @@ from vibeserve_ray.design_space import default_space_path, load_space  # noqa: E
 from vibeserve_ray.search.controller import Budget, Search  # noqa: E402
 from vibeserve_ray.search.results import read_results  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
+from sleepy_search import sleepy_inner_loop  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent.parent / "targets" / "tiny-llama-cpu"
 
@@ -52,7 +54,7 @@ def measure(workers: int, candidates: int, sleep_s: float) -> dict:
         try:
             search = Search(load_target(target_dir), str(target_dir), Path(tmp) / "run", load_space(default_space_path()),
                             Budget(rounds=1, time_limit_s=3600, max_candidates=candidates, candidate_time_limit_s=600, n_trials=1),
-                            say=lambda s: None, noop_seconds=sleep_s)
+                            say=lambda s: None, inner_loop=sleepy_inner_loop(sleep_s))
             t0 = time.perf_counter()
             search.run()
             total = time.perf_counter() - t0

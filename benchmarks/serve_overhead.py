@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vibeserve_ray import deploy  # noqa: E402
 from vibeserve_ray.candidate import resolve_candidate  # noqa: E402
-from vibeserve_ray.measure import bench_running, target_workload, warm_up  # noqa: E402
+from vibeserve_ray.inner.evaluate import bench_running, target_workload, warm_up  # noqa: E402
 from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 

@@ -7,7 +7,7 @@ import json
 from conftest import TINY_TARGET, run_cli
 
 from vibeserve_ray.candidate import materialise_seed
-from vibeserve_ray.judge.checker import Completion, compare
+from vibeserve_ray.inner.judge.checker import Completion, compare
 from vibeserve_ray.reference import RefOutput
 
 PERTURB = '''

@@ -22,7 +22,7 @@ from search_helpers import RayHead, free_port
 
 from vibeserve_ray import deploy, deploy_cli
 from vibeserve_ray.candidate import load_candidate, materialise_seed
-from vibeserve_ray.judge.checker import compare, load_prompts, tokenize_prompts
+from vibeserve_ray.inner.judge.checker import compare, load_prompts, tokenize_prompts
 from vibeserve_ray.reference import reference_outputs
 from vibeserve_ray.tinymodel import cache_dir
 
@@ -88,7 +88,7 @@ def completions(served, reference):
 
 
 def test_greedy_completions_equal_the_reference_on_held_out_prompts(completions, reference, tiny_target):
-    from vibeserve_ray.judge.checker import Completion
+    from vibeserve_ray.inner.judge.checker import Completion
 
     _, refs = reference
     verdicts = [compare(ref, Completion(out.model_extra["token_ids"], [None] * 24), tiny_target.spec.checker.tolerance, 1.0)
@@ -293,7 +293,7 @@ def test_a_dead_engine_fails_health_and_serve_replaces_the_replica(served):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_models):
     """A search run as the search writes it: the seed, a faster validated child, a rejected one."""
-    from vibeserve_ray.search.inner import InnerResult
+    from vibeserve_ray.inner.loop import InnerResult
     from vibeserve_ray.search.record import record_result
     from vibeserve_ray.search.state import RunRepo, pack_dir
     from vibeserve_ray.target import load_target

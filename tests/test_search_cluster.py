@@ -13,9 +13,13 @@ import time
 import pytest
 from conftest import ROOT
 from search_helpers import RayHead, small_target
+from sleepy_search import sleepy_inner_loop
 
 from vibeserve_ray.search.results import read_results
 from vibeserve_ray.search.state import RunRepo
+
+
+SLEEPY = str(ROOT / "tests" / "sleepy_search.py")  # the real outer loop around an inner loop that only sleeps
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ def _agree(run):
 def test_four_fake_gpus_evaluate_four_candidates_at_once(tmp_path, head, tiny_models):
     target = small_target(tmp_path, islands=2, population=2, rounds=1, num_gpus=1)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "vibeserve_ray.cli", "search", str(target), "--run", str(run), "--address", head.address, "--noop-evaluator", "12"]
+    cmd = [sys.executable, SLEEPY, str(target), "--run", str(run), "--address", head.address, "--sleep", "12"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen_running: list = []
     deadline = time.monotonic() + 240
@@ -62,7 +66,7 @@ def test_four_fake_gpus_evaluate_four_candidates_at_once(tmp_path, head, tiny_mo
 def test_ray_job_submit_runs_a_search(tmp_path, head, tiny_models):
     run = tmp_path / "run"
     cmd = ["ray", "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT), "--",
-           "vibeserve", "search", "targets/tiny-llama-cpu", "--run", str(run), "--noop-evaluator", "0.2", "--rounds", "1", "--max-candidates", "2"]
+           "python", "tests/sleepy_search.py", "targets/tiny-llama-cpu", "--run", str(run), "--sleep", "0.2", "--rounds", "1", "--max-candidates", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "succeeded" in (r.stdout + r.stderr).lower()
@@ -73,7 +77,7 @@ def test_ray_job_submit_runs_a_search(tmp_path, head, tiny_models):
 def test_killed_search_resumes_without_losing_or_repeating(tmp_path, tiny_models):
     target = small_target(tmp_path, islands=1, population=2, rounds=3)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "vibeserve_ray.cli", "search", str(target), "--run", str(run), "--noop-evaluator", "1.5"]
+    cmd = [sys.executable, SLEEPY, str(target), "--run", str(run), "--sleep", "1.5"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and len(read_results(run)) < 3:
@@ -106,7 +110,7 @@ def test_lost_node_is_retried_elsewhere_and_the_search_completes(tmp_path, tiny_
         run = tmp_path / "run"
         search = Search(load_target(target_dir), str(target_dir), run, load_space(default_space_path()),
                         Budget(rounds=1, time_limit_s=600, max_candidates=None, candidate_time_limit_s=300, n_trials=1),
-                        say=lambda s: None, noop_seconds=8)
+                        say=lambda s: None, inner_loop=sleepy_inner_loop(8))
         out = {}
         thread = threading.Thread(target=lambda: out.setdefault("summary", search.run()), daemon=True)
         thread.start()

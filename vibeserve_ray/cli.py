@@ -41,7 +41,7 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from vibeserve_ray.judge.checker import check_candidate
+    from vibeserve_ray.inner.judge.checker import check_candidate
 
     with _candidate_session(args) as (target, spec, workdir):
         verdict = check_candidate(target, spec, workdir / "check", swap=args.swap, say=say)
@@ -56,21 +56,26 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from vibeserve_ray.bench import format_table
-    from vibeserve_ray.measure import bench_candidate
+    from vibeserve_ray.inner.evaluate import bench_candidate
+
+    from vibeserve_ray.runner import CandidateFailure
 
     with _candidate_session(args) as (target, spec, workdir):
         result = bench_candidate(target, spec, workdir / "bench", num_requests=args.num_requests, say=say)
-        if not hasattr(result, "metrics"):
+        if isinstance(result, CandidateFailure):
             print(result.describe())
             if args.out:
                 Path(args.out).write_text(json.dumps({"failure": result.to_dict()}, indent=2))
             return 1
-        print(format_table(result))
-        out = result.to_json() | {"target": target.name, "candidate": str(spec.path), "design": spec.design, "knobs": spec.knobs}
+        report, exact = result.report, result.exactness
+        print(format_table(report))
+        print(exact.summary())
+        out = report.to_json() | {"exact_responses": f"{exact.exact}/{exact.checked}", "exact_mismatch": exact.mismatch,
+                                  "target": target.name, "candidate": str(spec.path), "design": spec.design, "knobs": spec.knobs}
         if args.out:
             Path(args.out).write_text(json.dumps(out, indent=2))
             say(f"bench: wrote {args.out}")
-        return 0 if result.slo_passed and result.metrics.failed == 0 else 1
+        return 0 if report.slo_passed and report.metrics.failed == 0 and exact.ok else 1
 
 
 def _portable_path(path: str) -> str:
@@ -92,14 +97,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     target = load_target(args.target)
     space = load_space(args.space or default_space_path())
-    s = target.spec.search
-    budget = Budget(
-        rounds=args.rounds or s.rounds,
-        time_limit_s=args.time_limit or s.time_limit_s,
-        max_candidates=args.max_candidates or s.max_candidates,
-        candidate_time_limit_s=s.candidate_time_limit_s,
-        n_trials=args.trials or s.trials,
-    )
+    budget = Budget.of(target, args.rounds, args.time_limit, args.max_candidates, args.trials)
     implementer = args.implementer
     if implementer == "auto":
         if target.spec.agent.backend == "anthropic" or (target.spec.agent.backend == "auto" and os.environ.get("ANTHROPIC_API_KEY")):
@@ -109,12 +107,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         implementer = "offline"
     run_dir = Path(args.run or Path("runs") / target.name)
     connect_ray(args.address)
-    summary = Search(target, _portable_path(args.target), run_dir, space, budget, implementer, say=say, noop_seconds=args.noop_evaluator,
-                     seed=args.seed).run()
+    summary = Search(target, _portable_path(args.target), run_dir, space, budget, implementer, say=say, seed=args.seed).run()
     if summary.best is None:
         say("search: no validated candidate")
         return 1
-    if args.noop_evaluator is None and not args.no_remeasure and summary.seed is not None:
+    if not args.no_remeasure and summary.seed is not None:
         _remeasure(target, summary)
     print(summary.run_dir / "best")
     return 0
@@ -123,7 +120,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _remeasure(target, summary) -> None:
     """The seed and the winner benchmarked again, side by side, in one run."""
     from vibeserve_ray.candidate import load_candidate
-    from vibeserve_ray.measure import bench_candidate
+    from vibeserve_ray.inner.evaluate import Measurement, bench_candidate
     from vibeserve_ray.search.state import RunRepo
 
     repo = RunRepo(summary.run_dir / "repo")
@@ -132,11 +129,16 @@ def _remeasure(target, summary) -> None:
         for name, row in (("seed", summary.seed), ("best", summary.best)):
             say(f"search: re-measuring the {name} ({row.commit[:12]})")
             result = bench_candidate(target, load_candidate(repo.export(row.commit, Path(tmp) / name)), Path(tmp) / f"{name}-work")
-            out[name] = {"commit": row.commit, "headline": getattr(result, "headline_value", None), "failure": getattr(result, "reason", None)}
+            if isinstance(result, Measurement):
+                e = result.exactness
+                out[name] = {"commit": row.commit, "headline": result.report.headline_value if e.ok else None,
+                             "exact_responses": f"{e.exact}/{e.checked}", "failure": e.mismatch or None}
+            else:
+                out[name] = {"commit": row.commit, "headline": None, "failure": f"{result.phase}: {result.reason}"}
     h = target.spec.benchmark.headline
     seed_v, best_v = out["seed"]["headline"], out["best"]["headline"]
     if seed_v and best_v:
-        ratio = best_v / seed_v if target.spec.benchmark.direction == "maximize" else seed_v / best_v
+        ratio = target.spec.benchmark.objective.speedup(best_v, seed_v)
         out["speedup"] = ratio
         say(f"search: side by side: seed {h} = {seed_v:.2f}, best {h} = {best_v:.2f}: {ratio:.2f}x")
     (summary.run_dir / "remeasure.json").write_text(json.dumps(out, indent=2))
@@ -212,7 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--space", help="search space file (default search_spaces/llama.toml)")
     search.add_argument("--seed", type=int, default=0, help="seed of the implementer's and the islands' choices (default 0)")
     search.add_argument("--no-remeasure", action="store_true", help="skip benchmarking the seed and the winner side by side at the end")
-    search.add_argument("--noop-evaluator", type=float, metavar="SECONDS", help=argparse.SUPPRESS)  # orchestration tests only
     search.set_defaults(func=cmd_search)
 
     cand = sub.add_parser("candidate", help="candidate directories").add_subparsers(dest="candidate_command", required=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,6 +21,27 @@ METRICS_UP = ("request_throughput", "output_throughput", "total_token_throughput
 LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
 METRICS_DOWN = tuple(f"{s}_{m}" for m in LATENCIES for s in ("mean", "median", "p99"))
 HEADLINE_METRICS = METRICS_UP + METRICS_DOWN
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The one definition of "better" for a target's headline metric."""
+
+    metric: str
+    direction: Literal["maximize", "minimize"]
+
+    def score(self, value: float) -> float:
+        """Higher is better, whatever the direction (nan stays nan)."""
+        return value if self.direction == "maximize" else -value
+
+    def better(self, a: float, b: float) -> bool:
+        return self.score(a) > self.score(b)
+
+    def speedup(self, value: float, base: float) -> float:
+        """How many times better `value` is than `base` (> 1 is better, either direction)."""
+        if math.isnan(value) or math.isnan(base) or value == 0 or base == 0:
+            return math.nan
+        return value / base if self.direction == "maximize" else base / value
 
 
 class _Strict(BaseModel):
@@ -114,6 +136,10 @@ class BenchmarkSpec(_Strict):
         if not self.request_rate > 0:
             raise ValueError("request_rate: must be > 0 (inf for closed loop)")
         return self
+
+    @property
+    def objective(self) -> Objective:
+        return Objective(self.headline, self.direction)
 
 
 class HardwareSpec(_Strict):

@@ -21,12 +21,12 @@ from typing import Callable
 import ray
 
 from vibeserve_ray import raycluster
-from vibeserve_ray.agents.offline import OfflineImplementer, RandomImplementer, design_key
 from vibeserve_ray.candidate import materialise_seed
+from vibeserve_ray.inner.loop import InnerLoop, InnerResult, InnerTask, inner_loop_options, run_inner_loop
 from vibeserve_ray.search import record
-from vibeserve_ray.search.inner import InnerResult, InnerTask, inner_loop_options, run_inner_loop
 from vibeserve_ray.search.islands import IslandActor, island_actor_name
 from vibeserve_ray.search.policy import merge_tasks, parse_backlog, plan_backlog, plan_evolution, render_backlog, seed_backlog
+from vibeserve_ray.search.propose import OfflineProposer, RandomProposer, design_key
 from vibeserve_ray.search.results import Evaluation
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.skills import load_skills
@@ -40,6 +40,14 @@ class Budget:
     max_candidates: int | None
     candidate_time_limit_s: float
     n_trials: int
+
+    @classmethod
+    def of(cls, target: Target, rounds: int | None = None, time_limit_s: float | None = None, max_candidates: int | None = None,
+           n_trials: int | None = None) -> "Budget":
+        """The target's [search] budgets, each overridable (command-line flags)."""
+        s = target.spec.search
+        return cls(rounds=rounds or s.rounds, time_limit_s=time_limit_s or s.time_limit_s, max_candidates=max_candidates or s.max_candidates,
+                   candidate_time_limit_s=s.candidate_time_limit_s, n_trials=n_trials or s.trials)
 
 
 @dataclass(frozen=True)
@@ -83,10 +91,12 @@ def _islands_take_turns(items: list) -> list:
 
 class Search:
     def __init__(self, target: Target, target_arg: str, run_dir: Path, space, budget: Budget, implementer: str = "offline",
-                 say: Callable[[str], None] = print, noop_seconds: float | None = None, seed: int = 0):
+                 say: Callable[[str], None] = print, seed: int = 0, inner_loop: InnerLoop = run_inner_loop):
+        """`inner_loop` runs one candidate as a Ray task (the method's inner loop; orchestration
+        benchmarks and tests pass a stand-in that only takes time)."""
         self.target, self.target_arg, self.run_dir, self.space, self.budget = target, target_arg, Path(run_dir), space, budget
-        self.seed = seed
-        self.say, self.noop_seconds = say, noop_seconds
+        self.seed, self.say, self.inner_loop = seed, say, inner_loop
+        self.objective = target.spec.benchmark.objective
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.repo = RunRepo(self.run_dir / "repo")
         self.rows = record.reconcile(self.run_dir, self.repo)
@@ -95,19 +105,20 @@ class Search:
         device = target.spec.hardware.device
         self.device = device
         rng_seed = seed * 100_003 + len(self.rows)  # a resumed search does not replay its first choices
+        self.implementer = implementer
         if implementer == "random":
-            self.implementer: OfflineImplementer = RandomImplementer(space.all_designs(device), seed=rng_seed)
+            self.proposer: OfflineProposer = RandomProposer(space.all_designs(device), seed=rng_seed)
         else:
-            self.implementer = OfflineImplementer([s for s in load_skills() if s.applies(target)], seed=rng_seed)
+            self.proposer = OfflineProposer([s for s in load_skills() if s.applies(target)], seed=rng_seed)
 
     # --- the loop ------------------------------------------------------------------------
 
     def run(self) -> SearchSummary:
         s = self.target.spec.search
         self.say(f"search: target {self.target.name}, policy {s.policy}, {s.islands} islands x {s.population}, "
-                 f"{self.budget.rounds} rounds, time limit {self.budget.time_limit_s:g}s, implementer {self.implementer.name}"
+                 f"{self.budget.rounds} rounds, time limit {self.budget.time_limit_s:g}s, implementer {self.implementer}"
                  + (f", resuming with {len(self.rows)} evaluations" if self.rows else ""))
-        self._write_meta(None, record.best(self.rows, self.target.spec.benchmark.direction))  # `status` names the target while running
+        self._write_meta(None, record.best(self.rows, self.objective))  # `status` names the target while running
         seed = self._ensure_seed()
         islands = self._islands(seed)
         start_round = max((r.round for r in self.rows), default=0)
@@ -153,7 +164,7 @@ class Search:
         for i in range(s.islands):
             # Islands live on the head node: they are the driver's state and must not go down with a worker node.
             actor = IslandActor.options(name=island_actor_name(self.name, i), get_if_exists=True, resources={HEAD_NODE: 0.001}).remote(
-                i, self.target.spec.benchmark.direction, seed=self.seed)
+                i, self.objective, seed=self.seed)
             members = [record.member(r) for r in self.rows if r.island == i or r.implementer == "seed"]
             ray.get([actor.receive.remote(members)])
             islands.append(actor)
@@ -165,19 +176,19 @@ class Search:
         tried = {design_key(json.loads(r.design)) for r in self.rows}
         s = self.target.spec.search
         if s.policy == "backlog":
-            best = record.member(record.best(self.rows, self.target.spec.benchmark.direction))
+            best = record.member(record.best(self.rows, self.objective))
             tasks = parse_backlog(self.repo.read_planning("BACKLOG.md"))
-            tasks = merge_tasks(tasks, seed_backlog(self.implementer.skills, list(best.hints))) if not tasks else tasks
+            tasks = merge_tasks(tasks, seed_backlog(self.proposer.skills, list(best.hints))) if not tasks else tasks
             items = plan_backlog(tasks, best, want, tried, lambda d: self.space.repair(d, self.device), s.islands)
             self.repo.write_planning({"BACKLOG.md": render_backlog(tasks)}, "backlog: took the top tasks")
             return items
-        items = plan_evolution(islands, s.population, self.implementer, tried, lambda d: self.space.neighbours(d, self.device))
+        items = plan_evolution(islands, s.population, self.proposer, tried, lambda d: self.space.neighbours(d, self.device))
         return items[:want]
 
     def _task(self, eval_id: str, island: int, rnd: int, parent: str, proposal, warm: dict) -> InnerTask:
         return InnerTask(eval_id=eval_id, island=island, round=rnd, parent=parent, parent_tree=self.repo.archive(parent), proposal=proposal,
                          warm_knobs=warm, target_path=self.target_arg, space_path=str(self.space.path), n_trials=self.budget.n_trials,
-                         implementer=self.implementer.name, noop_seconds=self.noop_seconds)
+                         implementer=self.implementer)
 
     def _dispatch(self, items: list, rnd: int) -> list[Evaluation]:
         items = _islands_take_turns(items)
@@ -196,7 +207,7 @@ class Search:
         running ones finish within their own limit.
         """
         hw = self.target.spec.hardware
-        remote, options = ray.remote(run_inner_loop), inner_loop_options(hw.num_cpus, hw.num_gpus, hw.accelerator_type)
+        remote, options = ray.remote(self.inner_loop), inner_loop_options(hw.num_cpus, hw.num_gpus, hw.accelerator_type)
         waiting = [t for t, _ in tasks]
         pending: dict = {}
         results: list[Evaluation] = []
@@ -254,12 +265,11 @@ class Search:
         return ""
 
     def _after_round(self, rnd: int, islands: list, results: list[Evaluation]) -> None:
-        direction = self.target.spec.benchmark.direction
         for row in results:
             ray.get(islands[row.island % len(islands)].add.remote(record.member(row)))
         ray.get([isl.mark_round.remote(rnd) for isl in islands])
-        best = record.best(self.rows, direction)
-        notes = record.revert_if_slower(self.repo, rnd, results, best, direction, len(islands))
+        best = record.best(self.rows, self.objective)
+        notes = record.revert_if_slower(self.repo, rnd, results, best, self.objective, len(islands))
         if rnd % 2 == 0 and len(islands) > 1:  # migration: each island's best to the next island (a ring)
             bests = ray.get([isl.best.remote() for isl in islands])
             for i, b in enumerate(bests):
@@ -272,12 +282,12 @@ class Search:
         self.repo.write_planning({"MEMORY.md": memory + "\n".join([f"- {line}"] + [f"- {n}" for n in notes]) + "\n"}, f"round {rnd}")
 
     def _write_meta(self, stopped: str | None, best: Evaluation | None) -> None:
-        meta = {"target": self.target_arg, "stopped_because": stopped, "best": best.commit if best else None, "evaluations": len(self.rows)}
+        meta = {"target": self.target_arg, "headline": self.objective.metric, "direction": self.objective.direction, "stopped_because": stopped,
+                "best": best.commit if best else None, "evaluations": len(self.rows)}
         (self.run_dir / "search.json").write_text(json.dumps(meta, indent=2))
 
     def _finish(self, stopped: str) -> SearchSummary:
-        direction = self.target.spec.benchmark.direction
-        best = record.best(self.rows, direction)
+        best = record.best(self.rows, self.objective)
         seed = next((r for r in self.rows if r.implementer == "seed"), None)
         if best is not None:
             self.repo.set_branch("best", best.commit)

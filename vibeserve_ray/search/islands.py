@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import ray
 
+from vibeserve_ray.inner.hints import Hint
+from vibeserve_ray.target import Objective
+
 
 @dataclass(frozen=True)
 class Member:
@@ -23,7 +26,7 @@ class Member:
     knobs: dict
     verdict: str
     headline: float
-    hints: tuple[dict, ...] = ()
+    hints: tuple[Hint, ...] = ()
 
     @property
     def validated(self) -> bool:
@@ -33,14 +36,14 @@ class Member:
 class Island:
     """Plain class (testable without Ray); `IslandActor` is its actor form."""
 
-    def __init__(self, index: int, direction: str, elite_size: int = 4, seed: int = 0):
-        self.index, self.direction, self.elite_size = index, direction, elite_size
+    def __init__(self, index: int, objective: Objective, elite_size: int = 4, seed: int = 0):
+        self.index, self.objective, self.elite_size = index, objective, elite_size
         self.members: list[Member] = []
         self.rng = random.Random(seed * 1009 + index)
         self._metrics = None
 
     def _score(self, m: Member) -> float:
-        return m.headline if self.direction == "maximize" else -m.headline
+        return self.objective.score(m.headline)
 
     def elites(self) -> list[Member]:
         valid = [m for m in self.members if m.validated]
@@ -113,9 +116,6 @@ class Island:
 @ray.remote(num_cpus=0)
 class IslandActor(Island):
     """An island living in the cluster, named `vibeserve:<run>:island-<i>`."""
-
-    def ping(self) -> int:
-        return self.index
 
 
 def island_actor_name(run_name: str, index: int) -> str:

@@ -1,6 +1,6 @@
 """Outer-loop policies: what to try next. Both produce the same inner-loop work items.
 
-`evolution`: each island picks a parent from its elites and the implementer proposes
+`evolution`: each island picks a parent from its elites and the proposer proposes
 the most promising untried change to it. `backlog`: a prioritised list of optimisation
 tasks (the paper's issue tracker) kept in BACKLOG.md; each round takes the top tasks
 and applies them to the best candidate so far.
@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from vibeserve_ray.agents.offline import OfflineImplementer, Proposal, design_key
+from vibeserve_ray.inner.hints import Hint
+from vibeserve_ray.search.propose import OfflineProposer, Proposal, design_key
 from vibeserve_ray.search.islands import Member
 from vibeserve_ray.skills import Skill
 
@@ -23,7 +24,7 @@ class WorkItem:
     proposal: Proposal
 
 
-def plan_evolution(islands: list, population: int, implementer: OfflineImplementer, tried: set[str], neighbours) -> list[WorkItem]:
+def plan_evolution(islands: list, population: int, proposer: OfflineProposer, tried: set[str], neighbours) -> list[WorkItem]:
     """Up to `population` children per island, never a design tried before."""
     import ray
 
@@ -34,7 +35,7 @@ def plan_evolution(islands: list, population: int, implementer: OfflineImplement
             parent = first if slot == 0 else ray.get(isl.select_parent.remote())
             if parent is None:
                 continue
-            proposal = implementer.propose(parent.design, list(parent.hints), tried, neighbours(parent.design))
+            proposal = proposer.propose(parent.design, list(parent.hints), tried, neighbours(parent.design))
             if proposal is None:
                 continue
             tried.add(proposal.key())
@@ -74,8 +75,8 @@ def render_backlog(tasks: list[Task]) -> str:
     return "# Backlog\n\nOptimisation tasks, highest priority first; `[x]` done.\n\n" + "\n".join(t.line() for t in ordered) + "\n"
 
 
-def seed_backlog(skills: list[Skill], hints: list[dict]) -> list[Task]:
-    tasks = [Task(dict(h["suggest"]), float(h.get("weight", 1.0)), f"hint: {h['text']}") for h in hints if h.get("suggest")]
+def seed_backlog(skills: list[Skill], hints: list[Hint]) -> list[Task]:
+    tasks = [Task(dict(h.suggest), h.weight, f"hint: {h.text}") for h in hints if h.suggest]
     tasks += [Task(dict(s.applies_to), s.prior, f"skill {s.name}") for s in skills if s.applies_to]
     return merge_tasks([], tasks)
 

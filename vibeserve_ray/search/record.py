@@ -10,14 +10,18 @@ import json
 import math
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 
-from vibeserve_ray.search.inner import InnerResult, InnerTask
+from vibeserve_ray.candidate import load_candidate
+from vibeserve_ray.inner.hints import Hint
+from vibeserve_ray.inner.implement import apply_design
+from vibeserve_ray.inner.loop import InnerResult, InnerTask
 from vibeserve_ray.search.islands import Member
 from vibeserve_ray.search.results import Evaluation, append_result, read_results, rebuild_from_notes
-from vibeserve_ray.search.state import RunRepo, extract_tree
+from vibeserve_ray.search.state import RunRepo, extract_tree, pack_dir
 from vibeserve_ray.search.studies import save_study
-from vibeserve_ray.target import Target
+from vibeserve_ray.target import Objective, Target
 
 RUNNING_FILE = "running.json"
 
@@ -33,20 +37,15 @@ def reconcile(run_dir: Path, repo: RunRepo) -> list[Evaluation]:
 
 
 def member(row: Evaluation) -> Member:
-    return Member(row.commit, json.loads(row.design), json.loads(row.knobs), row.verdict, row.headline_value, tuple(json.loads(row.hints)))
+    return Member(row.commit, json.loads(row.design), json.loads(row.knobs), row.verdict, row.headline_value,
+                  tuple(Hint.from_dict(h) for h in json.loads(row.hints)))
 
 
-def best(rows: list[Evaluation], direction: str) -> Evaluation | None:
+def best(rows: list[Evaluation], objective: Objective) -> Evaluation | None:
     valid = [r for r in rows if r.validated and not math.isnan(r.headline_value)]
     if not valid:
         return None
-    return max(valid, key=lambda r: r.headline_value if direction == "maximize" else -r.headline_value)
-
-
-def _speedup(value: float, seed: float, direction: str) -> float:
-    if math.isnan(value) or math.isnan(seed) or value == 0 or seed == 0:
-        return math.nan
-    return value / seed if direction == "maximize" else seed / value
+    return max(valid, key=lambda r: objective.score(r.headline_value))
 
 
 def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[Evaluation], target: Target,
@@ -59,36 +58,32 @@ def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[
         else:
             message = f"{result.message}\n\nverdict: {result.verdict}" + (f" ({result.failure_phase}: {result.failure_reason[:200]})" if result.failure_phase else "")
             commit = repo.commit_candidate(tree_dir, result.parent, message, branch=f"island-{result.island}")
-    direction = target.spec.benchmark.direction
+    objective = target.spec.benchmark.objective
     seed = next((r for r in rows if r.implementer == "seed"), None)
     seed_value = seed.headline_value if seed else result.headline_value
-    row = Evaluation(
-        eval_id=result.eval_id, commit=commit, tree=repo.tree_id(commit), parent=result.parent if not commit_override else "",
-        island=result.island, round=result.round, implementer="seed" if commit_override else result.implementer,
-        design=json.dumps(result.design, sort_keys=True), knobs=json.dumps(result.knobs, sort_keys=True), verdict=result.verdict,
-        failure_phase=result.failure_phase, failure_reason=result.failure_reason[:2000], headline_name=result.headline_name,
-        headline_value=float(result.headline_value), speedup=_speedup(result.headline_value, seed_value, direction),
-        slo_passed=result.slo_passed, metrics=json.dumps(result.metrics, sort_keys=True), hints=json.dumps(result.hints),
-        started_at=result.started_at, finished_at=result.finished_at, implement_s=result.implement_s, judge_s=result.judge_s,
-        evaluate_s=result.evaluate_s, node=result.node, attempt=result.attempt,
-    )
-    repo.add_note(commit, row.to_dict() | {"trials": result.trials})
+    same = {f.name: getattr(result, f.name) for f in fields(Evaluation) if hasattr(result, f.name)}  # the fields both share
+    row = Evaluation(**same | dict(
+        commit=commit, tree=repo.tree_id(commit), parent=result.parent if not commit_override else "",
+        implementer="seed" if commit_override else result.implementer,
+        design=json.dumps(result.design, sort_keys=True), knobs=json.dumps(result.knobs, sort_keys=True),
+        failure_reason=result.failure_reason[:2000], headline_value=float(result.headline_value),
+        speedup=objective.speedup(result.headline_value, seed_value), metrics=json.dumps(result.metrics, sort_keys=True),
+        hints=json.dumps([h.to_dict() for h in result.hints]),
+    ))
+    trials = [t.to_dict() for t in result.trials]
+    repo.add_note(commit, row.to_dict() | {"trials": trials})
     append_result(run_dir, row)
-    if result.trials:
-        save_study(run_dir, f"island-{row.island}:{commit[:12]}", direction, result.trials)
+    if trials:
+        save_study(run_dir, f"island-{row.island}:{commit[:12]}", objective.direction, trials)
     return row
 
 
 def lost_result(repo: RunRepo, task: InnerTask, reason: str, verdict: str = "failed") -> InnerResult:
     """A result for an inner loop that never returned (timed out, or its retries ran out):
     the proposal applied to the parent, so what was attempted is still in git."""
-    from vibeserve_ray.agents.offline import OfflineImplementer
-    from vibeserve_ray.candidate import load_candidate
-    from vibeserve_ray.search.state import pack_dir
-
     with tempfile.TemporaryDirectory() as tmp:
         cand = extract_tree(task.parent_tree, Path(tmp) / "c")
-        message = "seed" if task.proposal is None else OfflineImplementer([]).implement(task.proposal, cand)
+        message = "seed" if task.proposal is None else apply_design(task.proposal, cand)
         spec = load_candidate(cand)
         now = time.time()
         return InnerResult(eval_id=task.eval_id, island=task.island, round=task.round, parent=task.parent, tree=pack_dir(cand),
@@ -102,7 +97,8 @@ def write_running(run_dir: Path, running: list[dict]) -> None:
     tmp.replace(run_dir / RUNNING_FILE)
 
 
-def revert_if_slower(repo: RunRepo, rnd: int, results: list[Evaluation], overall: Evaluation | None, direction: str, n_islands: int) -> list[str]:
+def revert_if_slower(repo: RunRepo, rnd: int, results: list[Evaluation], overall: Evaluation | None, objective: Objective,
+                     n_islands: int) -> list[str]:
     """A round that was correct but slower moves its island back to the best checkpoint."""
     notes = []
     if overall is None:
@@ -111,7 +107,7 @@ def revert_if_slower(repo: RunRepo, rnd: int, results: list[Evaluation], overall
         mine = [r for r in results if r.island == island and r.validated]
         if not mine or any(r.commit == overall.commit for r in mine):
             continue
-        round_best = best(mine, direction)
+        round_best = best(mine, objective)
         assert round_best is not None
         repo.set_branch(f"island-{island}", overall.commit)
         notes.append(f"round {rnd}: island {island} was correct but slower ({round_best.headline_value:.2f} vs best "

@@ -10,6 +10,7 @@ from pathlib import Path
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.search import record
 from vibeserve_ray.search.state import RunRepo
+from vibeserve_ray.target import Objective, load_target
 
 
 def run_status(run_dir: Path) -> dict:
@@ -19,12 +20,9 @@ def run_status(run_dir: Path) -> dict:
     repo = RunRepo(run_dir / "repo")
     rows = record.reconcile(run_dir, repo)
     meta = json.loads((run_dir / "search.json").read_text()) if (run_dir / "search.json").is_file() else {}
-    direction = "maximize"
-    if rows and rows[0].headline_name.endswith("_ms"):
-        direction = "minimize"
-    best = record.best(rows, direction)
-    ranked = sorted(rows, key=lambda r: (not r.validated, -(r.headline_value if direction == "maximize" else -r.headline_value)
-                                         if not math.isnan(r.headline_value) else math.inf))
+    objective = run_objective(run_dir, meta)
+    best = record.best(rows, objective)
+    ranked = sorted(rows, key=lambda r: (not r.validated, -objective.score(r.headline_value) if not math.isnan(r.headline_value) else math.inf))
     running = json.loads((run_dir / record.RUNNING_FILE).read_text()) if (run_dir / record.RUNNING_FILE).is_file() else []
     lineage = []
     if best is not None:
@@ -46,6 +44,16 @@ def run_status(run_dir: Path) -> dict:
         "running": [dict(t, running_s=round(time.time() - t["since"], 1)) for t in running],
         "lineage": lineage,
     }
+
+
+def run_objective(run_dir: Path, meta: dict) -> Objective:
+    """What "better" means for this run: recorded in search.json, else read from its target."""
+    if meta.get("direction") and meta.get("headline"):
+        return Objective(meta["headline"], meta["direction"])
+    if not meta.get("target"):
+        raise BadInput(str(run_dir / "search.json"), "target", "missing: cannot tell which direction is better")
+    target = Path(meta["target"])
+    return load_target(target if target.is_absolute() else Path.cwd() / target).spec.benchmark.objective
 
 
 def _num(x: float) -> float | None:

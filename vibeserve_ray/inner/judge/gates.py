@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from vibeserve_ray.candidate import CandidateSpec
-from vibeserve_ray.judge.checker import CheckVerdict, check_candidate
-from vibeserve_ray.judge.scan import protected_changes, scan_for_bypass
+from vibeserve_ray.inner.judge.checker import CheckVerdict, check_candidate
+from vibeserve_ray.inner.judge.scan import protected_changes, scan_for_bypass
 from vibeserve_ray.runner import CandidateFailure
 from vibeserve_ray.target import Target
 

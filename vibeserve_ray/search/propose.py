@@ -1,10 +1,11 @@
-"""The offline implementer: a directed search over the design space with no LLM.
+"""Proposing the next candidates: the outer loop's choice of what to try, with no LLM.
 
-It plans like an agent would, from the same evidence: the evaluator's hints on the
-parent (measured), the skills that apply to the target (prior knowledge), and what has
-already been tried (never twice). Its moves are one design change away from the parent
-(with the dependencies the space requires); implementing one rewrites the candidate's
-`[design]`, whose engine template implements every option.
+The offline proposer plans like an agent would, from the same evidence: the evaluator's
+hints on the parent (measured), the skills that apply to the target (prior knowledge),
+and what has already been tried (never twice). Its moves are one design change away
+from the parent (with the dependencies the space requires); the inner loop's
+implementer then applies the change to the candidate tree. The random proposer is the
+baseline a directed search must beat.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
-from vibeserve_ray.candidate import load_candidate, write_candidate_toml
+from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.skills import Skill
 
 
@@ -38,14 +38,16 @@ def _changes(parent: dict[str, str], design: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in design.items() if parent.get(k) != v}
 
 
-class OfflineImplementer:
+class OfflineProposer:
+    """Directed: the untried neighbour of the parent that the hints and skills favour."""
+
     name = "offline"
 
     def __init__(self, skills: list[Skill], seed: int = 0):
         self.skills = skills
         self.rng = random.Random(seed)
 
-    def propose(self, parent_design: dict[str, str], hints: list[dict], tried: set[str], neighbours: list[dict[str, str]]) -> Proposal | None:
+    def propose(self, parent_design: dict[str, str], hints: list[Hint], tried: set[str], neighbours: list[dict[str, str]]) -> Proposal | None:
         """The most promising untried neighbour of the parent, or None when all were tried."""
         scored = []
         for design in neighbours:
@@ -54,10 +56,9 @@ class OfflineImplementer:
             changes = _changes(parent_design, design)
             reasons, score = [], 0.0
             for hint in hints:
-                suggest = hint.get("suggest", {})
-                if suggest and any(changes.get(k) == v for k, v in suggest.items()):
-                    score += float(hint.get("weight", 1.0))
-                    reasons.append(f"hint: {hint['text']}")
+                if hint.suggest and any(changes.get(k) == v for k, v in hint.suggest.items()):
+                    score += hint.weight
+                    reasons.append(f"hint: {hint.text}")
             for skill in self.skills:
                 if skill.matches(changes):
                     score += skill.prior
@@ -70,15 +71,9 @@ class OfflineImplementer:
         change_text = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
         return Proposal(design, changes, f"{change_text} ({'; '.join(reasons) or 'exploration'})")
 
-    def implement(self, proposal: Proposal, candidate_dir: Path) -> str:
-        """Applies the proposal to the candidate in its workspace; returns a commit message."""
-        spec = load_candidate(candidate_dir)
-        write_candidate_toml(candidate_dir, spec.entrypoint, proposal.design, spec.knobs)
-        return f"offline: {proposal.rationale}"
 
-
-class RandomImplementer(OfflineImplementer):
-    """The baseline a directed search must beat: a uniformly random untried design."""
+class RandomProposer(OfflineProposer):
+    """A uniformly random untried design of the whole space."""
 
     name = "random"
 

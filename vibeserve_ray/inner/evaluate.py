@@ -1,0 +1,181 @@
+"""The Performance Evaluator: measure a validated candidate, tune its knobs, leave hints.
+
+A measurement starts the candidate and runs the target's benchmark through the same
+HTTP front it is served with, then compares the benchmark's own responses with the
+reference (all of them on CPU targets). Tuning runs one measurement per Optuna trial
+(TPE, warm-started from the parent's best knobs, SLOs as constraints); a trial whose
+responses differ from the reference rejects the candidate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from vibeserve_ray.bench import BenchReport, Request, from_jsonl, run_benchmark_async, synthetic
+from vibeserve_ray.candidate import CandidateSpec, load_candidate, write_candidate_toml
+from vibeserve_ray.inner.hints import Hint, hints_for
+from vibeserve_ray.inner.judge.exact import Exactness, check_responses
+from vibeserve_ray.runner import CandidateFailed, CandidateFailure, CandidateProcess, Limits, start_candidate
+from vibeserve_ray.target import Target
+
+EXACT_GATE = "exact-responses"  # the failure phase of a measurement whose responses differ from the reference
+
+
+def target_workload(target: Target, num_requests: int | None = None) -> list[Request]:
+    """The target's benchmark requests: its JSONL dataset or its seeded synthetic recipe."""
+    b = target.spec.benchmark
+    n = num_requests or b.num_requests
+    if b.dataset is not None:
+        return from_jsonl(target.path(b.dataset), n, b.seed)
+    config = json.loads((target.model_dir() / "config.json").read_text())
+    special = _special_token_ids(target.tokenizer_dir())
+    s = b.synthetic
+    assert s is not None
+    return synthetic(n, s.seed, int(config["vocab_size"]), tuple(s.input_len), tuple(s.output_len), s.shared_prefix_len, special)
+
+
+def _special_token_ids(tokenizer_dir: Path) -> list[int]:
+    tok_file = tokenizer_dir / "tokenizer.json"
+    if not tok_file.is_file():
+        return []
+    return [t["id"] for t in json.loads(tok_file.read_text()).get("added_tokens", []) if t.get("special")]
+
+
+# --- one measurement -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A benchmark run and how many of its responses equal the reference's."""
+
+    report: BenchReport
+    exactness: Exactness
+
+
+async def warm_up(proc: CandidateProcess, target: Target, requests: list[Request], say: Callable[[str], None]) -> None:
+    """The target's warm-up requests, not measured."""
+    b = target.spec.benchmark
+    if b.warmup_requests:
+        say(f"bench: {b.warmup_requests} warm-up requests")
+        await run_benchmark_async(proc.base_url, proc.served_name, requests[: b.warmup_requests], b.concurrency, float("inf"),
+                                  b.seed, proc.limits.request_timeout_s, b.headline, {}, progress=lambda line: None)
+
+
+async def bench_running(proc: CandidateProcess, target: Target, requests: list[Request], say: Callable[[str], None],
+                        warm: bool = True) -> BenchReport:
+    """Warm-up requests (unless `warm` is False: the caller did them), then the benchmark proper."""
+    b = target.spec.benchmark
+    if warm:
+        await warm_up(proc, target, requests, say)
+    say(f"bench: {len(requests)} requests, concurrency {b.concurrency}, rate {b.request_rate:g}/s")
+    return await run_benchmark_async(proc.base_url, proc.served_name, requests, b.concurrency, b.request_rate, b.seed,
+                                     proc.limits.request_timeout_s, b.headline, dict(b.slo), progress=say)
+
+
+def bench_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, num_requests: int | None = None,
+                    limits: Limits | None = None, say: Callable[[str], None] = lambda s: None) -> Measurement | CandidateFailure:
+    """Starts the candidate, benchmarks it, stops it, and checks its responses against the
+    reference; a failure is returned, not raised (a differing response is not a failure:
+    the caller decides what it means)."""
+    requests = target_workload(target, num_requests)
+    limits = limits or Limits(**target.spec.limits.model_dump())
+    try:
+        with start_candidate(spec, target.model_dir(), target.tokenizer_dir(), target.served_name, target.spec.hardware.device,
+                             limits, workdir) as proc:
+            report = asyncio.run(bench_running(proc, target, requests, say))
+            if report.metrics.completed == 0:
+                return proc.explain("bench", "no request completed")
+    except CandidateFailed as exc:
+        return exc.failure
+    say("bench: comparing the responses with the reference")
+    return Measurement(report, check_responses(target, requests, report.results))
+
+
+# --- tuning --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trial:
+    knobs: dict[str, Any]
+    value: float  # the headline; nan when the trial failed
+    slo_passed: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+    failure: CandidateFailure | None = None
+    distributions: dict[str, str] = field(default_factory=dict)  # Optuna's JSON, so the driver can store the study
+
+    def to_dict(self) -> dict[str, Any]:
+        """As stored in the candidate's git note (and read back into its Optuna study)."""
+        out = {"knobs": self.knobs, "value": self.value, "slo_passed": self.slo_passed, "distributions": self.distributions}
+        return out | ({"failure": f"{self.failure.phase}: {self.failure.reason[:300]}"} if self.failure else {})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    best: Trial | None
+    trials: list[Trial]
+    hints: list[Hint]
+    failure: CandidateFailure | None = None  # set when no trial produced a sound measurement
+
+
+def _suggest(trial: optuna.Trial, knob) -> Any:
+    if knob.kind == "categorical":
+        return trial.suggest_categorical(knob.name, list(knob.choices))
+    if knob.kind == "int":
+        return trial.suggest_int(knob.name, int(knob.low), int(knob.high), log=knob.log)
+    return trial.suggest_float(knob.name, float(knob.low), float(knob.high), log=knob.log)
+
+
+def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: list, warm_knobs: dict[str, Any], n_trials: int,
+             say: Callable[[str], None] = lambda s: None) -> Outcome:
+    """Tunes the candidate's active knobs with `n_trials` measurements; the best is written
+    back into its candidate.toml. A trial with a response unlike the reference's ends it."""
+    b = target.spec.benchmark
+    objective = b.objective
+    names = {k.name for k in active_knobs}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=0)  # reads each trial's constraints (set_constraint): SLOs
+    study = optuna.create_study(direction=objective.direction, sampler=sampler)
+    for start in (warm_knobs, spec.knobs):
+        enqueue = {k: v for k, v in start.items() if k in names}
+        if enqueue:
+            study.enqueue_trial(enqueue, skip_if_exists=True)
+    trials: list[Trial] = []
+    for n in range(max(1, n_trials)):
+        ot = study.ask()
+        knobs = {**spec.knobs, **{k.name: _suggest(ot, k) for k in active_knobs}}
+        dists = {k: optuna.distributions.distribution_to_json(d) for k, d in ot.distributions.items()}
+        write_candidate_toml(spec.path, spec.entrypoint, spec.design, knobs)
+        say(f"evaluate: trial {n + 1}/{n_trials} knobs {({k: knobs[k] for k in sorted(names)})}")
+        result = bench_candidate(target, load_candidate(spec.path), workdir / f"trial{n}", say=lambda s: None)
+        if isinstance(result, CandidateFailure):
+            ot.set_constraint("failed", 1.0)
+            study.tell(ot, state=optuna.trial.TrialState.FAIL)
+            trials.append(Trial(knobs, math.nan, failure=result, distributions=dists))
+            say(f"evaluate: trial {n + 1} failed ({result.phase}): {result.reason}")
+            continue
+        report = result.report
+        if not result.exactness.ok:
+            study.tell(ot, state=optuna.trial.TrialState.FAIL)
+            trials.append(Trial(knobs, math.nan, distributions=dists))
+            write_candidate_toml(spec.path, spec.entrypoint, spec.design, spec.knobs)
+            return Outcome(None, trials, [], CandidateFailure(EXACT_GATE, f"trial {n + 1}: {result.exactness.summary()}"))
+        violations = [v.value / v.bound - 1 if v.kind == "max" else 1 - v.value / v.bound for v in report.slo_violations]
+        ot.set_constraint("slo", max(violations, default=0.0))  # > 0: infeasible, by how far the worst SLO is missed
+        study.tell(ot, report.headline_value)
+        trials.append(Trial(knobs, report.headline_value, report.slo_passed, report.metrics.to_dict(), distributions=dists))
+        say(f"evaluate: trial {n + 1}: {report.headline_name} = {report.headline_value:.2f}, slo {'ok' if report.slo_passed else 'missed'}, "
+            f"{result.exactness.summary()}")
+    measured = [t for t in trials if t.failure is None]
+    if not measured:
+        write_candidate_toml(spec.path, spec.entrypoint, spec.design, spec.knobs)
+        return Outcome(None, trials, [], trials[-1].failure)
+    best = max(measured, key=lambda t: (t.slo_passed, objective.score(t.value)))
+    write_candidate_toml(spec.path, spec.entrypoint, spec.design, best.knobs)
+    return Outcome(best, trials, hints_for(target, spec.design, best.metrics, target_workload(target)))
