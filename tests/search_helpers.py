@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 from conftest import TINY_TARGET
@@ -48,14 +49,31 @@ class RayHead:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             r = subprocess.run(["ray", "status", f"--address={self.address}"], capture_output=True, text=True, env=status_env or env)
-            if r.returncode == 0:
+            if r.returncode == 0 and self._dashboard_up():  # `ray job submit` talks to the dashboard, which comes up later
                 return
             time.sleep(1)
         self.stop()
         raise RuntimeError("ray head did not start")
+
+    def submit(self, entrypoint: list[str], working_dir: Path, timeout: float) -> subprocess.CompletedProcess:
+        """`ray job submit`, retried while the head's job agent is still registering (a start-up race)."""
+        deadline = time.monotonic() + 90
+        while True:
+            r = subprocess.run(["ray", "job", "submit", "--address", self.dashboard, "--working-dir", str(working_dir), "--", *entrypoint],
+                               capture_output=True, text=True, timeout=timeout, cwd=working_dir)
+            if "No available agent" not in r.stdout + r.stderr or time.monotonic() > deadline:
+                return r
+            time.sleep(2)
+
+    def _dashboard_up(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.dashboard + "/api/version", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
 
     def stop(self) -> None:
         try:

@@ -12,7 +12,7 @@ import pytest
 from conftest import edit, run_cli
 
 from vibeserve_ray.design_space import covering_designs, default_space_path, load_space, materialise, parse_assignments
-from vibeserve_ray.engine.defaults import DEFAULT_DESIGN, DEFAULT_KNOBS
+from vibeserve_ray.engine.defaults import DEFAULT_DESIGN, DEFAULT_KNOBS, DESIGN_OPTIONS
 from vibeserve_ray.errors import BadInput
 
 GOOD = default_space_path().read_text()
@@ -93,6 +93,7 @@ def test_real_space_loads_typed():
 
 def test_space_defaults_are_the_seed_engine():
     assert SPACE.defaults() == (DEFAULT_DESIGN, DEFAULT_KNOBS)
+    assert {name: choice.options for name, choice in SPACE.choices.items()} == DESIGN_OPTIONS, "the space lists what the engine implements"
     assert SPACE.validate(*SPACE.defaults(), device="cpu") == []
 
 

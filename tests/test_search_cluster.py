@@ -65,9 +65,8 @@ def test_four_fake_gpus_evaluate_four_candidates_at_once(tmp_path, head, tiny_mo
 
 def test_ray_job_submit_runs_a_search(tmp_path, head, tiny_models):
     run = tmp_path / "run"
-    cmd = ["ray", "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT), "--",
-           "python", "tests/sleepy_search.py", "targets/tiny-llama-cpu", "--run", str(run), "--sleep", "0.2", "--rounds", "1", "--max-candidates", "2"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = head.submit(["python", "tests/sleepy_search.py", "targets/tiny-llama-cpu", "--run", str(run), "--sleep", "0.2", "--rounds", "1",
+                     "--max-candidates", "2"], ROOT, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "succeeded" in (r.stdout + r.stderr).lower()
     rows = _agree(run)

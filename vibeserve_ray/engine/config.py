@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .defaults import DEFAULT_DESIGN, DEFAULT_KNOBS, DESIGN_OPTIONS
+
 
 @dataclass(frozen=True)
 class Llama3RopeScaling:
@@ -115,57 +117,49 @@ class EngineConfig:
     builds an engine directly may pass `knobs["design"]` instead.
     """
 
-    scheduler: str = "serial"
-    kv_cache: str = "dynamic"
-    prefix_cache: bool = False
-    attention: str = "sdpa"
-    compile: bool = False
-    dtype: str = "float32"
-    speculation: bool = False
-    num_threads: int = 0
-    max_num_seqs: int = 16
-    max_num_batched_tokens: int = 512
-    batch_wait_ms: float = 5.0
-    max_model_len: int = 2048
-    block_size: int = 16
-    num_kv_blocks: int = 1024
-    spec_k: int = 4
-    spec_ngram: int = 2
+    scheduler: str
+    kv_cache: str
+    prefix_cache: bool
+    attention: str
+    compile: bool
+    dtype: str
+    speculation: bool
+    # knobs (defaults: defaults.DEFAULT_KNOBS)
+    num_threads: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    batch_wait_ms: float
+    max_model_len: int
+    block_size: int
+    num_kv_blocks: int
+    spec_k: int
+    spec_ngram: int
 
     @classmethod
     def resolve(cls, knobs: dict | None) -> EngineConfig:
-        from .defaults import DEFAULT_DESIGN, DEFAULT_KNOBS
-
         knobs = dict(knobs or {})
         design = {**DEFAULT_DESIGN, **_candidate_design(), **knobs.pop("design", {})}
+        for name, options in DESIGN_OPTIONS.items():
+            if design[name] not in options:
+                raise ValueError(f"design.{name} = {design[name]!r}: expected one of {', '.join(options)}")
         values = {**DEFAULT_KNOBS, **knobs}
         config = cls(
             scheduler=design["scheduler"], kv_cache=design["kv_cache"], prefix_cache=design["prefix_cache"] == "on",
             attention=design["attention"], compile=design["compile"] == "on", dtype=design["dtype"],
             speculation=design["speculation"] == "prompt_lookup",
-            **{f: type(getattr(cls, f))(values[f]) for f in _KNOB_FIELDS if f in values},
+            **{name: type(default)(values[name]) for name, default in DEFAULT_KNOBS.items()},
         )
-        config.check(design)
+        config.check()
         return config
 
-    def check(self, design: dict[str, str]) -> None:
+    def check(self) -> None:
         """Rejects combinations this engine does not implement, naming the choice."""
-        allowed = {"scheduler": ("serial", "static", "continuous"), "kv_cache": ("dynamic", "slab", "paged"), "prefix_cache": ("off", "on"),
-                   "attention": ("sdpa", "eager", "flashinfer"), "compile": ("off", "on"), "dtype": ("float32", "bfloat16"),
-                   "speculation": ("off", "prompt_lookup")}
-        for name, options in allowed.items():
-            if design[name] not in options:
-                raise ValueError(f"design.{name} = {design[name]!r}: expected one of {', '.join(options)}")
         if self.scheduler != "serial" and self.kv_cache == "dynamic":
             raise ValueError(f"design.scheduler = {self.scheduler!r} batches requests and needs kv_cache = slab or paged")
         if self.prefix_cache and self.kv_cache != "paged":
             raise ValueError("design.prefix_cache = 'on' needs kv_cache = 'paged'")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1 or self.num_kv_blocks < 1 or self.spec_k < 1 or self.spec_ngram < 1:
             raise ValueError("knobs max_num_seqs, max_num_batched_tokens, block_size, num_kv_blocks, spec_k and spec_ngram must be positive")
-
-
-_KNOB_FIELDS = ("num_threads", "max_num_seqs", "max_num_batched_tokens", "batch_wait_ms", "max_model_len", "block_size", "num_kv_blocks",
-                "spec_k", "spec_ngram")
 
 
 def _candidate_design() -> dict[str, str]:

@@ -1,18 +1,23 @@
-"""The seed's design choices and knobs, written into its `candidate.toml`.
+"""What this engine implements: every option of each design choice, and the knobs'
+defaults. The seed's `candidate.toml` takes the first option of each choice.
 
 `design` names one choice per component (what the code does, for people and the
 search to read); `knobs` are the values `create_engine` reads and a tuner may change.
+The search's view of the same space (ranges, constraints, docs) is
+`search_spaces/llama.toml`; a test holds the two equal.
 """
 
-DEFAULT_DESIGN: dict[str, str] = {
-    "scheduler": "serial",  # serial | static | continuous
-    "kv_cache": "dynamic",  # dynamic | slab | paged
-    "prefix_cache": "off",  # off | on (requires kv_cache = paged)
-    "attention": "sdpa",  # sdpa | eager | flashinfer (cuda only)
-    "compile": "off",  # off | on
-    "dtype": "float32",  # float32 | bfloat16
-    "speculation": "off",  # off | prompt_lookup
+DESIGN_OPTIONS: dict[str, tuple[str, ...]] = {
+    "scheduler": ("serial", "static", "continuous"),
+    "kv_cache": ("dynamic", "slab", "paged"),
+    "prefix_cache": ("off", "on"),  # on requires kv_cache = paged
+    "attention": ("sdpa", "eager", "flashinfer"),  # flashinfer: cuda only
+    "compile": ("off", "on"),
+    "dtype": ("float32", "bfloat16"),
+    "speculation": ("off", "prompt_lookup"),
 }
+
+DEFAULT_DESIGN: dict[str, str] = {name: options[0] for name, options in DESIGN_OPTIONS.items()}
 
 DEFAULT_KNOBS: dict[str, int | float | str | bool] = {
     "num_threads": 0,  # torch intra-op threads; 0 leaves torch's default

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vibeserve_ray.bench import Request
-from vibeserve_ray.target import Target
+if TYPE_CHECKING:  # islands and the proposer read hints; they need not import the load generator
+    from vibeserve_ray.bench import Request
+    from vibeserve_ray.target import Target
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,18 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.errors import BadInput
-from vibeserve_ray.inner.evaluate import EXACT_GATE, Trial, evaluate
 from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.inner.implement import apply_design
 from vibeserve_ray.search.propose import Proposal
 from vibeserve_ray.search.state import extract_tree, pack_dir
 from vibeserve_ray.target import load_target
+
+if TYPE_CHECKING:  # the judge and the evaluator are imported where they run: a worker that only
+    from vibeserve_ray.inner.evaluate import Trial  # starts an inner loop should not pay for optuna's import
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Workspace:
 def run_inner_loop(task: InnerTask) -> InnerResult:
     """One candidate's whole inner loop; never raises for what the candidate does."""
     from vibeserve_ray.design_space import load_space
+    from vibeserve_ray.inner.evaluate import EXACT_GATE, evaluate
     from vibeserve_ray.inner.judge.gates import judge
 
     say = lambda line: print(f"[{task.eval_id[:8]} island {task.island}] {line}", flush=True)  # noqa: E731
