@@ -23,6 +23,7 @@ def test_bench_seed_completes_with_zero_failures(tmp_path, tiny_target):
     assert data["headline"] == {"name": "output_throughput", "value": data["output_throughput"]}
     assert data["slo"]["passed"] is True
     assert data["design"]["scheduler"] == "serial"
+    assert "exact_responses: 12/12" in result.stdout and data["exact_responses"] == "12/12"  # every response vs the reference
 
 
 def test_bench_of_a_crashing_candidate_is_a_recorded_failure(tmp_path, tiny_target, test_candidate):
