@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import edit
 
-from vibeserve_ray.agents.offline import OfflineImplementer, design_key
+from vibeserve_ray.search.propose import OfflineProposer, design_key
 from vibeserve_ray.design_space import default_space_path, load_space
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.search.policy import seed_backlog
@@ -194,11 +194,11 @@ def test_offline_implementer_and_backlog_make_the_same_moves(name):
     target = load_target(ROOT / "targets" / name)
     device = target.spec.hardware.device
     skills = [s for s in SKILLS if s.applies(target)]
-    implementer = OfflineImplementer(skills, seed=0)
+    proposer = OfflineProposer(skills, seed=0)
     design, _ = SPACE.defaults()
     tried, moves = {design_key(design)}, []
     for _ in SAME_MOVES[name]:
-        proposal = implementer.propose(design, [], tried, SPACE.neighbours(design, device))
+        proposal = proposer.propose(design, [], tried, SPACE.neighbours(design, device))
         tried.add(proposal.key())
         moves.append(proposal.changes)
         design = proposal.design
