@@ -85,7 +85,8 @@ def test_candidate_never_sees_secrets(tiny_target, test_candidate, tmp_path, mon
     monkeypatch.setenv("SOME_SERVICE_API_KEY", "x")
     monkeypatch.setenv("HARMLESS_SETTING", "kept")
     with _start(tiny_target, test_candidate("env_spy"), tmp_path) as proc:
-        seen = json.loads((tmp_path / "work" / "env.json").read_text())
+        [line] = [x for x in proc.log_path.read_text().splitlines() if x.startswith("ENV ")]
+        seen = json.loads(line.removeprefix("ENV "))
         assert proc.failure() is None
     assert "HARMLESS_SETTING" in seen
     assert not {"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "HF_TOKEN", "SOME_SERVICE_API_KEY"} & set(seen)

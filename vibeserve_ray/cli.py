@@ -17,6 +17,21 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def sandbox_warning(target) -> str:
+    """'' when candidate code will run in the sandbox; the warning to print and record when
+    the target allows it to run unconfined; BadInput (exit 2) when it may not run here."""
+    from vibeserve_ray.sandbox import SandboxUnavailable, ensure
+    from vibeserve_ray.target import TARGET_FILE
+
+    try:
+        warning = ensure(target.spec.limits.sandbox)
+    except SandboxUnavailable as exc:
+        raise BadInput(str(target.dir / TARGET_FILE), "limits.sandbox", str(exc)) from None
+    if warning:
+        say(f"WARNING: {warning}")
+    return warning
+
+
 @contextlib.contextmanager
 def _candidate_session(args: argparse.Namespace):
     """The target, the candidate and a work directory (removed after, unless --workdir)."""
@@ -24,6 +39,7 @@ def _candidate_session(args: argparse.Namespace):
     from vibeserve_ray.target import load_target
 
     target = load_target(args.target)
+    args.sandbox_warning = sandbox_warning(target)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vibeserve-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -49,8 +65,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         tok = AutoTokenizer.from_pretrained(str(target.tokenizer_dir()))
         print(verdict.summary(decode=lambda ids: tok.decode(ids)))
+        if args.sandbox_warning:
+            print(f"WARNING: {args.sandbox_warning}")
         if args.json:
-            Path(args.json).write_text(json.dumps(verdict.to_dict(), indent=2))
+            Path(args.json).write_text(json.dumps(verdict.to_dict() | {"sandbox_warning": args.sandbox_warning}, indent=2))
         return 0 if verdict.passed else 1
 
 
@@ -71,7 +89,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(format_table(report))
         print(exact.summary())
         out = report.to_json() | {"exact_responses": f"{exact.exact}/{exact.checked}", "exact_mismatch": exact.mismatch,
-                                  "target": target.name, "candidate": str(spec.path), "design": spec.design, "knobs": spec.knobs}
+                                  "target": target.name, "candidate": str(spec.path), "design": spec.design, "knobs": spec.knobs,
+                                  "sandbox_warning": args.sandbox_warning}
+        if args.sandbox_warning:
+            print(f"WARNING: {args.sandbox_warning}")
         if args.out:
             Path(args.out).write_text(json.dumps(out, indent=2))
             say(f"bench: wrote {args.out}")
@@ -96,6 +117,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from vibeserve_ray.target import load_target
 
     target = load_target(args.target)
+    sandbox_warning(target)
     space = load_space(args.space or default_space_path())
     budget = Budget.of(target, args.rounds, args.time_limit, args.max_candidates, args.trials)
     implementer = args.implementer
@@ -174,6 +196,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from vibeserve_ray.sandbox import doctor_lines, probe
+
+    print("\n".join(doctor_lines()))
+    return 0 if probe().backend else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vibeserve", description="Search for, validate and deploy a bespoke LLM serving system.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -230,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run", help="run directory")
     status.add_argument("--json", action="store_true", help="machine-readable")
     status.set_defaults(func=cmd_status)
+
+    doctor = sub.add_parser("doctor", help="what this machine can do for candidate code (its sandbox); exit 1 when nothing confines it")
+    doctor.set_defaults(func=cmd_doctor)
 
     from vibeserve_ray.deploy_cli import add_deploy_parser
 

@@ -165,7 +165,7 @@ def serve_config(chosen: Chosen, opts: ServeOptions) -> dict:
     t, hw, bench = chosen.target, chosen.target.spec.hardware, chosen.target.spec.benchmark
     args: dict[str, Any] = {"candidate": chosen.candidate, "served_name": t.served_name, "device": hw.device}
     # The engine process gets the limits it was evaluated under.
-    args |= {"memory_mb": t.spec.limits.memory_mb, "startup_timeout_s": t.spec.limits.startup_timeout_s}
+    args |= {"memory_mb": t.spec.limits.memory_mb, "startup_timeout_s": t.spec.limits.startup_timeout_s, "sandbox": t.spec.limits.sandbox}
     if opts.stream_interval_ms is not None:
         args["stream_interval_ms"] = opts.stream_interval_ms
     m = t.spec.model

@@ -1,18 +1,21 @@
 """Runs an untrusted candidate: a subprocess behind the shared HTTP front, with limits.
 
-The process starts in its own session (so its whole group can be killed), with an
-environment scrubbed of secrets, a start-up timeout, and a watchdog that kills it
-past its memory limit. Whatever goes wrong becomes a `CandidateFailure` (phase,
+The process runs in the sandbox (`vibeserve_ray.sandbox`: no network, only the candidate,
+the model and the Python environment to read, rlimits) in its own session (so its whole
+group can be killed), with an environment scrubbed of secrets, a start-up timeout, and a
+watchdog that kills it past its memory limit. Its front accepts on a loopback socket
+this process listens on and passes in, so `base_url` is known before it starts and
+serves plain aiohttp clients. Whatever goes wrong becomes a `CandidateFailure` (phase,
 reason, log tail): a recorded result, never a hung or crashed caller.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from vibeserve_ray.candidate import CandidateSpec
+from vibeserve_ray.sandbox import Rlimits, SandboxUnavailable, View, confine
 
 SECRET_ENV = re.compile(r"(_API_KEY|_TOKEN|_SECRET|_PASSWORD)$|^ANTHROPIC_|^AWS_SECRET|^OPENAI_", re.IGNORECASE)
 LOG_TAIL_BYTES = 4000
@@ -31,9 +35,20 @@ LOG_TAIL_BYTES = 4000
 
 @dataclass(frozen=True)
 class Limits:
+    """The target's [limits] (`LimitsSpec`), as the runner applies them."""
+
     startup_timeout_s: float = 120.0
     request_timeout_s: float = 60.0
     memory_mb: int = 6144
+    sandbox: str = "required"  # or "best-effort": run unconfined, with a warning, where no sandbox works
+    processes: int = Rlimits.processes
+    open_files: int = Rlimits.open_files
+    cpu_time_s: float | None = Rlimits.cpu_time_s
+    disk_mb: int = Rlimits.disk_mb
+    output_mb: int = Rlimits.file_mb
+
+    def rlimits(self) -> Rlimits:
+        return Rlimits(self.processes, self.open_files, self.cpu_time_s, self.output_mb, self.disk_mb)
 
 
 @dataclass(frozen=True)
@@ -81,14 +96,6 @@ def scratch_env(workdir: Path) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it if the parent dies (Linux only)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class CandidateProcess:
     """A running candidate server. Use as a context manager; `stop()` is idempotent."""
 
@@ -97,38 +104,48 @@ class CandidateProcess:
         self.spec, self.limits, self.served_name = spec, limits, served_name
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "server.log"
-        port_file = workdir / "port"
-        port_file.unlink(missing_ok=True)
+        listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+        self.base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         cmd = [sys.executable, "-m", "vibeserve_ray.serve.worker", "--candidate", str(spec.path), "--model", str(model_dir),
-               "--tokenizer", str(tokenizer_dir), "--device", device, "--served-name", served_name, "--port-file", str(port_file)]
+               "--tokenizer", str(tokenizer_dir), "--device", device, "--served-name", served_name, "--listen-fd", str(listener.fileno())]
         if knobs:
             cmd += ["--knobs", json.dumps(knobs)]
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            cmd, cwd=str(workdir), env=scrubbed_env(scratch_env(workdir)), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )
-        self.base_url = ""
+        view = View(readable=(spec.path, model_dir, tokenizer_dir), device=device)
+        try:
+            self._box = confine(cmd, scrubbed_env(scratch_env(workdir)), view, limits.rlimits(), limits.sandbox, workdir / "sandbox-root")
+        except SandboxUnavailable as exc:
+            listener.close()
+            raise CandidateFailed(CandidateFailure("sandbox", str(exc))) from None
+        box = self._box
+        self.sandbox_backend, self.sandbox_warning = box.backend, box.warning
+        self._log = open(self.log_path, "wb")  # a fresh file: the output limit counts this process's bytes
+        try:
+            self.proc = subprocess.Popen(
+                box.argv, cwd=str(workdir), env=box.env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=box.preexec, pass_fds=(listener.fileno(),),
+            )
+        finally:
+            listener.close()  # the child holds it now: once it dies, connections are refused, not queued
         self._failure: CandidateFailure | None = None
+        self._ready = False
         self._stopping = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name=f"watchdog-{self.proc.pid}", daemon=True)
         self._watchdog.start()
         try:
-            self._wait_ready(port_file)
+            self._wait_ready()
         except BaseException:
             self.stop()
             raise
 
     # --- lifecycle ------------------------------------------------------------------
 
-    def _wait_ready(self, port_file: Path) -> None:
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.limits.startup_timeout_s
         while time.monotonic() < deadline:
             if self._failure:
                 raise CandidateFailed(self._failure)
-            if port_file.is_file() and not self.base_url:
-                self.base_url = f"http://127.0.0.1:{port_file.read_text().strip()}"
-            if self.base_url and self._healthy():
+            if self._healthy():
+                self._ready = True
                 return
             time.sleep(0.1)
         self._fail("startup", f"not healthy within {self.limits.startup_timeout_s:g}s")
@@ -146,13 +163,27 @@ class CandidateProcess:
         while not self._stopping.wait(0.1):
             code = self.proc.poll()
             if code is not None:
-                phase = "startup" if not self.base_url else "crash"
-                self._fail(phase, f"process exited with code {code}", kill=False)
+                self._fail("startup" if not self._ready else "crash", self._exit_reason(code), kill=False)
                 return
             rss = _tree_rss(self.proc.pid)
             if rss > limit:
                 self._fail("memory", f"used {rss / 2**20:.0f} MiB, over the {self.limits.memory_mb} MiB limit")
                 return
+            if self._box.forks_refused():  # an engine has no use for that many tasks: a fork bomb
+                self._fail("processes", f"hit its limit of {self.limits.processes} processes (threads included)")
+                return
+
+    def _exit_reason(self, code: int) -> str:
+        reason = f"process exited with code {code}"
+        try:
+            flooded = self.log_path.stat().st_size >= self.limits.output_mb << 20
+        except OSError:
+            flooded = False
+        if flooded or code == -signal.SIGXFSZ:  # Python ignores SIGXFSZ: its writes fail with EFBIG instead
+            reason += f": its output reached the {self.limits.output_mb} MiB limit"
+        elif code == -signal.SIGXCPU:
+            reason += f": used more than its {self.limits.cpu_time_s:g} s of CPU time"
+        return reason
 
     def _fail(self, phase: str, reason: str, kill: bool = True) -> None:
         if self._failure is None and not self._stopping.is_set():
@@ -194,6 +225,7 @@ class CandidateProcess:
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         self._kill_group()
+        self._box.release()
         self._log.close()
 
     def __enter__(self) -> "CandidateProcess":

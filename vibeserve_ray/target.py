@@ -155,6 +155,14 @@ class LimitsSpec(_Strict):
     startup_timeout_s: Annotated[float, Field(gt=0)] = 120
     request_timeout_s: Annotated[float, Field(gt=0)] = 60
     memory_mb: PositiveInt = 6144
+    # "required": candidate code runs only in the sandbox (bubblewrap, else unshare);
+    # "best-effort": where neither works it runs unconfined, and every result says so.
+    sandbox: Literal["required", "best-effort"] = "required"
+    processes: PositiveInt = 1024  # tasks (threads included) the candidate's processes may hold
+    open_files: PositiveInt = 4096
+    cpu_time_s: Annotated[float, Field(gt=0)] = 3600  # per process; a deployed server has no CPU-time limit
+    disk_mb: PositiveInt = 1024  # its private /tmp
+    output_mb: PositiveInt = 64  # any file it writes, its log included
 
 
 class SearchSpec(_Strict):

@@ -61,6 +61,7 @@ class ServeArgs(BaseModel):
     generator_seed: int = 0
     memory_mb: int = Limits.memory_mb  # the engine process's limit (the target's [limits])
     startup_timeout_s: float = Limits.startup_timeout_s
+    sandbox: Literal["required", "best-effort"] = "required"  # the target's [limits] sandbox
     # Streamed tokens are relayed in batches at most this often (0: every chunk at once).
     stream_interval_ms: Annotated[float, Field(ge=0, le=1000)] = 50.0
 
@@ -227,7 +228,8 @@ class VibeServer:
         if candidate == "seed":
             candidate = materialise_seed(self.sandbox / "seed")
         self.spec = load_candidate(candidate)
-        self.limits = Limits(startup_timeout_s=self.args.startup_timeout_s, memory_mb=self.args.memory_mb)
+        # A server runs for days: no CPU-time limit; the rest of the sandbox as evaluated.
+        self.limits = Limits(startup_timeout_s=self.args.startup_timeout_s, memory_mb=self.args.memory_mb, sandbox=self.args.sandbox, cpu_time_s=None)
         self.metrics = _Metrics(serve.get_replica_context().deployment)
         self.engine: _Engine | None = None
         self._engines: set[_Engine] = set()  # the current one and those retiring

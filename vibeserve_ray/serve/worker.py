@@ -1,7 +1,9 @@
 """Entry point of a candidate's sandboxed server process (started by `runner`).
 
-Imports the candidate, builds its engine, and serves the shared front on a port it
-picks itself (bound before writing it to --port-file, so there is no port race). The
+Imports the candidate, builds its engine, and serves the shared front on the listening
+socket the runner passes in (--listen-fd: bound on the host's loopback before this
+process starts, so there is no port race, and reachable although this process's own
+network namespace has no route anywhere). The
 evaluator measures this process and a Serve replica proxies to it, so what was measured
 is what is served. It times the engine from the outside (TTFT, tokens/s per request) and
 hands the figures to whoever drains `GET /stats`: the replica, which exports them as Ray
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import sys
 import time
@@ -66,8 +67,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--served-name", required=True)
-    parser.add_argument("--port-file", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--listen-fd", type=int, required=True, help="a listening TCP socket inherited from the runner")
     parser.add_argument("--knobs", type=json.loads, default={}, help="JSON object overriding the candidate's knobs")
     args = parser.parse_args()
     asyncio.run(serve(args))
@@ -89,13 +89,7 @@ async def serve(args: argparse.Namespace) -> None:
         return engine.drain()
 
     app.add_api_route(STATS_PATH, stats, methods=["GET"], include_in_schema=False)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, 0))
-    tmp = args.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(str(sock.getsockname()[1]))
-    os.replace(tmp, args.port_file)
+    sock = socket.socket(fileno=args.listen_fd)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     try:
         await uvicorn.Server(config).serve(sockets=[sock])

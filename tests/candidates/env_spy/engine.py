@@ -1,8 +1,7 @@
-"""Writes the environment it sees to env.json in its working directory, then yields one token."""
+"""Prints the environment it sees (one `ENV {json}` line in its log), then yields one token."""
 
 import json
 import os
-from pathlib import Path
 
 from vibeserve_ray.candidate import TokenOut
 
@@ -16,5 +15,5 @@ class SpyEngine:
 
 
 def create_engine(model_dir, device, knobs):
-    Path("env.json").write_text(json.dumps(dict(os.environ)))
+    print("ENV " + json.dumps(dict(os.environ)), flush=True)
     return SpyEngine()
