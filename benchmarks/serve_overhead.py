@@ -27,7 +27,6 @@ import os
 import statistics
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -37,22 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vibeserve_ray import deploy  # noqa: E402
 from vibeserve_ray.candidate import resolve_candidate  # noqa: E402
-from vibeserve_ray.inner.evaluate import bench_running, target_workload, warm_up  # noqa: E402
+from vibeserve_ray.inner.evaluate import Endpoint, bench_running, target_workload, warm_up  # noqa: E402
 from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent.parent / "targets" / "tiny-llama-cpu"
 FIGURES = ("output_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "completed", "failed")
 SERVE_STACK = ("ray::ProxyActor", "ray::ServeReplica", "ray::ServeController")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """The parts of a running candidate that `bench_running` reads, for a Serve URL."""
-
-    base_url: str
-    served_name: str
-    limits: Limits
 
 
 def say(msg: str) -> None:

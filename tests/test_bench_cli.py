@@ -31,3 +31,35 @@ def test_bench_of_a_crashing_candidate_is_a_recorded_failure(tmp_path, tiny_targ
     result = run_cli("bench", str(TINY_TARGET), "--candidate", str(test_candidate("import_error")), "--out", str(out))
     assert result.returncode == 1
     assert json.loads(out.read_text())["failure"]["phase"] == "startup"
+
+
+def test_bench_url_of_a_running_candidate_equals_bench_candidate(tmp_path, tiny_target):
+    """`--url` sends the same workload through the same load generator and checks every
+    response against the reference: the same completed count and exactness as `--candidate`."""
+    from vibeserve_ray.candidate import resolve_candidate
+    from vibeserve_ray.runner import Limits, start_candidate
+
+    spec = resolve_candidate("seed", tmp_path / "seed")
+    with start_candidate(spec, tiny_target.model_dir(), tiny_target.tokenizer_dir(), tiny_target.served_name, "cpu", Limits(),
+                         tmp_path / "proc") as proc:
+        by_url = run_cli("bench", str(TINY_TARGET), "--url", proc.base_url + "/v1", "--num-requests", "8", "--out", str(tmp_path / "url.json"))
+    by_candidate = run_cli("bench", str(TINY_TARGET), "--candidate", "seed", "--num-requests", "8", "--out", str(tmp_path / "cand.json"))
+    assert by_url.returncode == 0 and by_candidate.returncode == 0, by_url.stderr[-2000:] + by_candidate.stderr[-2000:]
+    url, cand = json.loads((tmp_path / "url.json").read_text()), json.loads((tmp_path / "cand.json").read_text())
+    assert url["url"] == proc.base_url + "/v1" and "candidate" not in url
+    for key in ("completed", "failed", "exact_responses", "total_input_tokens", "total_output_tokens"):
+        assert url[key] == cand[key], key
+    assert url["exact_responses"] == "8/8" and "exact_responses: 8/8" in by_url.stdout
+
+
+def test_bench_url_that_is_bad_or_unreachable_exits_2_with_one_line(tiny_target):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for url, field in (("127.0.0.1:8000", "--url"), (f"http://127.0.0.1:{port}", "--url")):
+        result = run_cli("bench", str(TINY_TARGET), "--url", url, timeout=60)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"command line: {field}:" in lines[0] and "Traceback" not in result.stderr

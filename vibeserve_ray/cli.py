@@ -74,29 +74,38 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from vibeserve_ray.bench import format_table
-    from vibeserve_ray.inner.evaluate import bench_candidate
-
+    from vibeserve_ray.inner.evaluate import bench_candidate, bench_url
     from vibeserve_ray.runner import CandidateFailure
+    from vibeserve_ray.target import load_target
 
-    with _candidate_session(args) as (target, spec, workdir):
-        result = bench_candidate(target, spec, workdir / "bench", num_requests=args.num_requests, say=say)
-        if isinstance(result, CandidateFailure):
-            print(result.describe())
-            if args.out:
-                Path(args.out).write_text(json.dumps({"failure": result.to_dict()}, indent=2))
-            return 1
-        report, exact = result.report, result.exactness
-        print(format_table(report))
-        print(exact.summary())
-        out = report.to_json() | {"exact_responses": f"{exact.exact}/{exact.checked}", "exact_mismatch": exact.mismatch,
-                                  "target": target.name, "candidate": str(spec.path), "design": spec.design, "knobs": spec.knobs,
-                                  "sandbox_warning": args.sandbox_warning}
-        if args.sandbox_warning:
-            print(f"WARNING: {args.sandbox_warning}")
+    if args.url:
+        if args.candidate:
+            raise BadInput("command line", "--url", "benchmarks a running server: leave out --candidate")
+        target = load_target(args.target)
+        result, about = bench_url(target, args.url, args.model, num_requests=args.num_requests, say=say), {"url": args.url}
+    else:
+        if args.model:
+            raise BadInput("command line", "--model", "names the model of a server given with --url")
+        args.candidate = args.candidate or "seed"
+        with _candidate_session(args) as (target, spec, workdir):
+            result = bench_candidate(target, spec, workdir / "bench", num_requests=args.num_requests, say=say)
+            about = {"candidate": str(spec.path), "design": spec.design, "knobs": spec.knobs, "sandbox_warning": args.sandbox_warning}
+    if isinstance(result, CandidateFailure):
+        print(result.describe())
         if args.out:
-            Path(args.out).write_text(json.dumps(out, indent=2))
-            say(f"bench: wrote {args.out}")
-        return 0 if report.slo_passed and report.metrics.failed == 0 and exact.ok else 1
+            Path(args.out).write_text(json.dumps({"failure": result.to_dict()}, indent=2))
+        return 1
+    report, exact = result.report, result.exactness
+    print(format_table(report))
+    print(exact.summary())
+    if about.get("sandbox_warning"):
+        print(f"WARNING: {about['sandbox_warning']}")
+    out = report.to_json() | {"exact_responses": f"{exact.exact}/{exact.checked}", "exact_mismatch": exact.mismatch,
+                              "target": target.name} | about
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2))
+        say(f"bench: wrote {args.out}")
+    return 0 if report.slo_passed and report.metrics.failed == 0 and exact.ok else 1
 
 
 def _portable_path(path: str) -> str:
@@ -224,8 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--swap", action="store_true", help="check on the second (weight-swap) checkpoint")
     check.set_defaults(func=cmd_check)
 
-    bench = sub.add_parser("bench", help="benchmark a candidate on the target's workload")
+    bench = sub.add_parser("bench", help="benchmark a candidate, or any OpenAI-compatible server (--url), on the target's workload")
     candidate_args(bench)
+    bench.set_defaults(candidate=None)  # 'seed' unless --url names a running server
+    bench.add_argument("--url", help="benchmark the server at this URL (vLLM, SGLang, a deployment) instead of starting a candidate")
+    bench.add_argument("--model", help="with --url: the served model name (default: the first it lists)")
     bench.add_argument("--out", help="write the metrics as JSON here")
     bench.add_argument("--num-requests", type=int, help="override the target's request count")
     bench.set_defaults(func=cmd_bench)

@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import urllib.parse
+
+import aiohttp
 import optuna
 
-from vibeserve_ray.bench import BenchReport, Request, from_jsonl, run_benchmark_async, synthetic
+from vibeserve_ray.bench import BenchReport, Request, from_jsonl, run_benchmark_async, served_models, synthetic
 from vibeserve_ray.candidate import CandidateSpec, load_candidate, write_candidate_toml
+from vibeserve_ray.errors import BadInput
 from vibeserve_ray.inner.hints import Hint, hints_for
 from vibeserve_ray.inner.judge.exact import Exactness, check_responses
 from vibeserve_ray.runner import CandidateFailed, CandidateFailure, CandidateProcess, Limits, start_candidate
@@ -52,6 +56,16 @@ def _special_token_ids(tokenizer_dir: Path) -> list[int]:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """A server to send the benchmark to: what `bench_running` reads of a running candidate,
+    for a server this project did not start (vLLM, SGLang, a Serve deployment)."""
+
+    base_url: str
+    served_name: str
+    limits: Limits
+
+
+@dataclass(frozen=True)
 class Measurement:
     """A benchmark run and how many of its responses equal the reference's."""
 
@@ -59,7 +73,7 @@ class Measurement:
     exactness: Exactness
 
 
-async def warm_up(proc: CandidateProcess, target: Target, requests: list[Request], say: Callable[[str], None]) -> None:
+async def warm_up(proc: CandidateProcess | Endpoint, target: Target, requests: list[Request], say: Callable[[str], None]) -> None:
     """The target's warm-up requests, not measured."""
     b = target.spec.benchmark
     if b.warmup_requests:
@@ -72,7 +86,7 @@ async def warm_up(proc: CandidateProcess, target: Target, requests: list[Request
                                           b.seed, proc.limits.request_timeout_s, b.headline, {}, progress=lambda line: None)
 
 
-async def bench_running(proc: CandidateProcess, target: Target, requests: list[Request], say: Callable[[str], None],
+async def bench_running(proc: CandidateProcess | Endpoint, target: Target, requests: list[Request], say: Callable[[str], None],
                         warm: bool = True) -> BenchReport:
     """Warm-up requests (unless `warm` is False: the caller did them), then the benchmark proper."""
     b = target.spec.benchmark
@@ -100,6 +114,38 @@ def bench_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, num_r
         return exc.failure
     say("bench: comparing the responses with the reference")
     return Measurement(report, check_responses(target, requests, report.results))
+
+
+def bench_url(target: Target, url: str, model: str | None = None, *, num_requests: int | None = None,
+              say: Callable[[str], None] = lambda s: None) -> Measurement:
+    """The target's benchmark against an OpenAI-compatible server at `url`, its responses
+    compared with the reference as a candidate's are (the server must return token ids,
+    as vLLM does with `return_token_ids`). An unreachable server or an unknown model is BadInput."""
+    base = _base_url(url)
+    try:
+        models = asyncio.run(served_models(base))
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, KeyError, TypeError) as exc:
+        raise BadInput("command line", "--url", f"cannot list models at {base}/v1/models: {type(exc).__name__}: {exc}") from None
+    if model is None and not models:
+        raise BadInput("command line", "--url", f"{base}/v1/models lists no model")
+    if model is not None and model not in models:
+        raise BadInput("command line", "--model", f"{model!r} is not served at {base} (it serves: {', '.join(models)})")
+    endpoint = Endpoint(base, model or models[0], Limits(**target.spec.limits.model_dump()))
+    say(f"bench: {endpoint.base_url}, model {endpoint.served_name}")
+    requests = target_workload(target, num_requests)
+    report = asyncio.run(bench_running(endpoint, target, requests, say))
+    say("bench: comparing the responses with the reference")
+    return Measurement(report, check_responses(target, requests, report.results))
+
+
+def _base_url(url: str) -> str:
+    """`http://host:port`, also from the `.../v1` form OpenAI clients take."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise BadInput("command line", "--url", f"{url!r} is not an http(s) URL like http://127.0.0.1:8000")
+    path = parts.path.rstrip("/")
+    path = path[:-3] if path.endswith("/v1") else path
+    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 # --- tuning --------------------------------------------------------------------------
