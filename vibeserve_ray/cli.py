@@ -137,7 +137,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             say("search: no ANTHROPIC_API_KEY: using the offline implementer (design changes guided by hints and skills)")
         implementer = "offline"
     run_dir = Path(args.run or Path("runs") / target.name)
-    connect_ray(args.address)
+    endpoints = connect_ray(args.address)
+    if endpoints:
+        say(f"search: {endpoints.describe()}")
     summary = Search(target, _portable_path(args.target), run_dir, space, budget, implementer, say=say, seed=args.seed).run()
     if summary.best is None:
         say("search: no validated candidate")
@@ -212,6 +214,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if probe().backend else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from vibeserve_ray.report.page import write_report
+
+    print(write_report(Path(args.run), Path(args.out) if args.out else None))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vibeserve", description="Search for, validate and deploy a bespoke LLM serving system.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -274,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="what this machine can do for candidate code (its sandbox); exit 1 when nothing confines it")
     doctor.set_defaults(func=cmd_doctor)
+
+    report = sub.add_parser("report", help="one self-contained HTML page of a search run (also while it runs)")
+    report.add_argument("run", help="run directory")
+    report.add_argument("--out", metavar="FILE", help="write here (default RUN/report.html)")
+    report.set_defaults(func=cmd_report)
 
     from vibeserve_ray.deploy_cli import add_deploy_parser
 

@@ -287,11 +287,9 @@ def _connect(detach: bool, say: Callable[[str], None]) -> str:
     address = os.environ.get("RAY_ADDRESS")
     if not address and detach:
         address = _start_head(say)
-    if address:
-        raycluster.join(address)
-        return "cluster"
-    raycluster.start_local()
-    return "embedded"
+    endpoints = raycluster.join(address) if address else raycluster.start_local()
+    say(f"deploy: {endpoints.describe()}")
+    return "cluster" if address else "embedded"
 
 
 def _start_head(say: Callable[[str], None]) -> str:

@@ -10,12 +10,25 @@ for `address="auto"`; RAY_AUTH_MODE set by the user always wins.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 
 
-def join(address: str, **kwargs: Any) -> None:
+@dataclass(frozen=True)
+class Endpoints:
+    """Where to watch the cluster this process joined or started."""
+
+    dashboard: str | None  # the Ray dashboard; None when the cluster runs without one
+    metrics: str | None  # this node's Prometheus export, the `vibeserve_*` metrics among Ray's
+
+    def describe(self) -> str:
+        return (f"Ray dashboard at {self.dashboard or '(none: this cluster runs without one)'}"
+                + (f"; metrics at {self.metrics}" if self.metrics else ""))
+
+
+def join(address: str, **kwargs: Any) -> Endpoints:
     """Joins the cluster at `address`, sending the local token where the head would expect it."""
     try:
         from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
@@ -23,11 +36,20 @@ def join(address: str, **kwargs: Any) -> None:
         pass
     else:
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    ray.init(address=address, **kwargs)
+    return _endpoints(ray.init(address=address, **kwargs))
 
 
-def start_local(**kwargs: Any) -> None:
-    """A new Ray instance owned by this process. "local", not a plain `ray.init()`: that
-    would join a cluster named in /tmp/ray from an earlier `ray start`, or hang on it if
-    it died without cleaning up."""
-    ray.init(address="local", **kwargs)
+def start_local(**kwargs: Any) -> Endpoints:
+    """A new Ray instance owned by this process, with its dashboard on 127.0.0.1 (port 8265,
+    or the next free one). "local", not a plain `ray.init()`: that would join a cluster
+    named in /tmp/ray from an earlier `ray start`, or hang on it if it died without
+    cleaning up."""
+    return _endpoints(ray.init(address="local", **({"include_dashboard": True, "dashboard_host": "127.0.0.1"} | kwargs)))
+
+
+def _endpoints(context) -> Endpoints:
+    here = ray.get_runtime_context().get_node_id()
+    node = next((n for n in ray.nodes() if n["NodeID"] == here), None)
+    port = node.get("MetricsExportPort") if node else None
+    return Endpoints(f"http://{context.dashboard_url}" if context.dashboard_url else None,
+                     f"http://{node['NodeManagerAddress']}:{port}/metrics" if port else None)

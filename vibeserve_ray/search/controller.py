@@ -59,15 +59,15 @@ class SearchSummary:
     stopped_because: str
 
 
-def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Joins RAY_ADDRESS / --address when given, else starts an embedded local Ray."""
+def connect_ray(address: str | None, num_cpus: int | None = None) -> raycluster.Endpoints | None:
+    """Joins RAY_ADDRESS / --address when given, else starts an embedded local Ray (with its
+    dashboard); None when this process was already connected."""
     if ray.is_initialized():
-        return
+        return None
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        raycluster.join(address, log_to_driver=True)
-    else:
-        raycluster.start_local(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        return raycluster.join(address, log_to_driver=True)
+    return raycluster.start_local(num_cpus=num_cpus, log_to_driver=True)
 
 
 HEAD_NODE = "node:__internal_head__"  # the resource Ray puts on the head node alone
@@ -136,6 +136,7 @@ class Search:
             if not items:
                 stopped = "design space exhausted"
                 break
+            ray.get([isl.start_round.remote(rnd) for isl in islands])
             results = self._dispatch(items, rnd)
             self._after_round(rnd, islands, results)
         else:

@@ -27,6 +27,7 @@ class Member:
     verdict: str
     headline: float
     hints: tuple[Hint, ...] = ()
+    gate: str = ""  # the phase that stopped it, when not validated
 
     @property
     def validated(self) -> bool:
@@ -77,6 +78,11 @@ class Island:
             out[v] = sum(m.verdict == v for m in self.members)
         return out
 
+    def start_round(self, rnd: int) -> None:
+        """The round this island is working on, as a metric (`vibeserve_round`)."""
+        if self._ensure_metrics():
+            self._metrics["current"].set(rnd, tags={"island": str(self.index)})
+
     def mark_round(self, rnd: int) -> None:
         """The round this island has finished, as a metric beside its counts."""
         if self._ensure_metrics():
@@ -94,8 +100,11 @@ class Island:
                 "evaluated": metrics.Counter("vibeserve_candidates_evaluated", "Candidates evaluated", tag_keys=tags),
                 "failed": metrics.Counter("vibeserve_candidates_failed", "Candidates that crashed, hung or ran out of memory", tag_keys=tags),
                 "rejected": metrics.Counter("vibeserve_candidates_rejected", "Candidates the judge rejected", tag_keys=tags),
+                "stopped": metrics.Counter("vibeserve_candidates_stopped", "Candidates not validated, by the gate (phase) that stopped them",
+                                           tag_keys=("island", "gate", "verdict")),
                 "best": metrics.Gauge("vibeserve_best_headline", "Best validated headline metric", tag_keys=tags),
                 "round": metrics.Gauge("vibeserve_search_round", "Last round the island finished", tag_keys=tags),
+                "current": metrics.Gauge("vibeserve_round", "Round the island is working on", tag_keys=tags),
             }
         return True
 
@@ -108,6 +117,8 @@ class Island:
             self._metrics["failed"].inc(1, tags=tag)
         elif member.verdict == "rejected":
             self._metrics["rejected"].inc(1, tags=tag)
+        if member.verdict != "validated":
+            self._metrics["stopped"].inc(1, tags=tag | {"gate": member.gate or "unknown", "verdict": member.verdict})
         best = self.best()
         if best is not None:
             self._metrics["best"].set(best.headline, tags=tag)

@@ -20,7 +20,7 @@ from vibeserve_ray.inner.loop import InnerResult, InnerTask
 from vibeserve_ray.search.islands import Member
 from vibeserve_ray.search.results import Evaluation, append_result, read_results, rebuild_from_notes
 from vibeserve_ray.search.state import RunRepo, extract_tree, pack_dir
-from vibeserve_ray.search.studies import save_study
+from vibeserve_ray.search.studies import save_study, study_name
 from vibeserve_ray.target import Objective, Target
 
 RUNNING_FILE = "running.json"
@@ -38,7 +38,7 @@ def reconcile(run_dir: Path, repo: RunRepo) -> list[Evaluation]:
 
 def member(row: Evaluation) -> Member:
     return Member(row.commit, json.loads(row.design), json.loads(row.knobs), row.verdict, row.headline_value,
-                  tuple(Hint.from_dict(h) for h in json.loads(row.hints)))
+                  tuple(Hint.from_dict(h) for h in json.loads(row.hints)), row.failure_phase)
 
 
 def best(rows: list[Evaluation], objective: Objective) -> Evaluation | None:
@@ -74,7 +74,7 @@ def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[
     repo.add_note(commit, row.to_dict() | {"trials": trials})
     append_result(run_dir, row)
     if trials:
-        save_study(run_dir, f"island-{row.island}:{commit[:12]}", objective.direction, trials)
+        save_study(run_dir, study_name(row.island, commit), objective.direction, trials)
     return row
 
 

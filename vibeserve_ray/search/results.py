@@ -101,10 +101,16 @@ def append_result(run_dir: Path, row: Evaluation) -> None:
     write_results(run_dir, rows + [row])
 
 
-def rebuild_from_notes(run_dir: Path, notes: dict[str, list[dict]]) -> list[Evaluation]:
-    """The table as the notes in git say it is (after a crash, or if the file was lost)."""
+def rows_from_notes(notes: dict[str, list[dict]]) -> list[Evaluation]:
+    """The evaluations the notes in git hold, in the order they finished."""
     names = {f.name for f in fields(Evaluation)}
     rows = [Evaluation(**{k: v for k, v in rec.items() if k in names}) for recs in notes.values() for rec in recs]
     rows.sort(key=lambda r: (r.finished_at, r.eval_id))
+    return rows
+
+
+def rebuild_from_notes(run_dir: Path, notes: dict[str, list[dict]]) -> list[Evaluation]:
+    """The table as the notes in git say it is (after a crash, or if the file was lost)."""
+    rows = rows_from_notes(notes)
     write_results(run_dir, rows)
     return rows

@@ -98,6 +98,14 @@ class RunRepo:
             return ""
         return self._git("diff", parent, commit)
 
+    def subject(self, commit: str) -> str:
+        """The first line of `commit`'s message: the change it made."""
+        return self._git("log", "-1", "--format=%s", commit)
+
+    def diffstat(self, parent: str | None, commit: str) -> str:
+        """`git diff --shortstat` from `parent` to `commit` ("" for the seed)."""
+        return "" if parent is None else self._git("diff", "--shortstat", parent, commit).strip()
+
     def branch_head(self, branch: str) -> str | None:
         try:
             return self._git("rev-parse", "--verify", "-q", f"refs/heads/{branch}")

@@ -30,7 +30,7 @@ def run_status(run_dir: Path) -> dict:
         for commit in repo.lineage(best.commit):
             r = by_commit.get(commit)
             lineage.append({"commit": commit, "headline": None if r is None else _num(r.headline_value),
-                            "message": repo._git("log", "-1", "--format=%s", commit)})
+                            "message": repo.subject(commit)})
     return {
         "run": str(run_dir),
         "target": meta.get("target"),

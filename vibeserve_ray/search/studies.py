@@ -17,6 +17,11 @@ def storage_url(run_dir: Path) -> str:
     return f"sqlite:///{(Path(run_dir) / 'optuna.db').resolve()}"
 
 
+def study_name(island: int, commit: str) -> str:
+    """The study of one evaluated candidate: its island and short commit."""
+    return f"island-{island}:{commit[:12]}"
+
+
 def save_study(run_dir: Path, name: str, direction: str, trials: list[dict]) -> None:
     """One study per candidate (`name`), its trials in the order they ran; idempotent."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
