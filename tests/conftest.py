@@ -35,6 +35,18 @@ def tiny_target(tiny_models):
     return load_target(TINY_TARGET)
 
 
+@pytest.fixture(scope="session")
+def watched_search(tmp_path_factory, tiny_models):
+    """One small real search (the seed and one candidate, one Optuna trial each, then the
+    side-by-side re-measure), watched while it runs: tests of the search, the dashboard and
+    the report share it, since a real search is the slowest thing the suite does."""
+    from search_helpers import small_target, watch_search
+
+    tmp = tmp_path_factory.mktemp("watched")
+    target = small_target(tmp, islands=1, population=1, rounds=1, trials=1, num_requests=16)
+    return watch_search(target, tmp / "run", ROOT)
+
+
 @pytest.fixture
 def test_candidate(tmp_path):
     """Copies a candidate from tests/candidates into tmp_path (so its runs leave no files in the repo)."""

@@ -1,15 +1,19 @@
-"""Helpers for search tests: small target copies and a real `ray start --head`."""
+"""Helpers for search tests: small target copies, a real `ray start --head`, a search watched while it runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import TINY_TARGET
@@ -86,3 +90,58 @@ class RayHead:
         current = Path("/tmp/ray/ray_current_cluster")
         if current.is_file() and current.read_text().strip().endswith(f":{self.port}"):
             current.unlink()
+
+
+URLS = re.compile(r"Ray dashboard at (http://\S+); metrics at (http://\S+/metrics)")
+
+
+@dataclass(frozen=True)
+class WatchedSearch:
+    run: Path
+    returncode: int
+    stderr: str
+    dashboard: str  # the URL the search printed
+    dashboard_version: dict  # what the dashboard answered while the search ran
+    metrics: str  # the metrics endpoint's text once it served vibeserve_round ("" if it never did)
+    mid_report: Path | None  # `vibeserve report` written while the search was still running
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+def watch_search(target: Path, run: Path, cwd: Path, timeout_s: float = 900) -> WatchedSearch:
+    """Runs `vibeserve search TARGET --run RUN` as a user would and, while it runs, asks the
+    dashboard it printed for its version, reads the metrics endpoint until `vibeserve_round`
+    is there, and writes a report once the first result is recorded."""
+    from vibeserve_ray.report.page import write_report
+
+    # Ray exports metrics every 10 s by default; 1 s keeps the wait short.
+    env = os.environ | {"RAY_metrics_report_interval_ms": "1000"}
+    proc = subprocess.Popen([sys.executable, "-m", "vibeserve_ray.cli", "search", str(target), "--run", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    dashboard, version, metrics, mid = "", {}, "", None
+    deadline = time.monotonic() + timeout_s
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            found = next((m for m in map(URLS.search, list(lines)) if m), None)
+            if found and not version:
+                dashboard = found.group(1)
+                version = json.loads(_get(f"{dashboard}/api/version"))
+            if found and not metrics:
+                text = _get(found.group(2))
+                metrics = text if "ray_vibeserve_round{" in text else ""
+            if mid is None and (run / "results.parquet").is_file():
+                mid = write_report(run, run.parent / "mid-run-report.html")
+            time.sleep(1)
+        proc.wait(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    return WatchedSearch(run, proc.returncode, "".join(lines), dashboard, version, metrics, mid)

@@ -1,17 +1,11 @@
 """Watching a real search: the Ray dashboard while it runs, the HTML report during and
-after, the Optuna storage optuna-dashboard opens. One small real search serves them all."""
+after, the Optuna storage optuna-dashboard opens (the small real search of conftest's
+`watched_search`, shared with test_search_e2e)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
-from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,74 +13,16 @@ import pytest
 
 from browser import chromium, dump_dom, screenshot
 from conftest import ROOT, run_cli
-from search_helpers import small_target
 
 ARTIFACTS = Path(os.environ.get("VIBESERVE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
-URLS = re.compile(r"Ray dashboard at (http://\S+); metrics at (http://\S+/metrics)")
 
 
-@dataclass
-class LiveRun:
-    run: Path
-    returncode: int
-    stderr: str
-    dashboard: str  # the URL the search printed
-    dashboard_version: dict  # what the dashboard answered while the search ran
-    metrics: str  # the metrics endpoint's text once it served vibeserve_round ("" if it never did)
-    mid_report: Path | None  # `vibeserve report` written while the search was still running
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return r.read().decode()
-
-
-@pytest.fixture(scope="module")
-def live_run(tmp_path_factory, tiny_models) -> LiveRun:
-    """`vibeserve search` with the seed and one candidate, then the side-by-side re-measure;
-    while it runs: the printed dashboard is asked for its version, the metrics endpoint is
-    read until `vibeserve_round` is there, and a report is written mid-run."""
-    from vibeserve_ray.report.page import write_report
-
-    tmp = tmp_path_factory.mktemp("live")
-    target = small_target(tmp, islands=1, population=1, rounds=1, trials=1, num_requests=16)
-    run = tmp / "run"
-    # Ray exports metrics every 10 s by default; 1 s keeps the wait short.
-    env = os.environ | {"RAY_metrics_report_interval_ms": "1000"}
-    proc = subprocess.Popen([sys.executable, "-m", "vibeserve_ray.cli", "search", str(target), "--run", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
-    reader.start()
-    dashboard, version, metrics, mid = "", {}, "", None
-    deadline = time.monotonic() + 900
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            found = next((m for m in map(URLS.search, list(lines)) if m), None)
-            if found and not version:
-                dashboard = found.group(1)
-                version = json.loads(_get(f"{dashboard}/api/version"))
-            if found and not metrics:
-                text = _get(found.group(2))
-                metrics = text if "ray_vibeserve_round{" in text else ""
-            if mid is None and (run / "results.parquet").is_file():
-                mid = write_report(run, tmp / "mid.html")
-            time.sleep(1)
-        out, _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(timeout=10)
-    return LiveRun(run, proc.returncode, "".join(lines), dashboard, version, metrics, mid)
-
-
-def test_search_prints_its_dashboard_which_answers_and_serves_vibeserve_round(live_run):
-    assert live_run.returncode == 0, live_run.stderr[-4000:]
-    assert live_run.dashboard.startswith("http://127.0.0.1:"), live_run.stderr[:2000]
-    assert live_run.dashboard_version.get("ray_version"), "the dashboard did not answer at the printed URL"
-    assert live_run.metrics, "vibeserve_round never appeared among the served metrics"
-    rounds = [ln for ln in live_run.metrics.splitlines() if ln.startswith("ray_vibeserve_round{")]
+def test_search_prints_its_dashboard_which_answers_and_serves_vibeserve_round(watched_search):
+    assert watched_search.returncode == 0, watched_search.stderr[-4000:]
+    assert watched_search.dashboard.startswith("http://127.0.0.1:"), watched_search.stderr[:2000]
+    assert watched_search.dashboard_version.get("ray_version"), "the dashboard did not answer at the printed URL"
+    assert watched_search.metrics, "vibeserve_round never appeared among the served metrics"
+    rounds = [ln for ln in watched_search.metrics.splitlines() if ln.startswith("ray_vibeserve_round{")]
     assert any('island="0"' in ln and ln.endswith(" 1.0") for ln in rounds), rounds
 
 
@@ -133,42 +69,42 @@ def _page(html: str) -> _Page:
 
 
 @pytest.mark.skipif(chromium() is None, reason="needs headless Chromium (Debian: apt-get install chromium)")
-def test_report_of_a_real_run_renders_in_chromium_with_leaderboard_plots_and_lineage(live_run):
+def test_report_of_a_real_run_renders_in_chromium_with_leaderboard_plots_and_lineage(watched_search):
     from vibeserve_ray.search.results import read_results
     from vibeserve_ray.search.state import RunRepo
 
-    assert live_run.returncode == 0, live_run.stderr[-4000:]
-    r = run_cli("report", str(live_run.run))
+    assert watched_search.returncode == 0, watched_search.stderr[-4000:]
+    r = run_cli("report", str(watched_search.run))
     assert r.returncode == 0, r.stderr[-2000:]
     page = Path(r.stdout.strip())
-    assert page == live_run.run / "report.html"
+    assert page == watched_search.run / "report.html"
     shot = screenshot(page, ARTIFACTS / "report.png")
     assert shot.stat().st_size > 20_000, "the screenshot is (nearly) blank"
     seen = _page(dump_dom(page))
-    rows = read_results(live_run.run)
+    rows = read_results(watched_search.run)
     assert seen.rows["leaderboard"] == len(rows) + 1  # the header row, then one per evaluation
     assert sum(n > 0 for n in seen.plots) >= 3, seen.plots
-    best = json.loads(run_cli("status", str(live_run.run), "--json").stdout)["best"]["commit"]
-    assert seen.rows["lineage"] == len(RunRepo(live_run.run / "repo").lineage(best)) + 1
+    best = json.loads(run_cli("status", str(watched_search.run), "--json").stdout)["best"]["commit"]
+    assert seen.rows["lineage"] == len(RunRepo(watched_search.run / "repo").lineage(best)) + 1
     assert not seen.external, "the page must open with no network"
 
 
-def test_report_opens_on_a_run_that_is_still_going(live_run):
-    assert live_run.mid_report is not None, "the run's table never appeared while the search ran"
-    html = live_run.mid_report.read_text()
+def test_report_opens_on_a_run_that_is_still_going(watched_search):
+    assert watched_search.mid_report is not None, "the run's table never appeared while the search ran"
+    html = watched_search.mid_report.read_text()
     assert "running (or interrupted)" in html
     assert _page(html).rows["leaderboard"] >= 2
 
 
-def test_optuna_storage_holds_one_study_per_evaluated_design(live_run):
+def test_optuna_storage_holds_one_study_per_evaluated_design(watched_search):
     import optuna
 
     from vibeserve_ray.search.results import read_results
     from vibeserve_ray.search.studies import storage_url, study_name
 
-    measured = [r for r in read_results(live_run.run) if r.validated]
+    measured = [r for r in read_results(watched_search.run) if r.validated]
     assert measured
-    storage = optuna.storages.RDBStorage(storage_url(live_run.run))
+    storage = optuna.storages.RDBStorage(storage_url(watched_search.run))
     studies = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     assert set(studies) == {study_name(r.island, r.commit) for r in measured}
     for r in measured:

@@ -7,19 +7,16 @@ import json
 import optuna
 
 from conftest import run_cli
-from search_helpers import small_target
 
 from vibeserve_ray.search.results import read_results
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.search.studies import storage_url
 
 
-def test_small_real_search_finds_a_validated_candidate_and_status_reports_it(tmp_path, tiny_models):
-    target = small_target(tmp_path, islands=1, population=1, rounds=1, trials=1, num_requests=16)
-    run = tmp_path / "run"
-    r = run_cli("search", str(target), "--run", str(run), "--no-remeasure", timeout=900)
-    assert r.returncode == 0, r.stderr[-4000:]
-    assert "offline implementer" in r.stderr  # says so in one line when no API key is set
+def test_small_real_search_finds_a_validated_candidate_and_status_reports_it(watched_search):
+    run = watched_search.run
+    assert watched_search.returncode == 0, watched_search.stderr[-4000:]
+    assert "offline implementer" in watched_search.stderr  # says so in one line when no API key is set
     rows = read_results(run)
     assert [x.implementer for x in rows] == ["seed", "offline"]
     seed, child = rows
