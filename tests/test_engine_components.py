@@ -74,6 +74,42 @@ def test_design_is_exact_under_concurrency(name, model_dir, expected):
     assert [[o.token_id for o in outs] for outs in again] == expected
 
 
+# prompts to score, longer than a prefill chunk and sharing the cached prefix of MIXED
+SCORED = [
+    GenerationRequest(SHARED + [5, 6], max_tokens=3, want_logprobs=True, top_logprobs=2, prompt_logprobs=True),
+    GenerationRequest(PROMPTS[2], max_tokens=1, prompt_logprobs=True),
+]
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir):
+    from vibeserve_ray.reference import TransformersReference
+
+    return TransformersReference(model_dir)
+
+
+@pytest.mark.parametrize("name", list(DESIGNS))
+def test_prompt_logprobs_equal_the_reference_in_every_design(name, model_dir, hf_model, reference, expected):
+    engine = create_engine(str(model_dir), "cpu", {**KNOBS, "design": DESIGNS[name]})
+    try:
+        asyncio.run(_together(engine, MIXED))  # a prefix cache now holds SHARED: scoring must not skip it
+        got = asyncio.run(_together(engine, SCORED + MIXED))
+    finally:
+        asyncio.run(engine.close())
+    assert [[o.token_id for o in outs] for outs in got[len(SCORED):]] == expected  # the requests batched with them are unchanged
+    for request, outs in zip(SCORED, got):
+        n = len(request.prompt_token_ids)
+        prompt, generated = outs[:n], outs[n:]
+        assert [o.token_id for o in prompt] == request.prompt_token_ids and prompt[0].logprob is None
+        want = reference.score(request.prompt_token_ids)
+        assert max(abs(o.logprob - w) for o, w in zip(prompt[1:], want[1:])) < 1e-4
+        assert [o.token_id for o in generated] == hf_greedy(hf_model, request.prompt_token_ids, request.max_tokens)[0]
+        for o in outs[1:] if request.top_logprobs else ():
+            (best, best_lp), (_, second_lp) = o.top_logprobs
+            assert best_lp >= second_lp and best_lp >= o.logprob - 1e-6
+        assert all(o.top_logprobs is None for o in outs) or request.top_logprobs
+
+
 def test_prefix_cache_reuses_shared_blocks_and_evicts_lru(model_dir, hf_model):
     engine = create_engine(str(model_dir), "cpu", {**KNOBS, "num_kv_blocks": 12, "max_num_seqs": 1,
                                                   "design": {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on"}})

@@ -9,8 +9,9 @@ A candidate is a directory holding `candidate.toml` and its engine source:
 
 The entrypoint is `create_engine(model_dir: str, device: str, knobs: dict) -> Engine`
 where `Engine` has `async def generate(request: GenerationRequest) -> AsyncIterator
-[TokenOut]` and `async def close()`. Candidates may import this module (it is the one
-piece of vibeserve_ray they run), so it stays free of heavy imports at module level.
+[TokenOut]` and `async def close()`, and optionally `capabilities` (below). Candidates
+may import this module (it is the one piece of vibeserve_ray they run), so it stays
+free of heavy imports at module level.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ class GenerationRequest:
     the same tokens whatever else is batched with it. `stop_token_ids` end the stream
     after the stop token is emitted. `prediction` is a guess of the output (token ids),
     usable for speculation; it never changes which tokens are produced.
+
+    Two optional features, asked for only of engines that list them in `capabilities`:
+    `top_logprobs` > 0 (with `want_logprobs`) fills each TokenOut's `top_logprobs` with
+    that many most likely tokens; `prompt_logprobs` makes the stream begin with one
+    TokenOut per prompt token (its id, and its logprob given the tokens before it: None
+    for the first), before the generated tokens.
     """
 
     prompt_token_ids: list[int]
@@ -49,20 +56,44 @@ class GenerationRequest:
     response_format: dict[str, Any] | None = None
     prediction: list[int] | None = None
     want_logprobs: bool = False
+    top_logprobs: int = 0
+    prompt_logprobs: bool = False
 
 
 @dataclass(frozen=True)
 class TokenOut:
-    """One generated token; `logprob` is log_softmax of the raw (untempered) logits."""
+    """One token; `logprob` is log_softmax of the raw (untempered) logits at it, and
+    `top_logprobs` the most likely (token id, logprob) pairs at its position, best first."""
 
     token_id: int
     logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] | None = None
+
+
+# What an engine may list in its `capabilities` (a set of names). The front asks an
+# engine for a feature only when it lists it, and answers a request that needs a
+# missing one with a 400 naming the parameter: an engine that does not know a flag would
+# otherwise ignore it and the client would get wrong numbers.
+TOP_LOGPROBS = "top_logprobs"
+PROMPT_LOGPROBS = "prompt_logprobs"
+RESPONSE_FORMAT = "response_format"  # decoding constrained to `response_format` (JSON mode)
+
+
+class RequestRefused(ValueError):
+    """Raised by `generate` before its first token when this engine cannot serve the
+    request (longer than its cache holds, ...): the front answers 400 with the message.
+    Any other exception is the engine's failure (a 500)."""
 
 
 class Engine(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[TokenOut]: ...
 
     async def close(self) -> None: ...
+
+
+def capabilities(engine: object) -> frozenset[str]:
+    """The optional features `engine` declares (none for an engine written without them)."""
+    return frozenset(getattr(engine, "capabilities", ()))
 
 
 # --- the sampling rule -------------------------------------------------------------

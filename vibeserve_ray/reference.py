@@ -57,6 +57,15 @@ class TransformersReference:
                     out = self.model(input_ids=torch.tensor([[token]]), use_cache=True, **_cache_kwargs(out))
         return RefOutput(tokens, logprobs, gaps)
 
+    def score(self, prompt_token_ids: list[int]) -> list[float | None]:
+        """Each prompt token's logprob given the tokens before it (None for the first):
+        what a completions server returns for `echo` with `logprobs`."""
+        torch = self._torch
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([prompt_token_ids])).logits[0, :-1].float()
+        picked = torch.log_softmax(logits, -1).gather(-1, torch.tensor(prompt_token_ids[1:])[:, None])[:, 0]
+        return [None, *picked.tolist()]
+
 
 def _cache_kwargs(out) -> dict:
     # transformers >= 5.2x renamed past_key_values to cache; accept either.

@@ -39,6 +39,15 @@ class Chunk:
         """Rows that need logits: none for a partial prefill; the last real token and each draft otherwise."""
         return 1 + len(self.draft) if self.start + len(self.token_ids) == len(self.seq.token_ids) else 0
 
+    @property
+    def scored(self) -> range | None:
+        """Positions of the prompt tokens whose logprobs this chunk gives, when the request
+        asks for them (`prompt_logprobs`): the row of each prompt token fed scores the
+        prompt token after it."""
+        if not self.seq.request.prompt_logprobs:
+            return None
+        return range(self.start + 1, min(self.start + len(self.token_ids), self.seq.num_prompt_tokens - 1) + 1)
+
 
 class ForwardBatch:
     def __init__(self, chunks: list[Chunk], cache: KVCache, backend: AttentionBackend, device: torch.device):
@@ -64,6 +73,10 @@ class ForwardBatch:
 
     def logits_rows(self) -> list[int]:
         return [self.offsets[i] + c.length - c.num_logits + j for i, c in enumerate(self.chunks) for j in range(c.num_logits)]
+
+    def scored_rows(self) -> list[int]:
+        """Rows whose logits score prompt tokens (`Chunk.scored`), in chunk order."""
+        return [self.offsets[i] + p - 1 - c.start for i, c in enumerate(self.chunks) for p in c.scored or ()]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [tokens, heads, d], k/v [tokens, kv_heads, d] -> [tokens, heads, d]."""

@@ -63,7 +63,10 @@ class BlockPool:
         return True
 
     def _match(self, seq: Sequence) -> list[int]:
-        # The last prompt token is always computed: its logits start the answer.
+        # The last prompt token is always computed: its logits start the answer. A request
+        # that wants its prompt's logprobs computes every prompt token (as vLLM does).
+        if seq.request.prompt_logprobs:
+            return []
         matched = []
         for h in block_hashes(seq.token_ids, self.block_size, seq.num_prompt_tokens - 1):
             if (b := self.by_hash.get(h)) is None:

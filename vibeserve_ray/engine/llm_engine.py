@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator
 
 import torch
 
-from vibeserve_ray.candidate import GenerationRequest, TokenOut
+from vibeserve_ray.candidate import PROMPT_LOGPROBS, TOP_LOGPROBS, GenerationRequest, RequestRefused, TokenOut
 
 from .attention import make_attention
 from .config import EngineConfig, ModelConfig
@@ -31,6 +31,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class LLMEngine:
+    capabilities = frozenset({TOP_LOGPROBS, PROMPT_LOGPROBS})
+
     def __init__(self, model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None):
         self.engine_config = ec = EngineConfig.resolve(knobs)
         if ec.num_threads > 0:
@@ -81,18 +83,22 @@ class LLMEngine:
         await asyncio.to_thread(self._thread.join)
 
     def _validate(self, request: GenerationRequest) -> None:
-        n, limit = len(request.prompt_token_ids), self.config.max_position_embeddings
+        n, limit, vocab = len(request.prompt_token_ids), self.config.max_position_embeddings, self.config.vocab_size
         if n == 0:
-            raise ValueError("prompt is empty")
+            raise RequestRefused("prompt is empty")
         if n > limit:
-            raise ValueError(f"prompt has {n} tokens, more than the model's {limit} positions")
+            raise RequestRefused(f"prompt has {n} tokens, more than the model's {limit} positions")
         if request.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {request.max_tokens}")
-        if not all(0 <= t < self.config.vocab_size for t in request.prompt_token_ids):
-            raise ValueError(f"prompt has token ids outside [0, {self.config.vocab_size})")
+            raise RequestRefused(f"max_tokens must be at least 1, got {request.max_tokens}")
+        if not all(0 <= t < vocab for t in request.prompt_token_ids):
+            raise RequestRefused(f"prompt has token ids outside [0, {vocab})")
+        if not all(0 <= t < vocab for t in request.prediction or ()):  # drafts are fed to the model
+            raise RequestRefused(f"prediction has token ids outside [0, {vocab})")
+        if not 0 <= request.top_logprobs <= vocab:
+            raise RequestRefused(f"top_logprobs must be in [0, {vocab}], got {request.top_logprobs}")
         probe = Sequence(request, 0)
         if (why := self.scheduler.cache.never_fits(probe, self.scheduler.spec_slack)) is not None:
-            raise ValueError(f"request cannot fit this engine's KV cache: {why}")
+            raise RequestRefused(f"request cannot fit this engine's KV cache: {why}")
 
     # --- the step thread -----------------------------------------------------------
 
@@ -119,14 +125,16 @@ class LLMEngine:
         if not chunks:
             return False
         try:
-            outs = self.runner.run(chunks)
+            prompt, outs = self.runner.run(chunks)
         except Exception as exc:  # a failed forward fails the requests in it, not the engine
             for chunk in chunks:
                 self.scheduler.finish(chunk.seq)
             _deliver_threadsafe([(chunk.seq, exc) for chunk in chunks])
             return True
         finished = self.scheduler.postprocess(chunks, outs)
-        _deliver_threadsafe([(chunk.seq, out) for chunk, tokens in zip(chunks, outs) for out in tokens]
+        # a request's scored prompt tokens go before its first new token (same step)
+        _deliver_threadsafe([(chunk.seq, out) for chunk, tokens in zip(chunks, prompt) for out in tokens]
+                            + [(chunk.seq, out) for chunk, tokens in zip(chunks, outs) for out in tokens]
                             + [(seq, FINISHED) for seq in finished])
         return True
 
@@ -138,7 +146,7 @@ class LLMEngine:
             while True:
                 if item is not None and (why := self.scheduler.add(item)) is not None:
                     item.status = Status.FINISHED
-                    _deliver_threadsafe([(item, ValueError(why))])
+                    _deliver_threadsafe([(item, RequestRefused(why))])
                 item = self._inbox.get_nowait()
         except queue.Empty:
             pass

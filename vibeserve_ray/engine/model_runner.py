@@ -22,15 +22,18 @@ class ModelRunner:
         self.sampler = Sampler()
 
     @torch.inference_mode()
-    def run(self, chunks: list[Chunk]) -> list[list[TokenOut]]:
-        """New tokens per chunk (none for a partial prefill, several for accepted drafts)."""
+    def run(self, chunks: list[Chunk]) -> tuple[list[list[TokenOut]], list[list[TokenOut]]]:
+        """Per chunk: the prompt tokens it scored (only for requests asking for prompt
+        logprobs), and its new tokens (none for a partial prefill, several for accepted drafts)."""
         batch = ForwardBatch(chunks, self.cache, self.attention, self.device)
         input_ids, positions = batch.input_ids(self.device)
         hidden = self.model(input_ids, positions, batch)
-        rows = batch.logits_rows()
-        if not rows:
-            return [[] for _ in chunks]
-        if len(rows) < batch.num_tokens:  # only rows that sample pay for the vocabulary projection
-            hidden = hidden[torch.tensor(rows, device=self.device)]
+        rows, scored = batch.logits_rows(), batch.scored_rows()
+        if not rows and not scored:
+            return [[] for _ in chunks], [[] for _ in chunks]
+        if scored or len(rows) < batch.num_tokens:  # only rows that are read pay for the vocabulary projection
+            hidden = hidden[torch.tensor(rows + scored, device=self.device)]
         logits = self.model.compute_logits(hidden)
-        return self.sampler(logits, chunks)
+        wanted = any(c.scored is not None for c in chunks)
+        prompt = self.sampler.score_prompt(logits[len(rows):], chunks) if wanted else [[] for _ in chunks]
+        return prompt, self.sampler(logits[:len(rows)], chunks)

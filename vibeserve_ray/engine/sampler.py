@@ -30,10 +30,32 @@ class Sampler:
                     token = greedy_rows[row + j]
                 else:
                     token = sample_token(logits[row + j], r.temperature, r.top_p, seq.seed, seq.num_completion_tokens + j)
-                tokens.append(TokenOut(token, None if logprobs is None else float(logprobs[j, token])))
+                tokens.append(TokenOut(token) if logprobs is None else _scored(token, logprobs[j], r.top_logprobs))
                 done = seq.num_completion_tokens + j + 1 >= r.max_tokens or token in r.stop_token_ids
                 if done or j >= len(chunk.draft) or token != chunk.draft[j]:
                     break
             row += chunk.num_logits
             outs.append(tokens)
         return outs
+
+    def score_prompt(self, logits: torch.Tensor, chunks: list[Chunk]) -> list[list[TokenOut]]:
+        """logits: the rows of `Chunk.scored` of every chunk, in order -> the prompt
+        tokens each chunk scores (its first chunk also gives the first token, unscored)."""
+        logprobs = torch.log_softmax(logits.float(), -1)
+        outs, row = [], 0
+        for chunk in chunks:
+            seq, k = chunk.seq, chunk.seq.request.top_logprobs
+            tokens = [TokenOut(seq.token_ids[0])] if chunk.scored is not None and chunk.start == 0 else []
+            for position in chunk.scored or ():
+                tokens.append(_scored(seq.token_ids[position], logprobs[row], k))
+                row += 1
+            outs.append(tokens)
+        return outs
+
+
+def _scored(token: int, logprobs: torch.Tensor, top: int) -> TokenOut:
+    """`token` with its logprob from one row, and the row's `top` best alternatives."""
+    if not top:
+        return TokenOut(token, float(logprobs[token]))
+    values, ids = torch.topk(logprobs, top)
+    return TokenOut(token, float(logprobs[token]), tuple(zip(ids.tolist(), values.tolist())))
