@@ -63,7 +63,7 @@ def test_models_and_health(echo_server):
 def test_completion_returns_tokens_text_and_usage(echo_server):
     url, front = echo_server
     ids = front.tokenizer.encode("ka to ri ne sa mo")
-    out = _client(url).completions.create(model="tiny", prompt=ids, max_tokens=5, temperature=0, logprobs=1, extra_body={"return_token_ids": True, "ignore_eos": True})
+    out = _client(url).completions.create(model="tiny", prompt=ids, max_tokens=5, temperature=0, logprobs=0, extra_body={"return_token_ids": True, "ignore_eos": True})
     choice = out.choices[0]
     assert choice.model_extra["token_ids"] == (ids * 5)[:5]
     assert choice.text == front.tokenizer.decode((ids * 5)[:5], skip_special_tokens=True)
@@ -126,6 +126,8 @@ def test_streaming_chat_uses_chat_template_and_streams_incrementally(echo_server
         (json.dumps({"model": "tiny", "prompt": "x", "n": 2}).encode(), 400),
         (json.dumps({"model": "nope", "prompt": "x"}).encode(), 404),
         (json.dumps({"prompt": "x"}).encode(), 400),
+        (b'{"model": "tiny", "prompt": "\xff\xfe"}', 400),
+        (b"[1, 2]", 400),
     ],
 )
 def test_bad_requests_get_openai_shaped_4xx(echo_server, body, status):
@@ -134,3 +136,49 @@ def test_bad_requests_get_openai_shaped_4xx(echo_server, body, status):
     assert code == status
     assert set(data["error"]) >= {"message", "type", "code"} and data["error"]["message"]
     assert _post(url, "/v1/completions", json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 1}).encode())[0] == 200
+
+
+@pytest.mark.parametrize("path,extra,param", [
+    ("/v1/completions", {"logit_bias": {"5": 10}}, "logit_bias"),
+    ("/v1/completions", {"presence_penalty": 0.5}, "presence_penalty"),
+    ("/v1/completions", {"best_of": 3}, "best_of"),
+    ("/v1/completions", {"suffix": " end"}, "suffix"),
+    ("/v1/completions", {"top_k": 5}, "top_k"),
+    ("/v1/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/completions", {"max_tokens": 0}, "max_tokens"),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
+    ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions"),
+    ("/v1/chat/completions", {"frequency_penalty": -1}, "frequency_penalty"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages.0.content.0.type"),
+    # what this test engine lacks (the seed engine has both): refused, not answered with made-up numbers
+    ("/v1/completions", {"logprobs": 2}, "logprobs"),
+    ("/v1/completions", {"echo": True, "logprobs": 0}, "echo"),
+    ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 3}, "top_logprobs"),
+])
+def test_unsupported_parameters_are_refused_with_a_400_naming_them(echo_server, path, extra, param):
+    url, _ = echo_server
+    base = {"model": "tiny", "prompt": "x"} if path == "/v1/completions" else {"model": "tiny", "messages": [{"role": "user", "content": "x"}]}
+    code, data = _post(url, path, json.dumps(base | extra).encode())
+    assert code == 400 and data["error"]["param"] == param, data
+    ok = base | {"max_tokens": 1, "user": "someone", "n": 1, "logit_bias": {}, "presence_penalty": 0, "response_format": {"type": "text"}}
+    assert _post(url, path, json.dumps(ok).encode())[0] == 200  # neutral values and metadata are fine
+
+
+def test_unknown_routes_and_methods_get_openai_shaped_errors(echo_server):
+    url, _ = echo_server
+    for method, path, status in [("GET", "/v1/nothing", 404), ("GET", "/v1/completions", 405)]:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url + path, method=method), timeout=10)
+        except urllib.error.HTTPError as e:
+            assert e.code == status and json.loads(e.read())["error"]["code"] == status
+        else:
+            raise AssertionError(f"{method} {path} succeeded")
+
+
+def test_echo_with_max_tokens_0_returns_only_the_prompt(echo_server):
+    url, front = echo_server
+    out = _client(url).completions.create(model="tiny", prompt="alpha beta", max_tokens=0, echo=True)
+    assert out.choices[0].text == "alpha beta" and out.usage.completion_tokens == 0

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -32,6 +33,7 @@ from starlette.routing import Route
 from vibeserve_ray.candidate import load_candidate, materialise_seed
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.runner import CandidateFailed, CandidateFailure, CandidateProcess, Limits, start_candidate
+from vibeserve_ray.serve.app import build_app, error_type
 from vibeserve_ray.serve.protocol import error_body
 from vibeserve_ray.serve.worker import STATS_PATH
 
@@ -39,7 +41,7 @@ DEPLOYMENT_NAME = "vibeserve"
 IMPORT_PATH = "vibeserve_ray.serve.deployment:app_builder"
 # Names the environment variable that holds the API key: configs carry the name, never the key.
 API_KEY_ENV_VAR = "VIBESERVE_API_KEY_ENV"
-ROUTES = ("/health", "/v1/models", "/v1/completions", "/v1/chat/completions")
+ROUTES = ("/health", "/openapi.json", "/v1/models", "/v1/completions", "/v1/chat/completions")
 
 
 class ServeArgs(BaseModel):
@@ -205,6 +207,27 @@ def _error(status: int, message: str, type_: str) -> JSONResponse:
     return JSONResponse(error_body(message, type_, status), status_code=status)
 
 
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """The replica's own 404/405 in OpenAI's error shape, like the front's."""
+    return _error(exc.status_code, str(exc.detail), error_type(exc.status_code))
+
+
+def openapi_schema(api_key: bool) -> dict:
+    """The front's schema (the replica serves exactly its routes), plus what the replica
+    adds: the bearer key on /v1 when one is required, and 503 while the engine is down."""
+    schema = json.loads(json.dumps(build_app().openapi()))  # a copy: the front caches its own
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    if api_key:
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            operation["responses"]["503"] = {"description": "the engine is not running", **error}
+            if api_key and path.startswith("/v1/"):
+                operation["security"] = [{"bearer": []}]
+                operation["responses"]["401"] = {"description": "missing or wrong API key", **error}
+    return schema
+
+
 @serve.deployment(name=DEPLOYMENT_NAME, user_config={"knobs": {}}, max_constructor_retry_count=2, health_check_period_s=5)
 @serve.ingress()
 class VibeServer:
@@ -240,7 +263,13 @@ class VibeServer:
         self._tasks: set[asyncio.Task] = set()
 
     def __serve_build_asgi_app__(self):
-        app = Starlette(routes=[Route("/health", self._health), Route("/v1/{path:path}", self._forward, methods=["GET", "POST"])])
+        schema = openapi_schema(bool(self.api_key))
+
+        async def openapi(request: Request) -> JSONResponse:
+            return JSONResponse(schema)
+
+        routes = [Route("/health", self._health), Route("/openapi.json", openapi), Route("/v1/{path:path}", self._forward, methods=["GET", "POST"])]
+        app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
         app.add_middleware(_CountRequests, metrics=self.metrics)
         return app
 

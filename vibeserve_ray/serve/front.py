@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from vibeserve_ray.candidate import Engine, GenerationRequest
+from vibeserve_ray.candidate import PROMPT_LOGPROBS, RESPONSE_FORMAT, TOP_LOGPROBS, Engine, GenerationRequest, RequestRefused, TokenOut, capabilities
 
 
 class RequestError(ValueError):
@@ -27,12 +27,26 @@ class RequestError(ValueError):
 
 @dataclass
 class Piece:
-    """What one step of a stream adds: tokens, their logprobs and the new text."""
+    """What one step of a stream adds: tokens, their logprobs (and best alternatives) and
+    the new text. The `prompt` piece is the echoed prompt, before any generated token."""
 
     token_ids: list[int]
     logprobs: list[float | None]
     text: str
     finish_reason: str | None = None
+    tops: list[tuple[tuple[int, float], ...] | None] = field(default_factory=list)
+    prompt: bool = False
+
+    def add(self, other: Piece) -> None:
+        self.token_ids += other.token_ids
+        self.logprobs += other.logprobs
+        self.tops += other.tops
+        self.text += other.text
+        self.finish_reason = other.finish_reason
+
+    @classmethod
+    def of(cls, outs: list[TokenOut], text: str, finish_reason: str | None = None, prompt: bool = False) -> Piece:
+        return cls([o.token_id for o in outs], [o.logprob for o in outs], text, finish_reason, [o.top_logprobs for o in outs], prompt)
 
 
 @dataclass
@@ -85,6 +99,7 @@ class OpenAIFront:
         self.eos_token_ids = sorted(set(eos if isinstance(eos, list) else [eos]) - {None})
         self.served_name = served_name
         self.created = int(time.time())
+        self.capabilities = capabilities(engine)
 
     # --- requests -> GenerationRequest ------------------------------------------------
 
@@ -109,19 +124,39 @@ class OpenAIFront:
         return ids
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        from jinja2 import TemplateError
+
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except TemplateError as exc:  # the model's template refuses this conversation (roles out of order, ...)
+            raise RequestError(f"the model's chat template refused the messages: {exc}", param="messages") from None
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def encode_prediction(self, prediction: Any) -> list[int] | None:
         if prediction is None:
             return None
-        if isinstance(prediction, list):
-            return list(prediction)
-        from vibeserve_ray.serve.protocol import text_of
+        if not isinstance(prediction, list):
+            from vibeserve_ray.serve.protocol import text_of
 
-        return self.tokenizer.encode(text_of(prediction.content), add_special_tokens=False)
+            return self.tokenizer.encode(text_of(prediction.content), add_special_tokens=False)
+        if any(t >= self.vocab_size for t in prediction):
+            raise RequestError(f"prediction has token ids outside the vocabulary (size {self.vocab_size})", param="prediction")
+        return list(prediction)
 
-    def generation_request(self, body: Any, prompt_ids: list[int], max_tokens: int | None, want_logprobs: bool) -> GenerationRequest:
+    def require(self, capability: str, param: str, what: str) -> None:
+        """A 400 naming `param` unless the engine declares `capability` (it would ignore the ask)."""
+        if capability not in self.capabilities:
+            raise RequestError(f"{param}: this engine does not provide {what}", param=param)
+
+    def generation_request(self, body: Any, prompt_ids: list[int], max_tokens: int | None, want_logprobs: bool, top_logprobs: int = 0,
+                           prompt_logprobs: bool = False) -> GenerationRequest:
+        if top_logprobs:
+            self.require(TOP_LOGPROBS, "top_logprobs" if hasattr(body, "top_logprobs") else "logprobs", "the most likely tokens at each position")
+        if prompt_logprobs:
+            self.require(PROMPT_LOGPROBS, "echo", "the prompt's logprobs (echo with logprobs)")
+        fmt = body.response_format
+        if fmt is not None and fmt.type != "text":
+            self.require(RESPONSE_FORMAT, "response_format", f"constrained decoding (response_format type '{fmt.type}')")
         room = self.max_model_len - len(prompt_ids)
         if max_tokens is None:
             max_tokens = room
@@ -141,30 +176,60 @@ class OpenAIFront:
             top_p=body.top_p,
             seed=body.seed,
             stop_token_ids=sorted(set(stop_ids)),
-            response_format=body.response_format,
+            response_format=fmt.model_dump() if fmt is not None and fmt.type != "text" else None,
             prediction=self.encode_prediction(body.prediction),
             want_logprobs=want_logprobs,
+            top_logprobs=top_logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
 
     # --- the token stream ---------------------------------------------------------------
 
-    async def pieces(self, request: GenerationRequest, stop: str | list[str] | None) -> AsyncIterator[Piece]:
-        """The engine's stream as text pieces; the last one carries finish_reason."""
+    async def pieces(self, request: GenerationRequest, stop: str | list[str] | None, echo: bool = False,
+                     prompt_only: bool = False) -> AsyncIterator[Piece]:
+        """The engine's stream as text pieces; the last one carries finish_reason. With
+        `echo` the first is the prompt (scored when the request asks for prompt logprobs);
+        `prompt_only` ends the stream there. An engine's refusal (`RequestRefused`) before
+        its first token is a RequestError."""
+        ids = request.prompt_token_ids
+        if echo:
+            prompt = Piece(ids, [None] * len(ids), self.tokenizer.decode(ids, skip_special_tokens=True), tops=[None] * len(ids), prompt=True)
+            if not request.prompt_logprobs:
+                yield prompt
+        if prompt_only and not request.prompt_logprobs:
+            yield Piece([], [], "", "length")
+            return
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         detok = _Detokenizer(self.tokenizer, [s for s in stops if s])
         stream = self.engine.generate(request)
-        produced = 0
+        produced, scored = 0, []
         try:
             async for out in stream:
+                if len(scored) < len(ids) and request.prompt_logprobs:
+                    scored.append(out)
+                    if len(scored) == len(ids):
+                        if [o.token_id for o in scored] != ids:
+                            raise RuntimeError("the engine's prompt logprobs are not for the prompt's tokens")
+                        yield Piece.of(scored, prompt.text if echo else "", prompt=True)
+                        if prompt_only:
+                            yield Piece([], [], "", "length")
+                            return
+                    continue
                 produced += 1
                 finished = produced >= request.max_tokens or out.token_id in request.stop_token_ids
                 visible = [] if out.token_id in self.eos_token_ids and out.token_id in request.stop_token_ids else [out.token_id]
                 text, hit_stop = detok.push(visible, final=finished)
                 reason = "stop" if hit_stop or (finished and out.token_id in request.stop_token_ids) else ("length" if finished else None)
-                yield Piece([out.token_id], [out.logprob], text, reason)
+                yield Piece.of([out], text, reason)
                 if reason:
                     return
+            if len(scored) < len(ids) and request.prompt_logprobs:
+                raise RuntimeError("the engine ended the stream before scoring the whole prompt")
             yield Piece([], [], detok.push([], final=True)[0], "stop" if produced < request.max_tokens else "length")
+        except RequestRefused as exc:
+            if produced or scored:
+                raise
+            raise RequestError(str(exc)) from None
         finally:
             close = getattr(stream, "aclose", None)
             if close is not None:

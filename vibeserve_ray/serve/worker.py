@@ -7,7 +7,9 @@ network namespace has no route anywhere). The
 evaluator measures this process and a Serve replica proxies to it, so what was measured
 is what is served. It times the engine from the outside (TTFT, tokens/s per request) and
 hands the figures to whoever drains `GET /stats`: the replica, which exports them as Ray
-metrics (this process holds no Ray connection and no secrets).
+metrics (this process holds no Ray connection and no secrets). `/stats` also says how
+many requests are inside the engine now (`in_flight`), so a soak can tell that none is
+left stuck.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from collections import deque
 from typing import Any, AsyncIterator
 
-from vibeserve_ray.candidate import GenerationRequest, TokenOut
+from vibeserve_ray.candidate import GenerationRequest, TokenOut, capabilities
 
 STATS_PATH = "/stats"
 
@@ -31,12 +33,15 @@ class Meter:
 
     def __init__(self, engine: Any, keep: int = 10_000):
         self.engine = engine
+        self.capabilities = capabilities(engine)
         self.ttft_ms: deque[float] = deque(maxlen=keep)
         self.tokens_per_s: deque[float] = deque(maxlen=keep)
+        self.in_flight = 0  # streams opened on the engine and not yet closed
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenOut]:
         start, n = time.perf_counter(), 0
         stream = self.engine.generate(request)
+        self.in_flight += 1
         try:
             async for out in stream:
                 if not n:
@@ -44,14 +49,16 @@ class Meter:
                 n += 1
                 yield out
         finally:
+            self.in_flight -= 1
             if n:
                 self.tokens_per_s.append(n / max(time.perf_counter() - start, 1e-6))
             close = getattr(stream, "aclose", None)
             if close is not None:
                 await close()  # an abandoned request is aborted inside the engine
 
-    def drain(self) -> dict[str, list[float]]:
-        out = {"ttft_ms": list(self.ttft_ms), "tokens_per_s": list(self.tokens_per_s)}
+    def drain(self) -> dict[str, Any]:
+        """The figures gathered since the last drain, and the requests in flight now."""
+        out = {"ttft_ms": list(self.ttft_ms), "tokens_per_s": list(self.tokens_per_s), "in_flight": self.in_flight}
         self.ttft_ms.clear()
         self.tokens_per_s.clear()
         return out
@@ -85,7 +92,7 @@ async def serve(args: argparse.Namespace) -> None:
     engine = Meter(create_engine(args.model, args.device, {**spec.knobs, **args.knobs}))
     app = build_app(OpenAIFront(engine, args.tokenizer, args.served_name))
 
-    async def stats() -> dict[str, list[float]]:
+    async def stats() -> dict[str, Any]:
         return engine.drain()
 
     app.add_api_route(STATS_PATH, stats, methods=["GET"], include_in_schema=False)

@@ -95,7 +95,7 @@ async def complete(session: aiohttp.ClientSession, base_url: str, model: str, pr
                    temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Completion:
     """One non-streamed completion with token ids and logprobs; raises on HTTP errors."""
     body = {"model": model, "prompt": prompt_ids, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-            "seed": seed, "logprobs": 1, "ignore_eos": True, "return_token_ids": True}
+            "seed": seed, "logprobs": 0, "ignore_eos": True, "return_token_ids": True}
     async with session.post(base_url + "/v1/completions", json=body) as resp:
         data = await resp.json(content_type=None)
         if resp.status != 200:
