@@ -195,9 +195,11 @@ def test_relay_sends_the_first_two_chunks_at_once_then_at_most_one_batch_per_int
         (json.dumps({"model": MODEL, "prompt": "x", "max_tokens": -3}).encode(), {}, 400),
         (json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 1}).encode(), {"Authorization": ""}, 401),
         (json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 1}).encode(), {"Authorization": "Bearer wrong"}, 401),
+        (b'{"model": "tiny-llama-cpu", "prompt": "\xff\xfe"}', {}, 400),
+        (json.dumps({"model": MODEL, "prompt": "x", "logit_bias": {"5": 3}}).encode(), {}, 400),
     ],
     ids=["malformed-json", "wrong-type", "wrong-prompt-type", "unknown-model", "context-overflow", "prompt-too-long",
-         "max-tokens-0", "max-tokens-negative", "missing-key", "wrong-key"],
+         "max-tokens-0", "max-tokens-negative", "missing-key", "wrong-key", "invalid-utf8", "unsupported-parameter"],
 )
 def test_bad_requests_get_openai_shaped_4xx_and_serving_goes_on(served, body, headers, status):
     code, data = _post(served, body, headers)
@@ -250,6 +252,29 @@ def test_metrics_count_requests_ttft_and_tokens_per_second(served):
         time.sleep(1)
     else:
         pytest.fail("metrics not exported:\n" + "\n".join(ln for ln in text.splitlines() if "vibeserve" in ln)[:2000])
+
+
+def test_openapi_json_is_published_with_the_key_it_needs(served):
+    with urllib.request.urlopen(served + "/openapi.json", timeout=30) as r:
+        schema = json.loads(r.read())
+    assert set(schema["paths"]) == {"/health", "/v1/models", "/v1/completions", "/v1/chat/completions"}
+    completions = schema["paths"]["/v1/completions"]["post"]
+    assert completions["security"] == [{"bearer": []}] and {"400", "401", "503"} <= set(completions["responses"])
+    for path in ("/v1/nothing", "/nothing"):
+        req = urllib.request.Request(served + path, headers={"Authorization": f"Bearer {KEY}"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        assert err.value.code == 404 and json.loads(err.value.read())["error"]["code"] == 404
+
+
+def test_fuzzing_through_serve_gets_no_server_error(served):
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuzz.py"), "--url", served, "--api-key-env", KEY_ENV, "--max-examples", "25"],
+                         capture_output=True, text=True, timeout=600)
+    print(run.stdout)
+    result = json.loads(run.stdout)
+    assert result["requests"] >= 150 and "401" in result["by_status"], result
+    assert result["server_errors"] == 0 and result["network_errors"] == 0, result
+    assert run.returncode == 0 and result["schemathesis_passed"], run.stderr[-6000:]
 
 
 def _replica() -> dict:

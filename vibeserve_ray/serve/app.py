@@ -53,8 +53,8 @@ def build_app(front: OpenAIFront | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:  # unknown route, wrong method, unreadable body
-        return JSONResponse(error_body(str(exc.detail), error_type(exc.status_code), exc.status_code), status_code=exc.status_code,
-                            headers=exc.headers)
+        message = "Request body is not valid UTF-8" if isinstance(exc.__cause__, UnicodeDecodeError) else str(exc.detail)
+        return JSONResponse(error_body(message, error_type(exc.status_code), exc.status_code), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _failed(request: Request, exc: Exception) -> JSONResponse:  # the candidate's engine failed

@@ -42,6 +42,7 @@ IMPORT_PATH = "vibeserve_ray.serve.deployment:app_builder"
 # Names the environment variable that holds the API key: configs carry the name, never the key.
 API_KEY_ENV_VAR = "VIBESERVE_API_KEY_ENV"
 ROUTES = ("/health", "/openapi.json", "/v1/models", "/v1/completions", "/v1/chat/completions")
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 
 
 class ServeArgs(BaseModel):
@@ -209,7 +210,7 @@ def _error(status: int, message: str, type_: str) -> JSONResponse:
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     """The replica's own 404/405 in OpenAI's error shape, like the front's."""
-    return _error(exc.status_code, str(exc.detail), error_type(exc.status_code))
+    return JSONResponse(error_body(str(exc.detail), error_type(exc.status_code), exc.status_code), exc.status_code, headers=exc.headers)
 
 
 def openapi_schema(api_key: bool) -> dict:
@@ -268,7 +269,8 @@ class VibeServer:
         async def openapi(request: Request) -> JSONResponse:
             return JSONResponse(schema)
 
-        routes = [Route("/health", self._health), Route("/openapi.json", openapi), Route("/v1/{path:path}", self._forward, methods=["GET", "POST"])]
+        # every method goes to the engine's front, which answers 404/405 (with its Allow) for what it does not serve
+        routes = [Route("/health", self._health), Route("/openapi.json", openapi), Route("/v1/{path:path}", self._forward, methods=METHODS)]
         app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
         app.add_middleware(_CountRequests, metrics=self.metrics)
         return app
@@ -338,7 +340,8 @@ class VibeServer:
             return _error(503, f"engine unavailable: {failure.reason if failure else exc}", "server_error")
         if resp.content_type != "text/event-stream":
             try:
-                return Response(await resp.read(), resp.status, media_type=resp.content_type)
+                allow = {"Allow": resp.headers["Allow"]} if "Allow" in resp.headers else None
+                return Response(await resp.read(), resp.status, headers=allow, media_type=resp.content_type)
             except aiohttp.ClientError as exc:
                 return _error(503, f"engine unavailable: {exc}", "server_error")
             finally:
