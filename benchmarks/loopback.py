@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -34,7 +35,7 @@ def engine_process(candidate: str, design: list[str], workdir: Path) -> Iterator
     target = load_target(TARGET)
     if candidate == "seed":
         candidate = materialise(load_space(default_space_path()), workdir / "seed", parse_assignments(design, "command line", "design"), {})
-    limits = Limits(**target.spec.limits.model_dump())
+    limits = replace(Limits(**target.spec.limits.model_dump()), cpu_time_s=None)  # a soak may run for hours, as a server does
     with start_candidate(load_candidate(candidate), target.model_dir(), target.tokenizer_dir(), target.name, "cpu", limits,
                          workdir / "engine") as proc:
         yield proc
