@@ -10,11 +10,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vibeserve_ray import progress
 from vibeserve_ray.errors import BadInput
 
 
 def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    progress.event(line)
 
 
 def sandbox_warning(target) -> str:
@@ -235,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("target", help="target directory (holding target.toml)")
         sp.add_argument("--candidate", default="seed", help="candidate directory, or 'seed' for the seed engine")
         sp.add_argument("--workdir", help="keep the run's files (server log, materialised seed) here")
+        progress.add_quiet_flag(sp)
 
     check = sub.add_parser("check", help="gate a candidate on correctness against the reference")
     candidate_args(check)
@@ -264,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--space", help="search space file (default search_spaces/llama.toml)")
     search.add_argument("--seed", type=int, default=0, help="seed of the implementer's and the islands' choices (default 0)")
     search.add_argument("--no-remeasure", action="store_true", help="skip benchmarking the seed and the winner side by side at the end")
+    progress.add_quiet_flag(search)
     search.set_defaults(func=cmd_search)
 
     cand = sub.add_parser("candidate", help="candidate directories").add_subparsers(dest="candidate_command", required=True)
@@ -297,13 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "quiet"):
+        progress.start(args.quiet)
     try:
         return args.func(args)
     except BadInput as exc:
+        progress.stop()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        progress.stop()
 
 
 if __name__ == "__main__":

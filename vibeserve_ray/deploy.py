@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import yaml
 
-from vibeserve_ray import raycluster
+from vibeserve_ray import progress, raycluster
 from vibeserve_ray.candidate import load_candidate, resolve_candidate
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.serve.deployment import API_KEY_ENV_VAR, DEPLOYMENT_NAME, IMPORT_PATH, build
@@ -248,6 +248,7 @@ def deploy(config: dict, *, detach: bool = False, say: Callable[[str], None] = p
     url = base_url(config)
     try:
         serve.start(http_options=config["http_options"])
+        progress.task(f"deploy: starting {name!r} (replicas, engine processes, health checks)", None)
         try:
             serve.run(app, name=name, route_prefix="/")
         except RuntimeError as exc:
@@ -256,6 +257,7 @@ def deploy(config: dict, *, detach: bool = False, say: Callable[[str], None] = p
         if not _healthy(url.replace("//0.0.0.0:", "//127.0.0.1:") + "/health", 30):
             say(f"deploy: {url}/health does not answer (is Serve on this cluster listening elsewhere? see `serve config`)")
             return _stop(owned, name, 1)
+        progress.done()
         print(f"{url}/v1", flush=True)
         if detach:
             say(f"deploy: {name!r} is running on the cluster; `serve status` to watch it, `serve shutdown` to stop it")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vibeserve_ray import progress
 from vibeserve_ray.errors import BadInput
 
 
 def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    progress.event(line)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -64,6 +65,7 @@ def add_deploy_parser(subparsers) -> None:
     p.add_argument("--max-replicas", type=int, help="autoscale up to this many replicas")
     p.add_argument("--stream-interval-ms", type=float,
                    help="relay streamed tokens in batches at most this often (default 50; 0 sends each at once)")
+    progress.add_quiet_flag(p)
     p.set_defaults(func=cmd_deploy)
 
 
@@ -72,11 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vibeserve")
     add_deploy_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
+    progress.start(args.quiet)
     try:
         return args.func(args)
     except BadInput as exc:
+        progress.stop()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        progress.stop()
 
 
 if __name__ == "__main__":

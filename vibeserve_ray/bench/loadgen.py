@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 import numpy as np
 
+from vibeserve_ray import progress as display
 from vibeserve_ray.bench.workload import Request
 
 Progress = Callable[[str], None]
@@ -84,7 +85,7 @@ async def run_load(
             async with gate:
                 body = _body(model, request, temperature, seed + i if temperature > 0 else None)
                 result = await _send(session, url, body, request, t0, timeout_s)
-            report.done(result.success)
+            report.done(result.success, result.output_tokens)
             return result
 
         return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
@@ -191,17 +192,20 @@ def _error_message(body: str) -> str:
 
 
 class _ProgressReporter:
-    """Reports after every tenth of the requests, so long runs show life without flooding the log."""
+    """Reports after every tenth of the requests, so long runs show life without flooding the
+    log; a live display shows every request (and tokens/s) instead."""
 
     def __init__(self, total: int, sink: Progress):
         self.total, self.sink = total, sink
         self.step = max(1, math.ceil(total / 10))
         self.finished = self.failed = 0
+        display.task(f"bench: {total} requests", total)
 
-    def done(self, success: bool) -> None:
+    def done(self, success: bool, tokens: int) -> None:
         self.finished += 1
         self.failed += not success
-        if self.finished % self.step == 0 or self.finished == self.total:
+        display.advance(1, tokens)
+        if (self.finished % self.step == 0 or self.finished == self.total) and not display.live():
             self.sink(f"bench: {self.finished}/{self.total} done, {self.failed} failed")
 
 

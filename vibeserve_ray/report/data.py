@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vibeserve_ray.errors import BadInput
+from vibeserve_ray.search.record import RUNNING_FILE
 from vibeserve_ray.search.results import Evaluation, read_results, rows_from_notes
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.search.status import run_objective
 from vibeserve_ray.search.studies import storage_url, study_name
 from vibeserve_ray.target import Objective
 
-RUNNING_FILE = "running.json"
 LATENCY = "p99_e2el_ms"  # the scatter's latency axis
 THROUGHPUT = "output_throughput"
 

@@ -20,7 +20,7 @@ from typing import Callable
 
 import ray
 
-from vibeserve_ray import raycluster
+from vibeserve_ray import progress, raycluster
 from vibeserve_ray.candidate import materialise_seed
 from vibeserve_ray.inner.loop import InnerLoop, InnerResult, InnerTask, inner_loop_options, run_inner_loop
 from vibeserve_ray.search import record
@@ -242,8 +242,15 @@ class Search:
                                                                     "timeout")))
             if set(pending) != before:  # what `status` shows as running, at most a pass (1 s) late
                 self._write_running(pending)
+                self._show(tasks[0][0].round, len(results), len(pending), len(waiting))
         record.write_running(self.run_dir, [])
         return results
+
+    def _show(self, rnd: int, done: int, running: int, waiting: int) -> None:
+        """The round as it stands (a standing line on a terminal, a line per change elsewhere)."""
+        best = record.best(self.rows, self.objective)
+        progress.status(f"search: round {rnd}/{self.budget.rounds}: {done} done, {running} running, {waiting} waiting"
+                        + (f"; best {best.headline_name} {best.headline_value:.2f} ({best.speedup:.2f}x the seed)" if best else ""))
 
     def _write_running(self, pending: dict) -> None:
         record.write_running(self.run_dir, [{"eval_id": t.eval_id, "island": t.island, "round": t.round,

@@ -18,6 +18,7 @@ from typing import Callable
 
 import aiohttp
 
+from vibeserve_ray import progress
 from vibeserve_ray.candidate import CandidateSpec
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.reference import RefOutput, reference_outputs
@@ -149,13 +150,16 @@ async def _run_phases(proc: CandidateProcess, target: Target, prompts: list[str]
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for phase, seed, concurrency, max_tokens, indices in phases:
             say(f"check: {phase}: {n} prompts")
+            progress.task(f"check: {phase}", len(indices))
             gate = asyncio.Semaphore(concurrency)
             key = "greedy" if seed is None else f"seed{seed}"
             temperature, top_p = (0.0, 1.0) if seed is None else (c.sampling.temperature, c.sampling.top_p)
 
             async def one(i: int) -> Completion:
                 async with gate:
-                    return await complete(session, proc.base_url, proc.served_name, prompt_ids[i], max_tokens[i], temperature, top_p, seed)
+                    got = await complete(session, proc.base_url, proc.served_name, prompt_ids[i], max_tokens[i], temperature, top_p, seed)
+                progress.advance(1, len(got.token_ids))
+                return got
 
             try:
                 outs = await asyncio.gather(*(one(i) for i in indices))
