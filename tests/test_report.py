@@ -97,19 +97,24 @@ def test_report_opens_on_a_run_that_is_still_going(watched_search):
 
 
 def test_optuna_storage_holds_one_study_per_evaluated_design(watched_search):
+    """What `optuna-dashboard sqlite:///RUN/optuna.db` shows: a study for every candidate
+    that was measured (its trials as the git note has them), the validated ones among them."""
     import optuna
 
     from vibeserve_ray.search.results import read_results
+    from vibeserve_ray.search.state import RunRepo
     from vibeserve_ray.search.studies import storage_url, study_name
 
-    measured = [r for r in read_results(watched_search.run) if r.validated]
-    assert measured
+    rows, repo = read_results(watched_search.run), RunRepo(watched_search.run / "repo")
+    tuned = {study_name(r.island, r.commit): r for r in rows if repo.notes(r.commit)[-1]["trials"]}
+    assert {study_name(r.island, r.commit) for r in rows if r.validated} <= set(tuned)
     storage = optuna.storages.RDBStorage(storage_url(watched_search.run))
-    studies = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-    assert set(studies) == {study_name(r.island, r.commit) for r in measured}
-    for r in measured:
-        study = optuna.load_study(study_name=study_name(r.island, r.commit), storage=storage)
-        assert study.best_trial.value == pytest.approx(r.headline_value)
+    assert {s.study_name for s in optuna.get_all_study_summaries(storage)} == set(tuned)
+    for name, r in tuned.items():
+        study = optuna.load_study(study_name=name, storage=storage)
+        assert len(study.trials) == len(repo.notes(r.commit)[-1]["trials"])
+        if r.validated:
+            assert study.best_trial.value == pytest.approx(r.headline_value)
 
 
 def test_report_of_a_directory_that_is_not_a_run_is_bad_input(tmp_path):
