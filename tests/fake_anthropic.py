@@ -5,7 +5,8 @@ and tool_result blocks, usage with the cache fields, streaming off), checks the 
 and answers from a script per role: the role is read from the system prompt's title
 line ("# The Implementer"), the turn from how many assistant messages the request
 carries, so parallel sessions of one role each follow the script. Faults (429 with
-retry-after, 529, ...) are served first, in order. Everything received is kept, so
+retry-after, 529, ...) are served first, in order; the key can be revoked after a number
+of requests. The free token-counting endpoint only checks the key. Everything received is kept, so
 tests can assert on cache_control, headers and tool results.
 
 Cache accounting follows the API's rules closely enough to test against: a breakpoint's
@@ -88,8 +89,9 @@ def _prefixes(body: dict) -> list[list]:
 
 class FakeAnthropic:
     def __init__(self, scripts: dict[str, Script], key: str = "sk-ant-test-0123456789abcdef", faults: list[Fault] | None = None,
-                 role_of: Callable[[dict], str] = role_of):
-        self.scripts, self.key, self.faults, self.role_of = scripts, key, list(faults or []), role_of
+                 role_of: Callable[[dict], str] = role_of, revoke_after: int | None = None):
+        """`revoke_after`: the key is refused (401) from that many Messages requests on."""
+        self.scripts, self.key, self.faults, self.role_of, self.revoke_after = scripts, key, list(faults or []), role_of, revoke_after
         self.received: list[Received] = []
         self._cache: set[str] = set()
         self._lock = threading.Lock()
@@ -136,9 +138,14 @@ class FakeAnthropic:
     def _answer(self, path: str, headers: dict, body: dict) -> tuple[int, dict, dict]:
         role = self.role_of(body)
         turn = sum(m.get("role") == "assistant" for m in body.get("messages", []))
+        path = path.split("?")[0]
+        if path == "/v1/messages/count_tokens":  # free, and not scripted: the key is all it checks
+            ok = self.key_sent(headers) == self.key
+            return (200, {}, {"input_tokens": _tokens(body)}) if ok else (401, {}, Fault(401).body())
         with self._lock:
             fault = self.faults.pop(0) if self.faults else None
-            status = 404 if path.split("?")[0] != "/v1/messages" else 401 if self.key_sent(headers) != self.key else fault.status if fault else 200
+            revoked = self.revoke_after is not None and len(self.received) >= self.revoke_after
+            status = 404 if path != "/v1/messages" else 401 if revoked or self.key_sent(headers) != self.key else fault.status if fault else 200
             self.received.append(Received(role, turn, headers, body, status))
             if status != 200:
                 f = fault if fault and fault.status == status else Fault(status)

@@ -44,12 +44,12 @@ def free_port() -> int:
 class RayHead:
     """`ray start --head --block` in its own process group; killed with SIGKILL (SIGTERM is slow)."""
 
-    def __init__(self, num_cpus: int, num_gpus: int = 0, env: dict | None = None, status_env: dict | None = None):
-        """`env`: the head's environment; `status_env`: the readiness probe's (default `env`)."""
+    def __init__(self, num_cpus: int, num_gpus: int = 0, env: dict | None = None, status_env: dict | None = None, temp_dir: Path | None = None):
+        """`env`: the head's environment; `status_env`: the readiness probe's (default `env`); `temp_dir`: Ray's (its logs)."""
         self.port, self.dashboard_port = free_port(), free_port()
         self.proc = subprocess.Popen(
             ["ray", "start", "--head", "--block", f"--port={self.port}", f"--dashboard-port={self.dashboard_port}",
-             "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--include-dashboard=true", "--disable-usage-stats"],
+             "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--include-dashboard=true", "--disable-usage-stats"] + ([f"--temp-dir={temp_dir}"] if temp_dir else []),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"

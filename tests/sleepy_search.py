@@ -5,7 +5,8 @@ loop applies its proposal and sleeps instead of judging and measuring, so schedu
 resumption and node loss can be tested in seconds. Run as a script it takes the
 `vibeserve search` flags that matter here:
 
-    python tests/sleepy_search.py TARGET --run DIR --sleep S [--address A] [--rounds N] [--max-candidates N]
+    python tests/sleepy_search.py TARGET --run DIR --sleep S [--candidate-sleep S] [--address A] [--rounds N]
+        [--max-candidates N] [--time-limit S]
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ from vibeserve_ray.inner.loop import InnerLoop, InnerTask, Workspace
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def sleepy_inner_loop(seconds: float) -> InnerLoop:
-    """An inner loop that implements the proposal, sleeps, and validates it with a headline
-    that is deterministic and distinct per design."""
+def sleepy_inner_loop(seconds: float, candidate_seconds: float | None = None) -> InnerLoop:
+    """An inner loop that implements the proposal, sleeps (the seed `seconds`, candidates
+    `candidate_seconds`, default the same), and validates it with a headline that is
+    deterministic and distinct per design."""
 
     def inner_loop(task: InnerTask):
         ws = Workspace(task)
         message = "seed" if task.proposal is None else apply_design(task.proposal, ws.candidate)
-        time.sleep(seconds)
+        time.sleep(seconds if task.proposal is None or candidate_seconds is None else candidate_seconds)
         value = 1.0 + len(json.dumps(load_candidate(ws.candidate).design, sort_keys=True)) % 7
         return ws.result("validated", message, headline_name="output_throughput", headline_value=value, slo_passed=True)
 
@@ -53,13 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address")
     p.add_argument("--rounds", type=int)
     p.add_argument("--max-candidates", type=int)
+    p.add_argument("--time-limit", type=float)
+    p.add_argument("--candidate-sleep", type=float, help="candidates sleep this long (default --sleep)")
     args = p.parse_args(argv)
     target = load_target(args.target)
     connect_ray(args.address)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     summary = Search(target, _portable_path(args.target), Path(args.run), load_space(default_space_path()),
-                     Budget.of(target, args.rounds, max_candidates=args.max_candidates), say=say,
-                     inner_loop=sleepy_inner_loop(args.sleep)).run()
+                     Budget.of(target, args.rounds, args.time_limit, max_candidates=args.max_candidates), say=say,
+                     inner_loop=sleepy_inner_loop(args.sleep, args.candidate_sleep)).run()
     return 0 if summary.best is not None else 1
 
 

@@ -207,3 +207,12 @@ def test_role_settings_come_from_the_command_line_then_the_role_table_then_agent
     for bad in (["judge"], ["planner=m"], ["judge="]):
         with pytest.raises(BadInput, match="--model"):
             parse_models(bad)
+
+
+def test_the_key_is_checked_up_front_with_the_free_token_count(tmp_path):
+    with FakeAnthropic({}, key=KEY) as fake:
+        assert _gateway(fake).check_key("claude-sonnet-5-5") == ""
+        bad = _gateway(fake, key="sk-ant-wrong-key-000000")
+        assert "refused the key" in bad.check_key("claude-sonnet-5-5")
+        assert bad.call("tester", "e", {"model": "m", "max_tokens": 1, "messages": []}).stop == KEY_REFUSED
+    assert fake.received == [], "counting tokens is not a Messages call"

@@ -61,6 +61,19 @@ def test_rayjob_runs_vibeserve_search_on_a_target_of_this_repository():
     assert any(gpus), "no GPU workers"
 
 
+def test_rayjob_gives_the_api_key_to_the_head_as_a_file_never_as_an_environment_variable():
+    job = next(d for d in _docs("rayjob-search.yaml") if d["kind"] == "RayJob")
+    cluster = job["spec"]["rayClusterSpec"]
+    for container in _containers(cluster):  # Ray workers inherit their node's environment
+        assert not any(e["name"] == "ANTHROPIC_API_KEY" for e in container.get("env", [])), container["name"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    [container] = head["containers"]
+    key_file = Path({e["name"]: e.get("value") for e in container["env"]}["ANTHROPIC_API_KEY_FILE"])
+    mount = next(m for m in container["volumeMounts"] if key_file.parent == Path(m["mountPath"]))
+    volume = next(v for v in head["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["optional"] is True and mount["readOnly"] is True
+
+
 def test_rayservice_serve_config_is_exactly_what_config_only_writes():
     from ray.serve.schema import ServeDeploySchema
 

@@ -120,28 +120,33 @@ def _portable_path(path: str) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    import os
-
+    from vibeserve_ray.agents.client import base_url, take_key_from_env
+    from vibeserve_ray.agents.settings import agent_config, choose_implementer, parse_models
     from vibeserve_ray.design_space import default_space_path, load_space
     from vibeserve_ray.search.controller import Budget, Search, connect_ray
     from vibeserve_ray.target import load_target
 
+    key = take_key_from_env()  # before Ray starts: a local raylet and every worker inherit this process's environment
     target = load_target(args.target)
     sandbox_warning(target)
     space = load_space(args.space or default_space_path())
     budget = Budget.of(target, args.rounds, args.time_limit, args.max_candidates, args.trials)
-    implementer = args.implementer
-    if implementer == "auto":
-        if target.spec.agent.backend == "anthropic" or (target.spec.agent.backend == "auto" and os.environ.get("ANTHROPIC_API_KEY")):
-            say("search: the Anthropic implementer is not available yet; using the offline implementer")
-        else:
-            say("search: no ANTHROPIC_API_KEY: using the offline implementer (design changes guided by hints and skills)")
-        implementer = "offline"
+    models = parse_models(args.model)
+    if args.budget_usd is not None and args.budget_usd < 0:
+        raise BadInput("command line", "--budget-usd", f"{args.budget_usd:g} is negative (0 means no limit)")
+    implementer = choose_implementer(args.implementer, target.spec.agent.backend, key, say)
     run_dir = Path(args.run or Path("runs") / target.name)
     endpoints = connect_ray(args.address)
     if endpoints:
         say(f"search: {endpoints.describe()}")
-    summary = Search(target, _portable_path(args.target), run_dir, space, budget, implementer, say=say, seed=args.seed).run()
+    team = None
+    if implementer == "anthropic":
+        from vibeserve_ray.agents.team import AgentTeam
+
+        config = agent_config(target.spec.agent, target.spec.search.token_budget, models, args.budget_usd)
+        team = AgentTeam(run_dir.resolve().name, key, base_url(), config, say)
+        team.check_key()
+    summary = Search(target, _portable_path(args.target), run_dir, space, budget, implementer, say=say, seed=args.seed, agents=team).run()
     if summary.best is None:
         say("search: no validated candidate")
         return 1
@@ -256,13 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="search for a bespoke serving system (embedded Ray, or RAY_ADDRESS/--address)")
     search.add_argument("target", help="target directory (holding target.toml)")
     search.add_argument("--run", help="run directory (default runs/<target name>); rerunning on it resumes")
-    search.add_argument("--rounds", type=int, help="rounds (default: the target's [search].rounds)")
+    search.add_argument("--rounds", type=int, help="rounds (default: the target's [search].rounds; 0 measures the seed only)")
     search.add_argument("--time-limit", type=float, help="seconds for the whole search (default: [search].time_limit_s)")
     search.add_argument("--max-candidates", type=int, help="stop after this many candidates")
     search.add_argument("--trials", type=int, help="Optuna trials per candidate (default: [search].trials)")
     search.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
-    search.add_argument("--implementer", choices=("auto", "offline", "random"), default="auto",
-                        help="who proposes changes; 'random' samples the space uniformly (a baseline)")
+    search.add_argument("--implementer", choices=("auto", "anthropic", "offline", "random"), default="auto",
+                        help="who proposes and writes changes: LLM agents (anthropic; auto picks them when ANTHROPIC_API_KEY is set), "
+                             "the offline design-space search, or uniform sampling (random, a baseline)")
+    search.add_argument("--budget-usd", type=float, help="US dollars the LLM agents may spend (default: [agent].budget_usd; 0: no limit)")
+    search.add_argument("--model", action="append", default=[], metavar="ROLE=MODEL",
+                        help="model of one agent role (orchestrator, implementer, judge, evaluator); repeatable")
     search.add_argument("--space", help="search space file (default search_spaces/llama.toml)")
     search.add_argument("--seed", type=int, default=0, help="seed of the implementer's and the islands' choices (default 0)")
     search.add_argument("--no-remeasure", action="store_true", help="skip benchmarking the seed and the winner side by side at the end")

@@ -15,6 +15,8 @@ from typing import Any
 
 import ray
 
+HEAD_NODE = "node:__internal_head__"  # the resource Ray puts on the head node alone: where the driver's actors live
+
 
 @dataclass(frozen=True)
 class Endpoints:

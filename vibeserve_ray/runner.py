@@ -100,7 +100,7 @@ class CandidateProcess:
     """A running candidate server. Use as a context manager; `stop()` is idempotent."""
 
     def __init__(self, spec: CandidateSpec, model_dir: Path, tokenizer_dir: Path, served_name: str, device: str, limits: Limits, workdir: Path,
-                 knobs: dict | None = None):
+                 knobs: dict | None = None, profile_dir: Path | None = None):
         self.spec, self.limits, self.served_name = spec, limits, served_name
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "server.log"
@@ -110,7 +110,10 @@ class CandidateProcess:
                "--tokenizer", str(tokenizer_dir), "--device", device, "--served-name", served_name, "--listen-fd", str(listener.fileno())]
         if knobs:
             cmd += ["--knobs", json.dumps(knobs)]
-        view = View(readable=(spec.path, model_dir, tokenizer_dir), device=device)
+        if profile_dir is not None:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+            cmd += ["--profile", str(profile_dir.resolve())]
+        view = View(readable=(spec.path, model_dir, tokenizer_dir), writable=(profile_dir,) if profile_dir else (), device=device)
         try:
             self._box = confine(cmd, scrubbed_env(scratch_env(workdir)), view, limits.rlimits(), limits.sandbox, workdir / "sandbox-root")
         except SandboxUnavailable as exc:
@@ -251,7 +254,7 @@ def _tree_rss(pid: int) -> int:
 
 
 def start_candidate(spec: CandidateSpec, model_dir: Path, tokenizer_dir: Path, served_name: str, device: str, limits: Limits, workdir: Path,
-                    knobs: dict | None = None) -> CandidateProcess:
-    """Starts the candidate (its own knobs, or `knobs` over them) and waits until it is
-    healthy; CandidateFailed otherwise."""
-    return CandidateProcess(spec, model_dir, tokenizer_dir, served_name, device, limits, workdir, knobs)
+                    knobs: dict | None = None, profile_dir: Path | None = None) -> CandidateProcess:
+    """Starts the candidate (its own knobs, or `knobs` over them; under torch.profiler, its
+    trace written to `profile_dir`, with that) and waits until it is healthy; CandidateFailed otherwise."""
+    return CandidateProcess(spec, model_dir, tokenizer_dir, served_name, device, limits, workdir, knobs, profile_dir)

@@ -20,8 +20,8 @@ import anthropic
 
 from vibeserve_ray.agents.client import ApiKey, make_client
 from vibeserve_ray.agents.ledger import Budget, Ledger, LedgerState, Price, Usage, charge, estimate, price_for
+from vibeserve_ray.raycluster import HEAD_NODE
 
-HEAD_NODE = "node:__internal_head__"  # the resource Ray puts on the head node alone
 
 KEY_REFUSED = "key refused"
 BUDGET = "budget spent"
@@ -63,6 +63,18 @@ class Gateway:
     def unlock(self, key: ApiKey) -> None:
         """Takes the key (its value, or a file on this node to read)."""
         self._client = make_client(key.read(), self.url, self.max_retries, self.timeout_s)
+
+    def check_key(self, model: str) -> str:
+        """'' unless the API refuses the key, checked with the free token-counting endpoint
+        before any work is spent; an endpoint without it (a self-hosted one) passes."""
+        try:
+            assert self._client is not None
+            self._client.messages.count_tokens(model=model, messages=[{"role": "user", "content": "ping"}])
+        except anthropic.AuthenticationError as exc:
+            self._refused = f"the API at {self.url} refused the key (401: {_api_message(exc)})"
+        except (anthropic.APIStatusError, anthropic.APIConnectionError):
+            pass  # not a verdict on the key: the first real call will tell
+        return self._refused
 
     def call(self, role: str, eval_id: str, request: dict[str, Any]) -> Reply:
         """One `messages.create`, if the budget admits it; retries are the client's."""

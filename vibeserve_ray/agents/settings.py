@@ -7,7 +7,9 @@ Per role, a setting comes from the command line (`--model ROLE=MODEL`), else
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
+from vibeserve_ray.agents.client import KEY_ENV, KEY_FILE_ENV, ApiKey, base_url
 from vibeserve_ray.agents.ledger import DEFAULT_PRICES, Budget, Price
 from vibeserve_ray.agents.session import RoleSettings
 from vibeserve_ray.errors import BadInput
@@ -53,3 +55,18 @@ def parse_models(pairs: list[str]) -> dict[str, str]:
             raise BadInput("command line", "--model", f"unknown role {role!r} (one of {', '.join(AGENT_ROLES)})")
         out[role] = model.strip()
     return out
+
+
+def choose_implementer(asked: str, backend: str, key: ApiKey, say: Callable[[str], None]) -> str:
+    """anthropic | offline | random, from --implementer and [agent] backend; says which, once.
+    `auto` means the LLM agents when a key is set (and the target does not ask for offline)."""
+    if asked == "auto":
+        asked = "offline" if backend == "offline" else "anthropic" if (key or backend == "anthropic") else "offline"
+        if asked == "offline":
+            say("search: no ANTHROPIC_API_KEY: using the offline implementer (design changes guided by hints and skills)"
+                if backend != "offline" else "search: [agent] backend = offline: using the offline implementer")
+    if asked == "anthropic":
+        if not key:
+            raise BadInput(KEY_ENV, "key", f"not set; the LLM agents need it (or {KEY_FILE_ENV}, a file holding it)")
+        say(f"search: LLM agents on the Messages API at {base_url()}")
+    return asked

@@ -20,13 +20,17 @@ from typing import TYPE_CHECKING, Any, Callable
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.inner.hints import Hint
-from vibeserve_ray.inner.implement import apply_design
+from vibeserve_ray.inner.implement import apply_design, implement_hypothesis
 from vibeserve_ray.search.propose import Proposal
 from vibeserve_ray.search.state import extract_tree, pack_dir
 from vibeserve_ray.target import load_target
 
-if TYPE_CHECKING:  # the judge and the evaluator are imported where they run: a worker that only
-    from vibeserve_ray.inner.evaluate import Trial  # starts an inner loop should not pay for optuna's import
+if TYPE_CHECKING:  # the judge, the evaluator and the agents are imported where they run: a worker that
+    # only starts an inner loop should not pay for optuna's, anthropic's or pyarrow's import
+    from vibeserve_ray.agents.session import SessionResult
+    from vibeserve_ray.agents.team import AgentTask
+    from vibeserve_ray.inner.evaluate import Trial
+    from vibeserve_ray.inner.judge.gates import JudgeVerdict
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class InnerTask:
     space_path: str
     n_trials: int
     implementer: str = "offline"
+    agents: AgentTask | None = None  # the LLM agents' gateway and settings; None: offline
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class InnerResult:
     node: str = ""
     attempt: int = 0
     implementer: str = "offline"
+    transcripts: dict[str, str] = field(default_factory=dict)  # role -> its session's transcript (JSON), committed beside the candidate
+    session_s: dict[str, float] = field(default_factory=dict)  # role -> wall time of its agent session
 
 
 InnerLoop = Callable[[InnerTask], InnerResult]
@@ -99,6 +106,16 @@ class Workspace:
         self.started = time.time()
         self.node, self.attempt = _ray_context()
         self.timings = {"implement_s": 0.0, "judge_s": 0.0, "evaluate_s": 0.0}
+        self.transcripts: dict[str, str] = {}
+        self.session_s: dict[str, float] = {}
+
+    def transcript_path(self, role: str) -> Path:
+        return self.root / "transcripts" / f"{role}.json"  # outside the candidate tree
+
+    def note(self, session: SessionResult) -> None:
+        """Keeps an agent session's transcript and time for the result."""
+        self.transcripts[session.transcript.role] = session.transcript.to_json()
+        self.session_s[session.transcript.role] = session.seconds
 
     def result(self, verdict: str, message: str, **kw: Any) -> InnerResult:
         """The candidate as it now stands, with its verdict; the workspace is removed."""
@@ -110,7 +127,8 @@ class Workspace:
             design, knobs = {}, {}
         out = InnerResult(eval_id=t.eval_id, island=t.island, round=t.round, parent=t.parent, tree=pack_dir(self.candidate), message=message,
                           design=design, knobs=knobs, verdict=verdict, started_at=self.started, finished_at=time.time(),
-                          node=self.node, attempt=self.attempt, implementer=t.implementer, **self.timings, **kw)
+                          node=self.node, attempt=self.attempt, implementer=t.implementer, transcripts=self.transcripts, session_s=self.session_s,
+                          **self.timings, **kw)
         shutil.rmtree(self.root, ignore_errors=True)
         return out
 
@@ -128,7 +146,16 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
         target = load_target(task.target_path)
         space = load_space(task.space_path)
         t0 = time.time()
-        if task.proposal is not None:
+        agents = task.agents
+        if task.proposal is not None and agents is not None and task.proposal.hypothesis is not None:
+            done = implement_hypothesis(task.proposal, agents, target, space, ws.candidate, ws.root / "agent-runs", task.eval_id,
+                                        ws.transcript_path("implementer"), say)
+            ws.note(done.session)
+            message = done.message
+            if done.verdict:  # disproven, blocked, or the session ended without a result
+                ws.timings["implement_s"] = time.time() - t0
+                return ws.result(done.verdict, message, failure_phase="implement", failure_reason=done.reason)
+        elif task.proposal is not None:
             message = apply_design(task.proposal, ws.candidate)
         ws.timings["implement_s"] = time.time() - t0
         spec = load_candidate(ws.candidate)
@@ -139,6 +166,8 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
         t0 = time.time()
         say(f"judge: {message}")
         verdict = judge(target, spec, None if task.proposal is None else ws.parent, ws.root / "judge", say=say)
+        if verdict.passed and agents is not None and task.proposal is not None:
+            verdict = _review(agents, ws, message, say)
         ws.timings["judge_s"] = time.time() - t0
         if not verdict.passed:
             return ws.result(verdict.verdict, message, failure_phase=verdict.gate, failure_reason=verdict.reason)
@@ -152,13 +181,44 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
             return ws.result(verdict_name, message, failure_phase=f.phase if f else "evaluate", failure_reason=f.reason if f else "no trial finished",
                              trials=outcome.trials)
         b = outcome.best
+        hints = outcome.hints if agents is None else _read(agents, ws, target, space, spec.design, b.metrics, say) or outcome.hints
         return ws.result("validated", message, headline_name=target.spec.benchmark.headline, headline_value=b.value, slo_passed=b.slo_passed,
-                         metrics=b.metrics, hints=outcome.hints, trials=outcome.trials)
+                         metrics=b.metrics, hints=hints, trials=outcome.trials)
     except BadInput as exc:
         return ws.result("rejected", "bad candidate", failure_phase="contract", failure_reason=str(exc))
     except Exception as exc:  # noqa: BLE001 - a bug must be a recorded result, not a crashed search
         tb = traceback.format_exc(limit=5)
         return ws.result("failed", "inner loop error", failure_phase="inner-loop", failure_reason=f"{type(exc).__name__}: {exc}\n{tb}")
+
+
+def _review(agents: AgentTask, ws: Workspace, message: str, say: Callable[[str], None]) -> JudgeVerdict:
+    """The Judge's review of the diff, after the deterministic gates passed."""
+    from vibeserve_ray.agents.gateway import via_actor
+    from vibeserve_ray.agents.judge import GATE as LLM_GATE
+    from vibeserve_ray.agents.judge import review as review_diff
+    from vibeserve_ray.agents.judge import tree_diff
+    from vibeserve_ray.inner.judge.gates import JudgeVerdict
+
+    say("judge: the Judge reviews the diff")
+    review = review_diff(tree_diff(ws.parent, ws.candidate), message, ws.candidate, agents.roles["judge"], via_actor(agents.gateway),
+                         ws.task.eval_id, ws.transcript_path("judge"), say)
+    ws.note(review.session)
+    return JudgeVerdict(True) if review.passed else JudgeVerdict(False, LLM_GATE, review.reason)
+
+
+def _read(agents: AgentTask, ws: Workspace, target, space, design: dict[str, str], metrics: dict[str, Any], say: Callable[[str], None]) -> list[Hint]:
+    """The Evaluator's hints on the measurement ([] when it gave none); it may profile the candidate."""
+    from vibeserve_ray.agents.evaluator import read_measurement
+    from vibeserve_ray.agents.gateway import via_actor
+    from vibeserve_ray.agents.implementer import candidate_tools
+
+    say("evaluate: the Evaluator reads the measurement")
+    [profile] = [t for t in candidate_tools(target, space, ws.candidate, ws.root / "agent-runs", say) if t.name == "profile"]
+    choices = {name: c.options for name, c in space.choices.items()}
+    reading = read_measurement(metrics, agents.parent_metrics, design, choices, ws.candidate, agents.roles["evaluator"],
+                               via_actor(agents.gateway), ws.task.eval_id, profile, ws.transcript_path("evaluator"), say)
+    ws.note(reading.session)
+    return reading.hints
 
 
 def inner_loop_options(num_cpus: float, num_gpus: float, accelerator_type: str | None) -> dict[str, Any]:

@@ -21,12 +21,14 @@ from typing import Callable
 import ray
 
 from vibeserve_ray import progress, raycluster
+from vibeserve_ray.agents.hypothesis import Hypothesis
+from vibeserve_ray.agents.team import AgentTeam, KeyRefused
 from vibeserve_ray.candidate import materialise_seed
 from vibeserve_ray.inner.loop import InnerLoop, InnerResult, InnerTask, inner_loop_options, run_inner_loop
 from vibeserve_ray.search import record
 from vibeserve_ray.search.islands import IslandActor, island_actor_name
-from vibeserve_ray.search.policy import merge_tasks, parse_backlog, plan_backlog, plan_evolution, render_backlog, seed_backlog
-from vibeserve_ray.search.propose import OfflineProposer, RandomProposer, design_key
+from vibeserve_ray.search.policy import WorkItem, merge_tasks, parse_backlog, plan_backlog, plan_evolution, render_backlog, seed_backlog
+from vibeserve_ray.search.propose import OfflineProposer, Proposal, RandomProposer, design_key
 from vibeserve_ray.search.results import Evaluation
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.skills import load_skills
@@ -46,8 +48,8 @@ class Budget:
            n_trials: int | None = None) -> "Budget":
         """The target's [search] budgets, each overridable (command-line flags)."""
         s = target.spec.search
-        return cls(rounds=rounds or s.rounds, time_limit_s=time_limit_s or s.time_limit_s, max_candidates=max_candidates or s.max_candidates,
-                   candidate_time_limit_s=s.candidate_time_limit_s, n_trials=n_trials or s.trials)
+        return cls(rounds=s.rounds if rounds is None else rounds, time_limit_s=time_limit_s or s.time_limit_s,
+                   max_candidates=max_candidates or s.max_candidates, candidate_time_limit_s=s.candidate_time_limit_s, n_trials=n_trials or s.trials)
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,6 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> raycluster.
     return raycluster.start_local(num_cpus=num_cpus, log_to_driver=True)
 
 
-HEAD_NODE = "node:__internal_head__"  # the resource Ray puts on the head node alone
-
-
 def _capacity(options: dict) -> int:
     """How many inner loops with these resources the cluster holds right now (at least 1)."""
     total = ray.cluster_resources()
@@ -91,9 +90,10 @@ def _islands_take_turns(items: list) -> list:
 
 class Search:
     def __init__(self, target: Target, target_arg: str, run_dir: Path, space, budget: Budget, implementer: str = "offline",
-                 say: Callable[[str], None] = print, seed: int = 0, inner_loop: InnerLoop = run_inner_loop):
+                 say: Callable[[str], None] = print, seed: int = 0, inner_loop: InnerLoop = run_inner_loop, agents: AgentTeam | None = None):
         """`inner_loop` runs one candidate as a Ray task (the method's inner loop; orchestration
-        benchmarks and tests pass a stand-in that only takes time)."""
+        benchmarks and tests pass a stand-in that only takes time). With `agents`, the
+        Orchestrator plans each round and LLM agents implement, review and read each candidate."""
         self.target, self.target_arg, self.run_dir, self.space, self.budget = target, target_arg, Path(run_dir), space, budget
         self.seed, self.say, self.inner_loop = seed, say, inner_loop
         self.objective = target.spec.benchmark.objective
@@ -105,7 +105,9 @@ class Search:
         device = target.spec.hardware.device
         self.device = device
         rng_seed = seed * 100_003 + len(self.rows)  # a resumed search does not replay its first choices
-        self.implementer = implementer
+        self.agents = agents
+        self.implementer = agents.name if agents else implementer
+        self._hypotheses: dict[str, Hypothesis] = {}  # eval_id -> what its Implementer was asked
         if implementer == "random":
             self.proposer: OfflineProposer = RandomProposer(space.all_designs(device), seed=rng_seed)
         else:
@@ -114,6 +116,14 @@ class Search:
     # --- the loop ------------------------------------------------------------------------
 
     def run(self) -> SearchSummary:
+        try:
+            return self._run()
+        except KeyRefused:  # recorded, then the one line and exit 2
+            record.write_running(self.run_dir, [])
+            self._write_meta("key refused", record.best(self.rows, self.objective))
+            raise
+
+    def _run(self) -> SearchSummary:
         s = self.target.spec.search
         self.say(f"search: target {self.target.name}, policy {s.policy}, {s.islands} islands x {s.population}, "
                  f"{self.budget.rounds} rounds, time limit {self.budget.time_limit_s:g}s, implementer {self.implementer}"
@@ -132,9 +142,9 @@ class Search:
             want = s.islands * s.population - done_this_round
             if want <= 0:  # a resumed run whose last round was complete
                 continue
-            items = self._plan(islands, want)
+            items = self._plan(islands, want, rnd)
             if not items:
-                stopped = "design space exhausted"
+                stopped = (self.agents and self.agents.stop_reason()) or "design space exhausted"
                 break
             ray.get([isl.start_round.remote(rnd) for isl in islands])
             results = self._dispatch(items, rnd)
@@ -164,16 +174,21 @@ class Search:
         islands = []
         for i in range(s.islands):
             # Islands live on the head node: they are the driver's state and must not go down with a worker node.
-            actor = IslandActor.options(name=island_actor_name(self.name, i), get_if_exists=True, resources={HEAD_NODE: 0.001}).remote(
+            actor = IslandActor.options(name=island_actor_name(self.name, i), get_if_exists=True, resources={raycluster.HEAD_NODE: 0.001}).remote(
                 i, self.objective, seed=self.seed)
             members = [record.member(r) for r in self.rows if r.island == i or r.implementer == "seed"]
             ray.get([actor.receive.remote(members)])
             islands.append(actor)
         return islands
 
-    def _plan(self, islands: list, want: int) -> list:
+    def _plan(self, islands: list, want: int, rnd: int) -> list:
         if want <= 0:
             return []
+        if self.agents is not None:
+            items = self._plan_with_agents(rnd, want)
+            if items or self.agents.stop_reason():
+                return items
+            self.say(f"search: round {rnd}: the Orchestrator gave no plan; the offline proposer plans this round")
         tried = {design_key(json.loads(r.design)) for r in self.rows}
         s = self.target.spec.search
         if s.policy == "backlog":
@@ -186,10 +201,29 @@ class Search:
         items = plan_evolution(islands, s.population, self.proposer, tried, lambda d: self.space.neighbours(d, self.device))
         return items[:want]
 
+    def _plan_with_agents(self, rnd: int, want: int) -> list[WorkItem]:
+        """The Orchestrator's hypotheses as work: each on its parent (the best by default),
+        spread over the islands."""
+        plan = self.agents.plan(rnd, want, self.repo, self.rows, self.objective)
+        best = record.best(self.rows, self.objective)
+        by_commit = {r.commit: r for r in self.rows}
+        items = []
+        for i, h in enumerate(plan.hypotheses[:want]):
+            parent = by_commit.get(h.parent) or best
+            assert parent is not None  # the seed validated
+            items.append(WorkItem(i % self.target.spec.search.islands, record.member(parent),
+                                  Proposal(json.loads(parent.design), {}, f"agent: {h.brief()}", h)))
+        return items
+
     def _task(self, eval_id: str, island: int, rnd: int, parent: str, proposal, warm: dict) -> InnerTask:
+        agents = None
+        if self.agents is not None:
+            agents = self.agents.task(next((r for r in self.rows if r.commit == parent), None))
+            if proposal is not None and proposal.hypothesis is not None:
+                self._hypotheses[eval_id] = proposal.hypothesis
         return InnerTask(eval_id=eval_id, island=island, round=rnd, parent=parent, parent_tree=self.repo.archive(parent), proposal=proposal,
                          warm_knobs=warm, target_path=self.target_arg, space_path=str(self.space.path), n_trials=self.budget.n_trials,
-                         implementer=self.implementer)
+                         implementer=self.implementer, agents=agents)
 
     def _dispatch(self, items: list, rnd: int) -> list[Evaluation]:
         items = _islands_take_turns(items)
@@ -203,18 +237,22 @@ class Search:
         records each result as it arrives (a killed driver loses only what was in flight).
 
         Tasks wait in the driver, not in Ray's queue, so an inner loop's wall-time limit
-        counts from when it started, and at the search's time limit the ones not yet
-        started are dropped (not evaluated; a resumed search plans them again) while the
-        running ones finish within their own limit.
+        counts from when it started. The search's time limit bounds the whole job: a task
+        that would not finish by then (judging by how long inner loops have taken) is not
+        started, and one still running then is cancelled and recorded as a timeout. Once
+        the agents' budget is spent, no more tasks start; those running finish. A refused
+        key cancels everything at once.
         """
         hw = self.target.spec.hardware
         remote, options = ray.remote(self.inner_loop), inner_loop_options(hw.num_cpus, hw.num_gpus, hw.accelerator_type)
+        limit = self.budget.candidate_time_limit_s + (self.agents.session_limit_s() if self.agents else 0.0)
         waiting = [t for t, _ in tasks]
         pending: dict = {}
         results: list[Evaluation] = []
         while waiting or pending:
-            if waiting and time.monotonic() - self.started > self.budget.time_limit_s and results + list(pending):
-                self.say(f"search: time limit: {len(waiting)} planned evaluations not started (a resumed search plans again)")
+            why = self._why_not_start(pending)
+            if waiting and why:
+                self.say(f"search: {why}: {len(waiting)} planned evaluations not started (a resumed search plans them again)")
                 waiting = []
             before = set(pending)
             room = _capacity(options) - len(pending)  # asked once a pass: nodes come and go
@@ -235,11 +273,12 @@ class Search:
                 results.append(record_result(result))
             now = time.monotonic()
             for ref, (task, since) in list(pending.items()):
-                if now - since > self.budget.candidate_time_limit_s:
+                late = now - self.started > self.budget.time_limit_s
+                if now - since > limit or late:
                     ray.cancel(ref, force=True)
                     pending.pop(ref)
-                    results.append(record_result(record.lost_result(self.repo, task, f"no result within {self.budget.candidate_time_limit_s:g}s",
-                                                                    "timeout")))
+                    why = f"cancelled at the search's time limit ({self.budget.time_limit_s:g}s)" if late else f"no result within {limit:g}s"
+                    results.append(record_result(record.lost_result(self.repo, task, why, "timeout")))
             if set(pending) != before:  # what `status` shows as running, at most a pass (1 s) late
                 self._write_running(pending)
                 self._show(tasks[0][0].round, len(results), len(pending), len(waiting))
@@ -252,13 +291,35 @@ class Search:
         progress.status(f"search: round {rnd}/{self.budget.rounds}: {done} done, {running} running, {waiting} waiting"
                         + (f"; best {best.headline_name} {best.headline_value:.2f} ({best.speedup:.2f}x the seed)" if best else ""))
 
+    def _why_not_start(self, pending: dict) -> str:
+        """'' while a new inner loop may start; else why not (cancelling everything first if the key was refused)."""
+        if self.agents is not None:
+            try:
+                spent = self.agents.stop_reason()
+            except KeyRefused:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                raise
+            if spent:
+                return spent
+        left = self.budget.time_limit_s - (time.monotonic() - self.started)
+        if left < self._expected_inner_s():
+            return f"time limit: {max(left, 0):.0f}s left, an inner loop takes ~{self._expected_inner_s():.0f}s"
+        return ""
+
+    def _expected_inner_s(self) -> float:
+        """How long an inner loop takes here: the median of those finished (0 before the first)."""
+        took = sorted(r.finished_at - r.started_at for r in self.rows if r.finished_at > r.started_at)
+        return took[len(took) // 2] if took else 0.0
+
     def _write_running(self, pending: dict) -> None:
         record.write_running(self.run_dir, [{"eval_id": t.eval_id, "island": t.island, "round": t.round,
                                              "proposal": t.proposal.rationale if t.proposal else "seed", "since": time.time() - (time.monotonic() - t0)}
                                             for t, t0 in pending.values()])
 
     def _record(self, result: InnerResult, commit_override: str | None = None) -> Evaluation:
-        row = record.record_result(self.run_dir, self.repo, result, self.rows, self.target, commit_override)
+        usage = self.agents.usage(result.eval_id) if self.agents else None
+        row = record.record_result(self.run_dir, self.repo, result, self.rows, self.target, commit_override, usage)
         self.rows.append(row)
         return row
 
@@ -268,6 +329,8 @@ class Search:
     def _out_of_budget(self) -> str:
         if time.monotonic() - self.started > self.budget.time_limit_s:
             return "time limit"
+        if self.agents is not None and self.agents.stop_reason():
+            return self.agents.stop_reason()
         if self.budget.max_candidates is not None and self._candidates() >= self.budget.max_candidates:
             return "max candidates"
         return ""
@@ -286,12 +349,17 @@ class Search:
             notes.append(f"round {rnd}: migrated each island's best to the next island")
         line = record.progress_line(rnd, self.budget.rounds, results, best, self.rows, time.monotonic() - self.started)
         self.say(line)
+        if self.agents is not None:
+            self.agents.record_round(rnd, self.repo, [(self._hypotheses[r.eval_id], r) for r in results if r.eval_id in self._hypotheses])
+            self._write_meta(None, best)  # `status` shows the agents' spend as it grows
         memory = self.repo.read_planning("MEMORY.md") or "# Memory\n\nWhat the outer loop learned, round by round.\n\n"
         self.repo.write_planning({"MEMORY.md": memory + "\n".join([f"- {line}"] + [f"- {n}" for n in notes]) + "\n"}, f"round {rnd}")
 
     def _write_meta(self, stopped: str | None, best: Evaluation | None) -> None:
         meta = {"target": self.target_arg, "headline": self.objective.metric, "direction": self.objective.direction, "stopped_because": stopped,
-                "best": best.commit if best else None, "evaluations": len(self.rows)}
+                "best": best.commit if best else None, "evaluations": len(self.rows), "implementer": self.implementer}
+        if self.agents is not None:
+            meta["agents"] = self.agents.state().ledger.to_dict()
         (self.run_dir / "search.json").write_text(json.dumps(meta, indent=2))
 
     def _finish(self, stopped: str) -> SearchSummary:

@@ -14,6 +14,7 @@ import json
 import random
 from dataclasses import dataclass
 
+from vibeserve_ray.agents.hypothesis import Hypothesis
 from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.skills import Skill
 
@@ -25,6 +26,7 @@ class Proposal:
     design: dict[str, str]
     changes: dict[str, str]
     rationale: str
+    hypothesis: Hypothesis | None = None  # set when an LLM Implementer writes the change
 
     def key(self) -> str:
         return design_key(self.design)

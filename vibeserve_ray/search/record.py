@@ -13,13 +13,14 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from vibeserve_ray.agents.ledger import Usage
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.inner.implement import apply_design
 from vibeserve_ray.inner.loop import InnerResult, InnerTask
 from vibeserve_ray.search.islands import Member
 from vibeserve_ray.search.results import Evaluation, append_result, read_results, rebuild_from_notes
-from vibeserve_ray.search.state import RunRepo, extract_tree, pack_dir
+from vibeserve_ray.search.state import TRANSCRIPTS_BRANCH, RunRepo, extract_tree, pack_dir
 from vibeserve_ray.search.studies import save_study, study_name
 from vibeserve_ray.target import Objective, Target
 
@@ -49,8 +50,9 @@ def best(rows: list[Evaluation], objective: Objective) -> Evaluation | None:
 
 
 def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[Evaluation], target: Target,
-                  commit_override: str | None = None) -> Evaluation:
-    """Commits the candidate (parent = where it came from), notes the evaluation, appends the row."""
+                  commit_override: str | None = None, usage: dict[str, Usage] | None = None) -> Evaluation:
+    """Commits the candidate (parent = where it came from) and its agents' transcripts, notes
+    the evaluation, appends the row. `usage`: what its agents' calls cost, by role (the gateway's ledger)."""
     with tempfile.TemporaryDirectory() as tmp:
         tree_dir = extract_tree(result.tree, Path(tmp) / "c")
         if commit_override:
@@ -58,6 +60,9 @@ def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[
         else:
             message = f"{result.message}\n\nverdict: {result.verdict}" + (f" ({result.failure_phase}: {result.failure_reason[:200]})" if result.failure_phase else "")
             commit = repo.commit_candidate(tree_dir, result.parent, message, branch=f"island-{result.island}")
+    if result.transcripts:
+        repo.write_files(TRANSCRIPTS_BRANCH, {f"{commit}/{role}.json": text for role, text in result.transcripts.items()},
+                         f"transcripts of {commit[:12]}")
     objective = target.spec.benchmark.objective
     seed = next((r for r in rows if r.implementer == "seed"), None)
     seed_value = seed.headline_value if seed else result.headline_value
@@ -69,7 +74,7 @@ def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[
         failure_reason=result.failure_reason[:2000], headline_value=float(result.headline_value),
         speedup=objective.speedup(result.headline_value, seed_value), metrics=json.dumps(result.metrics, sort_keys=True),
         hints=json.dumps([h.to_dict() for h in result.hints]),
-    ))
+    ) | _agent_columns(usage or {}, result.session_s))
     trials = [t.to_dict() for t in result.trials]
     repo.add_note(commit, row.to_dict() | {"trials": trials})
     append_result(run_dir, row)
@@ -78,12 +83,25 @@ def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[
     return row
 
 
+def _agent_columns(usage: dict[str, Usage], session_s: dict[str, float]) -> dict:
+    total = sum(usage.values(), Usage())
+    per_role = {role: u.to_dict() | {"session_s": round(session_s.get(role, 0.0), 3)} for role, u in sorted(usage.items())}
+    return dict(agent_calls=total.calls, agent_input_tokens=total.input_tokens, agent_cache_write_tokens=total.cache_write_tokens,
+                agent_cache_read_tokens=total.cache_read_tokens, agent_output_tokens=total.output_tokens, agent_cost_usd=total.cost_usd,
+                agent_s=sum(session_s.values()), agent_usage=json.dumps(per_role, sort_keys=True))
+
+
 def lost_result(repo: RunRepo, task: InnerTask, reason: str, verdict: str = "failed") -> InnerResult:
     """A result for an inner loop that never returned (timed out, or its retries ran out):
     the proposal applied to the parent, so what was attempted is still in git."""
     with tempfile.TemporaryDirectory() as tmp:
         cand = extract_tree(task.parent_tree, Path(tmp) / "c")
-        message = "seed" if task.proposal is None else apply_design(task.proposal, cand)
+        if task.proposal is None:
+            message = "seed"
+        elif task.proposal.hypothesis is not None:  # what the agent wrote is lost with its worker: the parent's tree, and the hypothesis
+            message = f"{task.implementer}: {task.proposal.hypothesis.brief()}"
+        else:
+            message = apply_design(task.proposal, cand)
         spec = load_candidate(cand)
         now = time.time()
         return InnerResult(eval_id=task.eval_id, island=task.island, round=task.round, parent=task.parent, tree=pack_dir(cand),

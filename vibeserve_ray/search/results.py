@@ -18,6 +18,12 @@ the notes when it is lost. Columns (stable; extend, never rename):
 | started_at, finished_at | unix seconds |
 | implement_s, judge_s, evaluate_s | time in each phase of the inner loop |
 | node, attempt | the Ray node that ran it, and Ray's attempt number |
+| agent_calls | Messages API calls the candidate's agents made (Implementer, Judge, Evaluator; 0 offline) |
+| agent_input_tokens, agent_cache_write_tokens, agent_cache_read_tokens | their input tokens: uncached (the API's `input_tokens`), written to and read from the prompt cache; billed input is the sum |
+| agent_output_tokens | their output tokens |
+| agent_cost_usd | what those calls cost, at the prices in the target's `[agent]` (or the built-in list prices) |
+| agent_s | wall time of the candidate's agent sessions, tools included |
+| agent_usage | JSON: the same per role (`calls`, token counts, `cost_usd`, `seconds` in the API, `session_s`) |
 """
 
 from __future__ import annotations
@@ -60,6 +66,14 @@ class Evaluation:
     evaluate_s: float = 0.0
     node: str = ""
     attempt: int = 0
+    agent_calls: int = 0
+    agent_input_tokens: int = 0
+    agent_cache_write_tokens: int = 0
+    agent_cache_read_tokens: int = 0
+    agent_output_tokens: int = 0
+    agent_cost_usd: float = 0.0
+    agent_s: float = 0.0
+    agent_usage: str = "{}"
 
     @property
     def validated(self) -> bool:

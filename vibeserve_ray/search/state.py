@@ -4,8 +4,9 @@
 directory and whose parent is the candidate it came from; `island-<i>` branches point
 at each island's latest candidate; notes under `refs/notes/evaluations` carry each
 evaluation's verdict, metrics, knobs and hints. The outer loop's planning state
-(MEMORY.md, BACKLOG.md) lives on its own `planning` branch, so candidate trees stay
-exactly the candidates. Trees are written with a throwaway index, never a checkout,
+(MEMORY.md, BACKLOG.md) lives on its own `planning` branch and the agents' transcripts on
+`transcripts` (keyed by the candidate commit), so candidate trees stay exactly the
+candidates. Trees are written with a throwaway index, never a checkout,
 so the driver is the only writer and nothing depends on a working tree.
 """
 
@@ -22,6 +23,7 @@ import git
 
 NOTES_REF = "evaluations"
 PLANNING_BRANCH = "planning"
+TRANSCRIPTS_BRANCH = "transcripts"  # agent sessions: <candidate commit>/<role>.json, rounds/<n>/orchestrator.json
 AUTHOR_ENV = {
     "GIT_AUTHOR_NAME": "vibeserve",
     "GIT_AUTHOR_EMAIL": "vibeserve@localhost",
@@ -143,20 +145,34 @@ class RunRepo:
     # --- planning state ------------------------------------------------------------------
 
     def read_planning(self, name: str) -> str:
-        try:
-            return self._git("show", f"refs/heads/{PLANNING_BRANCH}:{name}")
-        except git.GitCommandError:
-            return ""
+        return self.read_file(PLANNING_BRANCH, name)
 
     def write_planning(self, files: dict[str, str], message: str) -> str:
         """Commits MEMORY.md / BACKLOG.md (or any planning files) on the planning branch."""
-        parent = self.branch_head(PLANNING_BRANCH)
+        return self.write_files(PLANNING_BRANCH, files, message)
+
+    def write_files(self, branch: str, files: dict[str, str], message: str) -> str:
+        """Commits `files` (path -> text) over `branch`'s tree, the rest kept, through a
+        throwaway index: no checkout, and no export of what is already there."""
+        parent = self.branch_head(branch)
         with tempfile.TemporaryDirectory() as tmp:
+            index = os.path.join(tmp, "index")
             if parent:
-                self.export(parent, Path(tmp))
+                self._git("read-tree", parent, index=index)
             for name, text in files.items():
-                (Path(tmp) / name).write_text(text)
-            return self.commit_candidate(Path(tmp), parent, message, branch=PLANNING_BRANCH)
+                blob = self._git("hash-object", "-w", "--stdin", input=text)
+                self._git("update-index", "--add", "--cacheinfo", f"100644,{blob},{name}", index=index)
+            tree = self._git("write-tree", index=index)
+        commit = self._git("commit-tree", tree, "-m", message, *(["-p", parent] if parent else []))
+        self._git("update-ref", f"refs/heads/{branch}", commit)
+        return commit
+
+    def read_file(self, branch: str, path: str) -> str:
+        """`path` on `branch` ('' when either is missing)."""
+        try:
+            return self._git("show", f"refs/heads/{branch}:{path}")
+        except git.GitCommandError:
+            return ""
 
 
 def _stdin(text: str):

@@ -43,7 +43,20 @@ def run_status(run_dir: Path) -> dict:
                          "design": json.loads(r.design)} for i, r in enumerate(ranked)],
         "running": [dict(t, running_s=round(time.time() - t["since"], 1)) for t in running],
         "lineage": lineage,
+        "agents": _agents(meta, rows),
     }
+
+
+def _agents(meta: dict, rows: list) -> dict | None:
+    """The LLM agents' spend: by role (the gateway's ledger, the Orchestrator included) and by candidate."""
+    if "agents" not in meta and not any(r.agent_calls for r in rows):
+        return None
+    ledger = meta.get("agents") or {}
+    per_candidate = [{"commit": r.commit, "calls": r.agent_calls, "tokens": r.agent_input_tokens + r.agent_cache_write_tokens
+                      + r.agent_cache_read_tokens + r.agent_output_tokens, "cost_usd": round(r.agent_cost_usd, 4), "seconds": round(r.agent_s, 1)}
+                     for r in rows if r.agent_calls]
+    return {"budget_usd": ledger.get("budget_usd"), "budget_spent": ledger.get("budget_spent"), "total": ledger.get("total"),
+            "by_role": ledger.get("by_role", {}), "by_candidate": per_candidate}
 
 
 def run_objective(run_dir: Path, meta: dict) -> Objective:
@@ -77,4 +90,16 @@ def format_status(st: dict) -> str:
         lines.append(f"best: {b['commit'][:12]} {b['metric']} = {b['headline']} ({b['speedup']}x the seed)")
         lines.append("lineage of the best (newest first):")
         lines += [f"  {x['commit'][:12]}  {x['message']}" for x in st["lineage"]]
+    if st.get("agents"):
+        a = st["agents"]
+        total = a.get("total") or {}
+        budget = f" of ${a['budget_usd']:g}" if a.get("budget_usd") else ""
+        lines.append(f"agents: ${total.get('cost_usd', 0):.4f}{budget} in {total.get('calls', 0)} calls"
+                     + (" (budget spent)" if a.get("budget_spent") else ""))
+        lines.append(f"  {'role':12}  {'calls':>5}  {'input':>9}  {'cache rd':>9}  {'cache wr':>9}  {'output':>8}  {'cost $':>8}  {'api s':>7}")
+        for role, u in a["by_role"].items():
+            lines.append(f"  {role:12}  {u['calls']:>5}  {u['input_tokens']:>9}  {u['cache_read_tokens']:>9}  {u['cache_write_tokens']:>9}  "
+                         f"{u['output_tokens']:>8}  {u['cost_usd']:>8.4f}  {u['seconds']:>7.1f}")
+        for c in a["by_candidate"]:
+            lines.append(f"  {c['commit'][:12]}: {c['calls']} calls, {c['tokens']} tokens, ${c['cost_usd']:.4f}, {c['seconds']:.0f}s in sessions")
     return "\n".join(lines)
