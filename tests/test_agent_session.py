@@ -68,6 +68,7 @@ def test_session_edits_with_the_text_editor_calls_tools_and_submits_a_structured
     assert first["model"] == "claude-sonnet-5-5" and first["max_tokens"] == 1024 and "stream" not in first
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["outcome"] == SUBMITTED and saved["result"]["summary"] == "step returns 2"
+    assert saved["ended_at"] >= saved["started_at"]
     assert len(saved["calls"]) == 4 and saved["usage"]["calls"] == 4
     assert [m["role"] for m in saved["messages"]] == ["user", "assistant"] * 4 + ["user"]
 

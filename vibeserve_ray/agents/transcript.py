@@ -35,6 +35,7 @@ class Transcript:
     tools: list[str]
     path: Path | None = None  # where it is saved after every step (None: kept in memory)
     started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None  # set when the session ends; a transcript saved mid-session has none
     messages: list[dict] = field(default_factory=list)
     calls: list[dict] = field(default_factory=list)
     outcome: str = "running"
@@ -52,12 +53,12 @@ class Transcript:
         self.save()
 
     def end(self, outcome: str, reason: str = "", result: dict | None = None) -> None:
-        self.outcome, self.reason, self.result = outcome, reason, result
+        self.outcome, self.reason, self.result, self.ended_at = outcome, reason, result, time.time()
         self.save()
 
     def to_dict(self) -> dict[str, Any]:
         return {"role": self.role, "eval_id": self.eval_id, "model": self.model, "started_at": self.started_at,
-                "ended_at": time.time(), "outcome": self.outcome, "reason": self.reason, "result": self.result,
+                "ended_at": self.ended_at, "outcome": self.outcome, "reason": self.reason, "result": self.result,
                 "usage": self.usage.to_dict(), "tools": self.tools, "system": self.system, "calls": self.calls, "messages": self.messages}
 
     def to_json(self) -> str:
