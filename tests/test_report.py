@@ -87,6 +87,7 @@ def test_report_of_a_real_run_renders_in_chromium_with_leaderboard_plots_and_lin
     best = json.loads(run_cli("status", str(watched_search.run), "--json").stdout)["best"]["commit"]
     assert seen.rows["lineage"] == len(RunRepo(watched_search.run / "repo").lineage(best)) + 1
     assert not seen.external, "the page must open with no network"
+    assert "no agent calls" in page.read_text()  # the offline implementer
 
 
 def test_report_opens_on_a_run_that_is_still_going(watched_search):
@@ -127,10 +128,11 @@ def test_report_of_a_directory_that_is_not_a_run_is_bad_input(tmp_path):
 
 @pytest.fixture(scope="module")
 def recorded_run(tmp_path_factory, tiny_target):
-    """A run as the search records it (commit, note, row, study), without measuring: the seed,
-    a faster child, a faster grandchild, a slower sibling, and a rejected one."""
+    """A run as the search records it (commit, note, row, study, agents' usage), without
+    measuring: the seed, a faster child, a faster grandchild, a slower sibling, and a rejected one."""
     import optuna
 
+    from vibeserve_ray.agents.ledger import Usage
     from vibeserve_ray.candidate import load_candidate, materialise_seed
     from vibeserve_ray.inner.evaluate import Trial
     from vibeserve_ray.inner.loop import InnerResult
@@ -155,7 +157,8 @@ def recorded_run(tmp_path_factory, tiny_target):
             metrics={"output_throughput": tput, "p99_e2el_ms": lat} if ok else {}, started_at=1000.0 + 60 * i, finished_at=1050.0 + 60 * i,
             trials=[Trial({"batch_wait_ms": k}, tput * f, distributions={"batch_wait_ms": dist}) for k, f in ((knob, 1.0), (knob + 1, 0.9))]
             if ok else [])
-        rows.append(record_result(run, repo, result, rows, tiny_target, commit_override=None))
+        usage = {"implementer": Usage(3, 1000 * i, 200, 500, 4000, 0.01 * i, 2.0), "judge": Usage(1, 300, 50, 0, 0, 0.002, 1.0)} if i else {}
+        rows.append(record_result(run, repo, result, rows, tiny_target, commit_override=None, usage=usage))
     (run / "search.json").write_text(json.dumps({"target": str(ROOT / "targets" / "tiny-llama-cpu"), "headline": "output_throughput",
                                                  "direction": "maximize", "stopped_because": "rounds"}))
     return run, rows
@@ -183,7 +186,8 @@ def test_pareto_front_failures_and_knob_trials_are_drawn(recorded_run):
     assert plots["pareto"].note == "3 of 4 candidates on the front"  # (700, 120), (800, 150), (1000, 240); (900, 100) is beaten
     assert plots["failures"].points == 1 and plots["headline"].points == 4
     assert len(view.knobs.trials) == 8 and set(view.knobs.importances) == {"batch_wait_ms"}  # every study of the best's design
-    assert plots["agents"].note == "no agent calls" and not plots["agents"].svg
+    assert set(view.agents) == {"implementer", "judge"} and view.agents["implementer"].calls == 12  # summed over the candidates
+    assert view.agents["implementer"].cost_usd == pytest.approx(0.1) and plots["agents"].note == "$0.1080 in 16 calls"
     html = (run / "r.html")
     from vibeserve_ray.report.page import write_report
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vibeserve_ray.agents.ledger import Usage
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.search.record import RUNNING_FILE
 from vibeserve_ray.search.results import Evaluation, read_results, rows_from_notes
@@ -71,16 +72,6 @@ class Remeasure:
 
 
 @dataclass(frozen=True)
-class AgentUse:
-    role: str
-    calls: int
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float
-    seconds: float
-
-
-@dataclass(frozen=True)
 class RunView:
     run_dir: Path
     target: str
@@ -91,7 +82,8 @@ class RunView:
     lineage: tuple[LineageStep, ...]  # seed first
     knobs: KnobStudy | None
     remeasure: Remeasure | None
-    agents: tuple[AgentUse, ...]
+    agents: dict[str, Usage]  # spend by role; empty: no agent calls
+    budget_usd: float | None  # the agents' budget, when one was set
     read_at: float
 
     @property
@@ -133,7 +125,8 @@ def read_run(run_dir: Path) -> RunView:
         rows=tuple(rows), running=tuple(Running(**{k: t[k] for k in ("eval_id", "island", "round", "proposal", "since")})
                                          for t in _json(run_dir / RUNNING_FILE, [])),
         lineage=_lineage(repo, rows, best, objective), knobs=None if best is None else _knob_study(run_dir, rows, best),
-        remeasure=_remeasure(run_dir / "remeasure.json"), agents=(), read_at=time.time(),
+        remeasure=_remeasure(run_dir / "remeasure.json"), agents=_agents(meta, rows),
+        budget_usd=(meta.get("agents") or {}).get("budget_usd"), read_at=time.time(),
     )
 
 
@@ -198,6 +191,20 @@ def _importances(trials: list, best: Evaluation, storage: str, names: list[str])
         return optuna.importance.get_param_importances(pooled, params=sorted(varied))
     except (ValueError, RuntimeError):  # e.g. every value equal: nothing to attribute
         return {}
+
+
+def _agents(meta: dict, rows: list[Evaluation]) -> dict[str, Usage]:
+    """By role: the gateway's ledger as search.json last recorded it (the Orchestrator
+    included), else the sum of the candidates' own columns."""
+    ledger = (meta.get("agents") or {}).get("by_role")
+    if ledger:
+        by_role = {role: Usage.from_dict(u) for role, u in ledger.items()}
+    else:
+        by_role = {}
+        for r in rows:
+            for role, u in json.loads(r.agent_usage or "{}").items():
+                by_role[role] = by_role.get(role, Usage()) + Usage.from_dict(u)
+    return {role: u for role, u in sorted(by_role.items()) if u.calls}
 
 
 def _remeasure(path: Path) -> Remeasure | None:

@@ -89,10 +89,10 @@ figure { margin: 12px 0; } figure svg { max-width: 100%; height: auto; } figcapt
 </table>{% endif %}
 
 <h2 id="leaderboard">Leaderboard</h2>
-{% if leaderboard %}<table class="leaderboard"><tr><th>#</th><th>commit</th><th>island</th><th>round</th><th>{{ v.objective.metric }}</th><th>vs seed</th><th>verdict</th><th>design (changes to the seed's)</th><th>knobs</th><th>why not</th></tr>
+{% if leaderboard %}<table class="leaderboard"><tr><th>#</th><th>commit</th><th>island</th><th>round</th><th>{{ v.objective.metric }}</th><th>vs seed</th><th>verdict</th>{% if v.agents %}<th>agents (USD)</th>{% endif %}<th>design (changes to the seed's)</th><th>knobs</th><th>why not</th></tr>
 {% for e in leaderboard %}{% set r = e.row %}<tr class="{{ 'best' if best and r.eval_id == best.eval_id else '' }}"><td class="n">{{ loop.index }}</td><td><code>{{ r.commit|short }}</code></td>
 <td class="n">{{ r.island }}</td><td class="n">{{ r.round }}</td><td class="n">{{ r.headline_value|num }}</td><td class="n">{{ r.speedup|ratio }}</td>
-<td class="{{ r.verdict }}">{{ r.verdict }}</td><td><code>{{ e.design }}</code></td><td><code>{{ e.knobs }}</code></td><td>{{ e.why }}</td></tr>
+<td class="{{ r.verdict }}">{{ r.verdict }}</td>{% if v.agents %}<td class="n">{{ r.agent_cost_usd|num(4) }}</td>{% endif %}<td><code>{{ e.design }}</code></td><td><code>{{ e.knobs }}</code></td><td>{{ e.why }}</td></tr>
 {% endfor %}</table>{% else %}<p class="empty">no evaluations yet</p>{% endif %}
 
 {% macro plot(p) %}<h2 id="{{ p.key }}">{{ p.title }}</h2>
@@ -117,9 +117,11 @@ figure { margin: 12px 0; } figure svg { max-width: 100%; height: auto; } figcapt
 Open every study with <code>optuna-dashboard sqlite:///{{ v.run_dir }}/optuna.db</code>.</p>{% endif %}
 
 {{ plot(plots.agents) }}
-{% if v.agents %}<table><tr><th>role</th><th>calls</th><th>input tokens</th><th>output tokens</th><th>cost (USD)</th><th>time (s)</th></tr>
-{% for a in v.agents %}<tr><td>{{ a.role }}</td><td class="n">{{ a.calls }}</td><td class="n">{{ a.input_tokens }}</td><td class="n">{{ a.output_tokens }}</td>
-<td class="n">{{ a.cost_usd|num(4) }}</td><td class="n">{{ a.seconds|num(1) }}</td></tr>{% endfor %}</table>{% endif %}
+{% if v.agents %}<table class="agents"><tr><th>role</th><th>calls</th><th>input tokens</th><th>cache write</th><th>cache read</th><th>output tokens</th>
+<th>cost (USD)</th><th>waiting on the API (s)</th></tr>
+{% for role, u in v.agents.items() %}<tr><td>{{ role }}</td><td class="n">{{ u.calls }}</td><td class="n">{{ u.input_tokens }}</td><td class="n">{{ u.cache_write_tokens }}</td>
+<td class="n">{{ u.cache_read_tokens }}</td><td class="n">{{ u.output_tokens }}</td><td class="n">{{ u.cost_usd|num(4) }}</td><td class="n">{{ u.seconds|num(1) }}</td></tr>
+{% endfor %}</table>{% endif %}
 
 {{ plot(plots.remeasure) }}
 </body></html>

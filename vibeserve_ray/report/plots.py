@@ -139,19 +139,28 @@ def knob_effects(view: RunView) -> Plot:
 
 
 def agent_usage(view: RunView) -> Plot:
-    """Tokens spent by each agent role."""
+    """Tokens each agent role spent, by kind (billed input is uncached + cache write + cache read)."""
     title = "Agent usage by role"
     if not view.agents:
         return Plot("agents", title, "", 0, "no agent calls")
-    fig, ax = _figure(height=0.8 + 0.45 * len(view.agents))
-    roles = [a.role for a in view.agents]
-    inp = ax.barh(roles, [a.input_tokens for a in view.agents], color=COLORS[0], label="input tokens")
-    out = ax.barh(roles, [a.output_tokens for a in view.agents], left=[a.input_tokens for a in view.agents], color=COLORS[1], label="output tokens")
-    for i, bar in enumerate(list(inp) + list(out)):
-        bar.set_gid(f"data-agent-{i}")
+    roles = list(view.agents)
+    fig, ax = _figure(height=1.0 + 0.5 * len(roles))
+    left = [0] * len(roles)
+    for i, (kind, color) in enumerate((("input_tokens", COLORS[0]), ("cache_write_tokens", COLORS[4]), ("cache_read_tokens", COLORS[9]),
+                                       ("output_tokens", COLORS[1]))):
+        values = [getattr(view.agents[r], kind) for r in roles]
+        bars = ax.barh(roles, values, left=left, color=color, label=kind.removesuffix("_tokens").replace("_", " "))
+        for j, bar in enumerate(bars):
+            bar.set_gid(f"data-agent-{i}-{j}")
+        left = [a + b for a, b in zip(left, values)]
+    for j, role in enumerate(roles):
+        ax.annotate(f" ${view.agents[role].cost_usd:.4f}", (left[j], j), va="center", fontsize=8)
+    ax.invert_yaxis()
     ax.set_xlabel("tokens")
-    ax.legend(loc="best", fontsize=8)
-    return Plot("agents", title, _svg(fig, "agents"), len(view.agents))
+    ax.legend(loc="lower right", fontsize=8)
+    total = sum(u.cost_usd for u in view.agents.values())
+    budget = f" of a ${view.budget_usd:g} budget" if view.budget_usd else ""
+    return Plot("agents", title, _svg(fig, "agents"), len(roles), f"${total:.4f}{budget} in {sum(u.calls for u in view.agents.values())} calls")
 
 
 def remeasure(view: RunView) -> Plot:
