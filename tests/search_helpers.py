@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,8 @@ class RayHead:
         try:
             with urllib.request.urlopen(self.dashboard + "/api/version", timeout=2) as r:
                 return r.status == 200
+        except urllib.error.HTTPError:  # it answered (401 where token auth is on): it is up
+            return True
         except OSError:
             return False
 
