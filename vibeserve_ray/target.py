@@ -162,7 +162,9 @@ class LimitsSpec(_Strict):
     open_files: PositiveInt = 4096
     cpu_time_s: Annotated[float, Field(gt=0)] = 3600  # per process; a deployed server has no CPU-time limit
     disk_mb: PositiveInt = 1024  # its private /tmp
-    output_mb: PositiveInt = 64  # any file it writes, its log included
+    # any file it writes, its log included; torch.compile (compile = on) writes a precompiled header
+    # of 128-256 MiB (measured: fails at 128, passes at 256)
+    output_mb: PositiveInt = 512
 
 
 class SearchSpec(_Strict):

@@ -21,7 +21,7 @@ class Rlimits:
     processes: int = 1024  # tasks, threads included (a pids cgroup where one can be made, and RLIMIT_NPROC)
     open_files: int = 4096
     cpu_time_s: float | None = 3600.0  # None: unlimited (a long-running server)
-    file_mb: int = 64  # bytes per file written, the process's log included: an output flood stops there
+    file_mb: int = 512  # bytes per file written, the log included: an output flood stops there (torch.compile writes a 128-256 MiB header)
     disk_mb: int = 1024  # the private /tmp, all files together
 
     def apply(self) -> None:
