@@ -1,0 +1,110 @@
+"""Where a server's time goes, from py-spy samples of its processes while it serves a load.
+
+`profiling(pid)` samples the process and its children (`py-spy record --subprocesses
+--threads --nonblocking`, raw collapsed stacks) for as long as the block runs; the
+summary counts, per process, the busy share of each thread and of each part of a
+serving stack (model forward, sampling, scheduling, detokenising, HTTP and SSE, IPC,
+the event loop), by the frames on each sampled stack. Idle threads are not sampled, so
+the shares are of the time the process was busy, and `busy_cores` is how many cores'
+worth of samples it took.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+RATE = 67  # samples/s per thread: cheap enough beside a 2-core load, ~4,000 samples a minute
+# First match wins, in this order: a model forward holds no HTTP frames, an SSE write no forward.
+PARTS = (
+    ("model forward", ("forward (", "_call_impl", "execute_model", "ModelRunner.run", "compute_logits", "_compile", "compiled")),
+    ("sampling", ("sampl", "Sampler")),
+    ("scheduling", ("schedul", "ForwardBatch", "kv_cache", "block_pool", "KVCache", "Sequence", "postprocess", "update_from_output")),
+    ("detokenising", ("detok", "Detokenizer", "tokenizers", "decode (", "convert_ids_to_tokens", "_Detokenizer")),
+    ("http and sse", ("uvicorn", "starlette", "fastapi", "h11", "httptools", "_sse", "json", "aiohttp", "_events", "pieces", "pydantic",
+                      "serving_completion", "openai")),
+    ("ipc", ("zmq", "msgspec", "msgpack", "pickle", "serial_utils", "multiprocessing", "connection", "socket")),
+    ("event loop", ("asyncio", "base_events", "uvloop", "selectors", "queue")),
+)
+_PROCESS = re.compile(r'^process (\d+):"([^"]*)"')
+
+
+@contextlib.contextmanager
+def profiling(pid: int, out: Path) -> Iterator[dict]:
+    """Samples `pid` and its children while the block runs; the dict it yields is filled
+    with the summary when the block ends (empty when py-spy could not attach)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["py-spy", "record", "--pid", str(pid), "--subprocesses", "--threads", "--nonblocking", "--rate", str(RATE),
+           "--format", "raw", "-o", str(out)]
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    summary: dict = {}
+    try:
+        yield summary
+    finally:
+        seconds = time.monotonic() - t0
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+        try:
+            _, err = spy.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            _, err = spy.communicate()
+        if out.is_file():
+            summary.update(summarise(out.read_text(errors="replace"), seconds))
+        else:
+            summary["error"] = (err or "py-spy wrote nothing").strip()[-300:]
+
+
+def summarise(raw: str, seconds: float) -> dict:
+    """Per process (by command line): busy cores, shares of its threads and of the stack's parts."""
+    procs: dict[str, dict[str, Counter]] = {}
+    for line in _records(raw):
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        m = _PROCESS.match(stack)
+        name = _short(m.group(2)) + f" (pid {m.group(1)})" if m else "?"
+        frames = stack.split(";")
+        thread = next((f.split(":", 1)[1].strip() for f in frames if f.startswith("thread (")), "?")
+        p = procs.setdefault(name, {"threads": Counter(), "parts": Counter(), "leaves": Counter()})
+        n = int(count)
+        p["threads"][thread] += n
+        p["parts"][_part(stack)] += n
+        p["leaves"][frames[-1].split(" (")[0]] += n
+    out = {}
+    for name, p in procs.items():
+        total = sum(p["threads"].values())
+        share = lambda c: {k: round(v / total, 3) for k, v in c.most_common(8)}  # noqa: E731
+        out[name] = {"busy_cores": round(total / (RATE * seconds), 2), "samples": total, "threads": share(p["threads"]),
+                     "parts": share(p["parts"]), "top_functions": share(p["leaves"])}
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["samples"]))
+
+
+def _records(raw: str) -> Iterator[str]:
+    """Lines of collapsed stacks; a command line with newlines in it is joined back."""
+    pending = ""
+    for line in raw.splitlines():
+        pending = f"{pending} {line}" if pending else line
+        if re.search(r" \d+$", pending):
+            yield pending
+            pending = ""
+
+
+def _part(stack: str) -> str:
+    for part, needles in PARTS:
+        if any(n in stack for n in needles):
+            return part
+    return "other"
+
+
+def _short(cmdline: str) -> str:
+    for key in ("vibeserve_ray.serve.worker", "EngineCore", "vllm serve", "engine_process"):
+        if key in cmdline:
+            return key
+    return cmdline.split()[0].rsplit("/", 1)[-1] if cmdline else "?"

