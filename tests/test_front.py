@@ -182,3 +182,21 @@ def test_echo_with_max_tokens_0_returns_only_the_prompt(echo_server):
     url, front = echo_server
     out = _client(url).completions.create(model="tiny", prompt="alpha beta", max_tokens=0, echo=True)
     assert out.choices[0].text == "alpha beta" and out.usage.completion_tokens == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_streamed_text_equals_the_whole_output_decoded(tiny_target, seed):
+    """Incremental detokenising, a token at a time (special tokens, stray bytes and all),
+    adds up to decoding the whole output at once, with or without the Python wrapper."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from vibeserve_ray.serve.front import _Detokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_target.tokenizer_dir()))
+    ids = random.Random(seed).choices(range(len(tok)), k=80)
+    for tokenizer in (tok, type("Slow", (), {"decode": tok.decode})()):
+        detok = _Detokenizer(tokenizer, [])
+        text = "".join(detok.push([t], final=i == len(ids) - 1)[0] for i, t in enumerate(ids))
+        assert text == tok.decode(ids, skip_special_tokens=True)

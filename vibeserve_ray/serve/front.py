@@ -60,17 +60,34 @@ class Usage:
 
 @dataclass
 class _Detokenizer:
-    """Decodes the whole output each time and emits the new suffix, holding back an
-    incomplete UTF-8 sequence and anything that might be the start of a stop string."""
+    """Emits the text each token adds, holding back an incomplete UTF-8 sequence and
+    anything that might be the start of a stop string.
+
+    Incremental (as vLLM's): each push decodes only the tokens since the last complete
+    piece, with the one before as context, and keeps the difference; decoding the whole
+    output every token made streaming quadratic, a third of the front's Python time at
+    48 tokens (py-spy --gil, 16 streams)."""
 
     tokenizer: Any
     stop: list[str]
     ids: list[int] = field(default_factory=list)
-    emitted: int = 0
+    text: str = ""  # every complete piece decoded so far
+    emitted: int = 0  # of `text`, what was sent
+    prefix_offset: int = 0  # ids[prefix_offset:read_offset] decoded last time: the context of the next piece
+    read_offset: int = 0
 
     def push(self, token_ids: list[int], final: bool) -> tuple[str, bool]:
         self.ids.extend(token_ids)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        decode = _decode_fn(self.tokenizer)
+        before = decode(self.ids[self.prefix_offset:self.read_offset])
+        after = decode(self.ids[self.prefix_offset:])
+        pending = after[len(before):]
+        if pending.endswith("\ufffd") and not final:
+            text = self.text + pending  # incomplete: looked at for stop strings, not kept
+        else:
+            self.text += pending
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            text = self.text
         for s in self.stop:
             at = text.find(s, max(0, self.emitted - len(s)))
             if at != -1:
@@ -82,6 +99,15 @@ class _Detokenizer:
         end = max(self.emitted, len(text) - hold)
         out, self.emitted = text[self.emitted : end], end
         return out, False
+
+
+def _decode_fn(tokenizer: Any):
+    """The Rust tokenizer's own decode where the Python wrapper adds nothing (no space
+    clean-up): its per-call overhead was most of the detokenising time."""
+    fast = getattr(tokenizer, "_tokenizer", None)
+    if fast is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return lambda ids: fast.decode(ids, skip_special_tokens=True)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
 class OpenAIFront:
