@@ -1,11 +1,12 @@
 """Where a server's time goes, from py-spy samples of its processes while it serves a load.
 
-`profiling(pid)` samples the process and its children (`py-spy record --subprocesses
---threads --nonblocking`, raw collapsed stacks) for as long as the block runs; the
+`profiling(pid)` samples the process and its Python children (`py-spy record --threads
+--nonblocking`, raw collapsed stacks, one py-spy each) for as long as the block runs; the
 summary counts, per process, the busy share of each thread and of each part of a
 serving stack (model forward, sampling, scheduling, detokenising, HTTP and SSE, IPC,
 the event loop), by the frames on each sampled stack. Idle threads are not sampled, so
-the shares are of the time the process was busy, and `busy_cores` is how many cores'
+the shares are of the time the process was busy (for a sandboxed process, by the
+innermost frame: IDLE_LEAVES), and `busy_cores` is how many cores'
 worth of samples it took.
 """
 
@@ -32,48 +33,81 @@ PARTS = (
     ("ipc", ("zmq", "msgspec", "msgpack", "pickle", "serial_utils", "multiprocessing", "connection", "socket")),
     ("event loop", ("asyncio", "base_events", "uvloop", "selectors", "queue")),
 )
+# py-spy cannot tell a waiting thread of a process in another pid namespace (a sandboxed
+# candidate) from a running one: samples whose innermost frame is one of these waits count as idle.
+IDLE_LEAVES = ("select", "EpollSelector.select", "poll", "_poll", "Condition.wait", "Event.wait", "Thread.join", "_admit",
+               "serve_worker", "wait", "sleep", "accept")
 _PROCESS = re.compile(r'^process (\d+):"([^"]*)"')
 
 
 @contextlib.contextmanager
 def profiling(pid: int, out: Path) -> Iterator[dict]:
-    """Samples `pid` and its children while the block runs; the dict it yields is filled
-    with the summary when the block ends (empty when py-spy could not attach)."""
+    """Samples `pid` and every Python process under it while the block runs, one py-spy
+    each (`--subprocesses` missed vLLM's engine core and the sandboxed workers); the dict it
+    yields is filled with the summary when the block ends."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["py-spy", "record", "--pid", str(pid), "--subprocesses", "--threads", "--nonblocking", "--rate", str(RATE),
-           "--format", "raw", "-o", str(out)]
-    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    spies = []
+    for proc in _python_tree(pid):
+        raw = out.with_name(f"{out.stem}-{proc.pid}.txt")
+        cmd = ["py-spy", "record", "--pid", str(proc.pid), "--threads", "--nonblocking", "--rate", str(RATE), "--format", "raw", "-o", str(raw)]
+        spies.append((_name(proc), raw, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
     t0 = time.monotonic()
     summary: dict = {}
     try:
         yield summary
     finally:
         seconds = time.monotonic() - t0
-        spy.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+        errors = []
+        for name, raw, spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+            try:
+                _, err = spy.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                _, err = spy.communicate()
+            if raw.is_file():
+                summary.update(summarise(raw.read_text(errors="replace"), seconds, name))
+            else:
+                errors.append((err or "py-spy wrote nothing").strip()[-200:])
+        if errors:
+            summary["errors"] = errors
+
+
+def _python_tree(pid: int) -> list:
+    """The process and its descendants that run Python (a sandbox's bwrap does not)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+    keep = []
+    for p in procs:
         try:
-            _, err = spy.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            _, err = spy.communicate()
-        if out.is_file():
-            summary.update(summarise(out.read_text(errors="replace"), seconds))
-        else:
-            summary["error"] = (err or "py-spy wrote nothing").strip()[-300:]
+            if "python" in p.exe() or p.name().startswith("VLLM"):
+                keep.append(p)
+        except psutil.Error:
+            pass
+    return keep
 
 
-def summarise(raw: str, seconds: float) -> dict:
-    """Per process (by command line): busy cores, shares of its threads and of the stack's parts."""
+def summarise(raw: str, seconds: float, name: str = "?") -> dict:
+    """Per process (named by its command line where py-spy says, else `name`): busy cores,
+    shares of its threads and of the stack's parts."""
     procs: dict[str, dict[str, Counter]] = {}
     for line in _records(raw):
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         m = _PROCESS.match(stack)
-        name = _short(m.group(2)) + f" (pid {m.group(1)})" if m else "?"
+        proc_name = _short(m.group(2)) + f" (pid {m.group(1)})" if m else name
         frames = stack.split(";")
         thread = next((f.split(":", 1)[1].strip() for f in frames if f.startswith("thread (")), "?")
-        p = procs.setdefault(name, {"threads": Counter(), "parts": Counter(), "leaves": Counter()})
+        p = procs.setdefault(proc_name, {"threads": Counter(), "parts": Counter(), "leaves": Counter()})
         n = int(count)
+        if frames[-1].split(" (")[0] in IDLE_LEAVES:
+            continue
         p["threads"][thread] += n
         p["parts"][_part(stack)] += n
         p["leaves"][frames[-1].split(" (")[0]] += n
@@ -101,6 +135,13 @@ def _part(stack: str) -> str:
         if any(n in stack for n in needles):
             return part
     return "other"
+
+
+def _name(proc) -> str:
+    try:
+        return f"{_short(' '.join(proc.cmdline()) or proc.name())} (pid {proc.pid})"
+    except Exception:  # noqa: BLE001 - gone already
+        return f"? (pid {proc.pid})"
 
 
 def _short(cmdline: str) -> str:

@@ -30,6 +30,7 @@ GPU_PACKAGES = ("vllm",)
 CPU_VERSION = "0.32.0+cpu"
 UNLOADABLE = ("torchvision", "torchaudio", "torchcodec")  # built against another torch than 2.13.0+cpu
 READY_MARK = ".vibeserve-ready"
+CPU_KV_CACHE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,17 @@ def _declare_vllm(python: Path) -> None:
 
 
 @contextlib.contextmanager
-def serve_vllm(python: Path, model_dir: Path, served_name: str, workdir: Path, extra_args: list[str] = (),
+def serve_vllm(python: Path, model_dir: Path, served_name: str, device: str, workdir: Path, extra_args: list[str] = (),
                ready_timeout_s: float = 900.0, say: Callable[[str], None] = print) -> Iterator[Peer]:
-    """`vllm serve MODEL` with its defaults on a free loopback port, until the block ends."""
+    """`vllm serve MODEL` with its defaults on a free loopback port, until the block ends.
+
+    One exception on CPU: the KV cache gets 1 GiB (`--kv-cache-memory-bytes`), because by
+    default vLLM-CPU reserves 92% of the node's memory and refuses to start when other
+    processes hold more than 8% of it (a shared machine); the benchmark needs far less.
+    """
     port = _free_port()
+    if device == "cpu" and not any(a.startswith(("--kv-cache-memory-bytes", "--gpu-memory-utilization")) for a in extra_args):
+        extra_args = [*extra_args, "--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "vllm.log"
     cmd = [str(python.parent / "vllm"), "serve", str(model_dir), "--served-model-name", served_name,

@@ -10,10 +10,11 @@ reference. The figures are medians over `--repeats` rounds. Then, outside the ti
 rounds, each system serves the workload once more under py-spy, which says where its
 time goes (per process and thread: model forward, scheduling, detokenising, HTTP, ...).
 
-    python benchmarks/vs_vllm.py [--target DIR] [--candidate PATH] [--repeats 3] [--num-requests N] [--no-profile]
+    python benchmarks/vs_vllm.py [--target DIR] [--candidate PATH ...] [--repeats 3] [--num-requests N] [--no-profile]
 
 Prints one JSON on stdout (progress on stderr) with `ratio_to_vllm`: the candidate's
-headline over vLLM's (>1 is better, whatever the metric's direction).
+headline over vLLM's (>1 is better, whatever the metric's direction); with several
+`--candidate`s, the best one's (`ratios_to_vllm` has each).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def say(msg: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default=str(ROOT / "targets" / "tiny-llama-cpu"))
-    ap.add_argument("--candidate", help="candidate directory (default: engine_components' best design, materialised)")
+    ap.add_argument("--candidate", action="append", default=[],
+                    help="candidate directory (repeatable; default: engine_components' best design, materialised)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians over them; at least 3 for the acceptance)")
     ap.add_argument("--num-requests", type=int, help="override the target's request count")
     ap.add_argument("--no-seed", action="store_true", help="leave the seed out (it is slow: serial decoding)")
@@ -73,21 +75,18 @@ def main() -> None:
     python = ensure_venv(device, Path(args.venv), say=say)
     work = Path(tempfile.mkdtemp(prefix="vs-vllm-"))
     say(f"vs_vllm: {target.name}, {len(requests)} requests at concurrency {b.concurrency}; work dir {work}; load {load_start[0]:.1f}")
-    if args.candidate:
-        candidate_dir = Path(args.candidate)
-        candidate_about = {"path": str(candidate_dir)}
-    else:
-        candidate_dir = materialise(load_space(default_space_path()), work / "best", BEST, BEST_KNOBS, device=device)
-        candidate_about = {"design": BEST, "knobs": BEST_KNOBS, "from": "benchmarks/engine_components.py BEST"}
+    candidates = {f"candidate{i or ''}": Path(c) for i, c in enumerate(args.candidate)}
+    if not candidates:
+        candidates["candidate"] = materialise(load_space(default_space_path()), work / "best", BEST, BEST_KNOBS, device=device)
 
     runs: dict[str, list[dict]] = {}
     exactness: dict[str, list[str]] = {}
     profiles: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
         systems: dict[str, tuple[Endpoint, int]] = {}
-        peer = stack.enter_context(serve_vllm(python, target.model_dir(), target.served_name, work / "vllm", args.vllm_arg, say=say))
+        peer = stack.enter_context(serve_vllm(python, target.model_dir(), target.served_name, device, work / "vllm", args.vllm_arg, say=say))
         systems["vllm"] = (Endpoint(peer.base_url, target.served_name, limits), peer.pid)
-        ours = {"candidate": load_candidate(candidate_dir)}
+        ours = {name: load_candidate(path) for name, path in candidates.items()}
         if not args.no_seed:
             ours["seed"] = resolve_candidate("seed", work / "seed-src")
         for name, spec in ours.items():
@@ -122,13 +121,15 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_average": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]},
         "vllm": {"venv": args.venv, "args": args.vllm_arg or "defaults"},
-        "candidate": candidate_about,
+        "candidates": {name: {"path": str(spec.path), "design": spec.design, "knobs": spec.knobs} for name, spec in ours.items()},
         "medians": medians,
         "runs": {name: [_round(r["headline"]) for r in rs] for name, rs in runs.items()},
         "exact_responses": exactness,
-        "ratio_to_vllm": round(objective.speedup(medians["candidate"]["headline"], vllm_value), 3),
-        "ratio_to_vllm_per_round": [round(objective.speedup(c["headline"], v["headline"]), 3) for c, v in zip(runs["candidate"], runs["vllm"])],
     }
+    ratios = {name: round(objective.speedup(medians[name]["headline"], vllm_value), 3) for name in ours}
+    best = max(ratios, key=ratios.get)
+    out |= {"ratio_to_vllm": ratios[best], "best_candidate": best, "ratios_to_vllm": ratios,
+            "ratio_to_vllm_per_round": [round(objective.speedup(c["headline"], v["headline"]), 3) for c, v in zip(runs[best], runs["vllm"])]}
     if "seed" in medians:
         out["seed_ratio_to_vllm"] = round(objective.speedup(medians["seed"]["headline"], vllm_value), 3)
     out |= {"goal": GOAL, "stretch": STRETCH, "goal_met": out["ratio_to_vllm"] >= GOAL}

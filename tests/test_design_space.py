@@ -83,7 +83,7 @@ def bad_space(tmp_path, edit_text) -> str:
 
 def test_real_space_loads_typed():
     assert SPACE.family == "llama" and SPACE.engine == "vibeserve_ray.engine"
-    assert set(SPACE.choices) == {"scheduler", "kv_cache", "prefix_cache", "attention", "compile", "dtype", "speculation"}
+    assert set(SPACE.choices) == {"scheduler", "kv_cache", "prefix_cache", "attention", "compile", "dtype", "speculation", "step_loop"}
     assert SPACE.choices["attention"].devices == {"flashinfer": ("cuda",)}
     assert SPACE.choices["prefix_cache"].requires == {"on": {"kv_cache": ("paged",)}}
     k = SPACE.knobs["max_num_seqs"]
@@ -220,7 +220,7 @@ def test_neighbours_of_the_seed():
     moves = {tuple(sorted((k, v) for k, v in n.items() if DEFAULT_DESIGN[k] != v)) for n in SPACE.neighbours(DEFAULT_DESIGN, "cpu")}
     assert moves == {
         (("kv_cache", "slab"),), (("kv_cache", "paged"),), (("attention", "eager"),), (("compile", "on"),),
-        (("speculation", "prompt_lookup"),), (("kv_cache", "paged"), ("prefix_cache", "on")),
+        (("speculation", "prompt_lookup"),), (("step_loop", "process"),), (("kv_cache", "paged"), ("prefix_cache", "on")),
         (("kv_cache", "slab"), ("scheduler", "static")), (("kv_cache", "paged"), ("scheduler", "static")),
         (("kv_cache", "slab"), ("scheduler", "continuous")), (("kv_cache", "paged"), ("scheduler", "continuous")),
     }

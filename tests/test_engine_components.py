@@ -225,3 +225,30 @@ def test_flashinfer_backend_matches_sdpa_on_gpu(model_dir, hf_model):
     finally:
         asyncio.run(engine.close())
     assert [[o.token_id for o in outs] for outs in got] == [hf_greedy(hf_model, r.prompt_token_ids, r.max_tokens)[0] for r in MIXED[:3]]
+
+
+def test_process_step_loop_with_two_workers_is_exact_and_survives_a_lost_worker(model_dir, expected):
+    """`step_loop = process`: requests shared out to two engine processes give the tokens of
+    the thread loop; a worker killed mid-stream fails its requests instead of hanging them."""
+    import os
+    import signal
+
+    engine = create_engine(str(model_dir), "cpu", {**KNOBS, "engine_workers": 2, "num_threads": 1,
+                                                   "design": {**DESIGNS["continuous-slab"], "step_loop": "process"}})
+    try:
+        got = asyncio.run(_together(engine, MIXED))
+        assert [[o.token_id for o in outs] for outs in got] == expected
+        assert all(w.proc.poll() is None for w in engine.workers)
+
+        async def lose_a_worker():
+            stream = engine.generate(GenerationRequest(PROMPTS[0], max_tokens=100))
+            await stream.__anext__()
+            busy = next(w for w in engine.workers if w.active)
+            os.kill(busy.proc.pid, signal.SIGKILL)
+            with pytest.raises(RuntimeError, match="engine worker"):
+                async for _ in stream:
+                    pass
+
+        asyncio.run(asyncio.wait_for(lose_a_worker(), 60))
+    finally:
+        asyncio.run(engine.close())

@@ -124,6 +124,7 @@ class EngineConfig:
     compile: bool
     dtype: str
     speculation: bool
+    step_loop: str
     # knobs (defaults: defaults.DEFAULT_KNOBS)
     num_threads: int
     max_num_seqs: int
@@ -134,6 +135,7 @@ class EngineConfig:
     num_kv_blocks: int
     spec_k: int
     spec_ngram: int
+    engine_workers: int
 
     @classmethod
     def resolve(cls, knobs: dict | None) -> EngineConfig:
@@ -146,7 +148,7 @@ class EngineConfig:
         config = cls(
             scheduler=design["scheduler"], kv_cache=design["kv_cache"], prefix_cache=design["prefix_cache"] == "on",
             attention=design["attention"], compile=design["compile"] == "on", dtype=design["dtype"],
-            speculation=design["speculation"] == "prompt_lookup",
+            speculation=design["speculation"] == "prompt_lookup", step_loop=design["step_loop"],
             **{name: type(default)(values[name]) for name, default in DEFAULT_KNOBS.items()},
         )
         config.check()
@@ -160,6 +162,8 @@ class EngineConfig:
             raise ValueError("design.prefix_cache = 'on' needs kv_cache = 'paged'")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1 or self.num_kv_blocks < 1 or self.spec_k < 1 or self.spec_ngram < 1:
             raise ValueError("knobs max_num_seqs, max_num_batched_tokens, block_size, num_kv_blocks, spec_k and spec_ngram must be positive")
+        if self.engine_workers < 1:
+            raise ValueError("knob engine_workers must be positive")
 
 
 def _candidate_design() -> dict[str, str]:

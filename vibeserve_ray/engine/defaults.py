@@ -15,6 +15,7 @@ DESIGN_OPTIONS: dict[str, tuple[str, ...]] = {
     "compile": ("off", "on"),
     "dtype": ("float32", "bfloat16"),
     "speculation": ("off", "prompt_lookup"),
+    "step_loop": ("thread", "process"),  # process: engine_process.py, apart from the HTTP front
 }
 
 DEFAULT_DESIGN: dict[str, str] = {name: options[0] for name, options in DESIGN_OPTIONS.items()}
@@ -29,4 +30,5 @@ DEFAULT_KNOBS: dict[str, int | float | str | bool] = {
     "num_kv_blocks": 1024,
     "spec_k": 4,
     "spec_ngram": 2,
+    "engine_workers": 1,  # step_loop = process: engine processes, each with its own share of the requests
 }

@@ -33,7 +33,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 class LLMEngine:
     capabilities = frozenset({TOP_LOGPROBS, PROMPT_LOGPROBS})
 
-    def __init__(self, model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None):
+    def __init__(self, model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None, step_thread: bool = True):
+        """`step_thread=False` builds the model, cache and scheduler only: whoever holds the
+        engine drives `step()` (an engine worker process, engine_process.py)."""
         self.engine_config = ec = EngineConfig.resolve(knobs)
         if ec.num_threads > 0:
             torch.set_num_threads(ec.num_threads)
@@ -51,7 +53,8 @@ class LLMEngine:
         self._lock = threading.Lock()  # makes "check closed, then enqueue" atomic with shutdown
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="engine-step", daemon=True)
-        self._thread.start()
+        if step_thread:
+            self._thread.start()
 
     # --- the event-loop side -------------------------------------------------------
 
@@ -83,19 +86,7 @@ class LLMEngine:
         await asyncio.to_thread(self._thread.join)
 
     def _validate(self, request: GenerationRequest) -> None:
-        n, limit, vocab = len(request.prompt_token_ids), self.config.max_position_embeddings, self.config.vocab_size
-        if n == 0:
-            raise RequestRefused("prompt is empty")
-        if n > limit:
-            raise RequestRefused(f"prompt has {n} tokens, more than the model's {limit} positions")
-        if request.max_tokens < 1:
-            raise RequestRefused(f"max_tokens must be at least 1, got {request.max_tokens}")
-        if not all(0 <= t < vocab for t in request.prompt_token_ids):
-            raise RequestRefused(f"prompt has token ids outside [0, {vocab})")
-        if not all(0 <= t < vocab for t in request.prediction or ()):  # drafts are fed to the model
-            raise RequestRefused(f"prediction has token ids outside [0, {vocab})")
-        if not 0 <= request.top_logprobs <= vocab:
-            raise RequestRefused(f"top_logprobs must be in [0, {vocab}], got {request.top_logprobs}")
+        check_request(request, self.config)
         probe = Sequence(request, 0)
         if (why := self.scheduler.cache.never_fits(probe, self.scheduler.spec_slack)) is not None:
             raise RequestRefused(f"request cannot fit this engine's KV cache: {why}")
@@ -107,36 +98,40 @@ class LLMEngine:
         try:
             while not self._closed:
                 self._admit(wait=self.scheduler.is_idle())
-                if not self.step() and (hint := self.scheduler.wait_hint()) is not None:
+                if (out := self.step()) is not None:
+                    _deliver_threadsafe(out)
+                elif (hint := self.scheduler.wait_hint()) is not None:
                     self._admit(wait=True, timeout=hint)
         except BaseException as exc:  # a bug in the loop: fail every request, never hang one
             error = exc
         with self._lock:
             self._closed = True
-        failed = self.scheduler.all_sequences() + self._drain()
+        _deliver_threadsafe(self.fail_all(self._drain(), error))
+
+    def fail_all(self, extra: list[Sequence], error: BaseException) -> list[tuple[Sequence, object]]:
+        """Ends every request (queued, running, and `extra` not yet added) with `error`."""
+        failed = self.scheduler.all_sequences() + extra
         for seq in failed:
             self.scheduler.finish(seq)
-        _deliver_threadsafe([(seq, error) for seq in failed])
+        return [(seq, error) for seq in failed]
 
-    def step(self) -> bool:
-        """Schedule, run, postprocess; tokens go straight to their requests' streams.
-        False when there was nothing to run."""
+    def step(self) -> list[tuple[Sequence, object]] | None:
+        """Schedule, run, postprocess: what each request's stream receives, in order (None
+        when there was nothing to run)."""
         chunks = self.scheduler.schedule()
         if not chunks:
-            return False
+            return None
         try:
             prompt, outs = self.runner.run(chunks)
         except Exception as exc:  # a failed forward fails the requests in it, not the engine
             for chunk in chunks:
                 self.scheduler.finish(chunk.seq)
-            _deliver_threadsafe([(chunk.seq, exc) for chunk in chunks])
-            return True
+            return [(chunk.seq, exc) for chunk in chunks]
         finished = self.scheduler.postprocess(chunks, outs)
         # a request's scored prompt tokens go before its first new token (same step)
-        _deliver_threadsafe([(chunk.seq, out) for chunk, tokens in zip(chunks, prompt) for out in tokens]
-                            + [(chunk.seq, out) for chunk, tokens in zip(chunks, outs) for out in tokens]
-                            + [(seq, FINISHED) for seq in finished])
-        return True
+        return ([(chunk.seq, out) for chunk, tokens in zip(chunks, prompt) for out in tokens]
+                + [(chunk.seq, out) for chunk, tokens in zip(chunks, outs) for out in tokens]
+                + [(seq, FINISHED) for seq in finished])
 
     def _admit(self, wait: bool, timeout: float | None = None) -> None:
         """Moves new requests from the inbox to the scheduler; blocks only when idle
@@ -157,6 +152,23 @@ class LLMEngine:
             if (item := self._inbox.get_nowait()) is not None:
                 seqs.append(item)
         return seqs
+
+
+def check_request(request: GenerationRequest, config: ModelConfig) -> None:
+    """What the model itself cannot take (the KV cache's own limits are the scheduler's)."""
+    n, limit, vocab = len(request.prompt_token_ids), config.max_position_embeddings, config.vocab_size
+    if n == 0:
+        raise RequestRefused("prompt is empty")
+    if n > limit:
+        raise RequestRefused(f"prompt has {n} tokens, more than the model's {limit} positions")
+    if request.max_tokens < 1:
+        raise RequestRefused(f"max_tokens must be at least 1, got {request.max_tokens}")
+    if not all(0 <= t < vocab for t in request.prompt_token_ids):
+        raise RequestRefused(f"prompt has token ids outside [0, {vocab})")
+    if not all(0 <= t < vocab for t in request.prediction or ()):  # drafts are fed to the model
+        raise RequestRefused(f"prediction has token ids outside [0, {vocab})")
+    if not 0 <= request.top_logprobs <= vocab:
+        raise RequestRefused(f"top_logprobs must be in [0, {vocab}], got {request.top_logprobs}")
 
 
 def _deliver_threadsafe(items: list[tuple[Sequence, object]]) -> None:
@@ -180,6 +192,11 @@ def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
         stream.put_nowait(item)
 
 
-def create_engine(model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None) -> LLMEngine:
-    """The candidate entrypoint (`engine:create_engine`)."""
+def create_engine(model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None):
+    """The candidate entrypoint (`engine:create_engine`): the step loop in a thread of
+    this process, or in engine worker processes (`design.step_loop`)."""
+    if EngineConfig.resolve(knobs).step_loop == "process":
+        from .engine_process import ProcessEngine
+
+        return ProcessEngine(model_dir, device, knobs)
     return LLMEngine(model_dir, device, knobs)
