@@ -43,7 +43,8 @@ def watched_search(tmp_path_factory, tiny_models):
     from search_helpers import small_target, watch_search
 
     tmp = tmp_path_factory.mktemp("watched")
-    target = small_target(tmp, islands=1, population=1, rounds=1, trials=1, num_requests=16)
+    # concurrency 4: the judge's load-honesty gate sends 1 + 3 x concurrency requests, and the seed serves one at a time
+    target = small_target(tmp, islands=1, population=1, rounds=1, trials=1, num_requests=16, concurrency=4)
     return watch_search(target, tmp / "run", ROOT)
 
 

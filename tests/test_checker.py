@@ -46,7 +46,7 @@ def test_perturbed_logit_fails_showing_first_mismatch(tmp_path, tiny_target):
     result = run_cli("check", str(TINY_TARGET), "--candidate", str(cand), "--json", str(tmp_path / "v.json"))
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
-    assert out.startswith("FAIL") and "prompt #" in out and "expected:" in out and "got:" in out
+    assert out.startswith("FAIL") and "held-out #" in out and "expected:" in out and "got:" in out
     mismatch = json.loads((tmp_path / "v.json").read_text())["mismatch"]
     # the nudged logit shows either as a wrong token or as a shifted logprob
     step = mismatch["step"]

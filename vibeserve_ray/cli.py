@@ -73,6 +73,26 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0 if verdict.passed else 1
 
 
+def cmd_judge(args: argparse.Namespace) -> int:
+    from vibeserve_ray.candidate import load_candidate
+    from vibeserve_ray.inner.judge.gates import judge
+
+    with _candidate_session(args) as (target, spec, workdir):
+        parent = load_candidate(args.parent).path if args.parent else None
+        verdict = judge(target, spec, parent, workdir / "judge", say=say)
+        for gate in verdict.gates:
+            print(gate.line())
+        if verdict.passed:
+            print(f"VALIDATED: every gate passed in {verdict.seconds:.1f} s")
+        else:
+            print(f"{verdict.verdict.upper()} by {verdict.gate}: {verdict.reason.splitlines()[0] if verdict.reason else ''}")
+        if args.sandbox_warning:
+            print(f"WARNING: {args.sandbox_warning}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(verdict.to_dict(), indent=2))
+        return 0 if verdict.passed else 1
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from vibeserve_ray.bench import format_table
     from vibeserve_ray.inner.evaluate import bench_candidate, bench_url
@@ -248,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", help="write the verdict as JSON here")
     check.add_argument("--swap", action="store_true", help="check on the second (weight-swap) checkpoint")
     check.set_defaults(func=cmd_check)
+
+    judge = sub.add_parser("judge", help="every gate of the Accuracy Judge, cheapest first; exit 0 validated, 1 rejected or failed")
+    candidate_args(judge)
+    judge.add_argument("--parent", help="the candidate it came from: the scan then flags only what changed")
+    judge.add_argument("--json", help="write the verdict (every gate, its seconds, the fresh prompts' seed) as JSON here")
+    judge.set_defaults(func=cmd_judge)
 
     bench = sub.add_parser("bench", help="benchmark a candidate, or any OpenAI-compatible server (--url), on the target's workload")
     candidate_args(bench)

@@ -11,9 +11,11 @@ A target may name its own reference as `module:function`: a factory called as
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -72,6 +74,7 @@ def _cache_kwargs(out) -> dict:
     return {"cache": out["cache"]} if "cache" in out else {"past_key_values": out.past_key_values}
 
 
+@functools.lru_cache(maxsize=2)  # the judge asks for both checkpoints several times per judging
 def load_reference(kind: str, model_dir: str | Path, dtype: str = "float32"):
     if kind == "transformers":
         return TransformersReference(model_dir, dtype)
@@ -79,8 +82,8 @@ def load_reference(kind: str, model_dir: str | Path, dtype: str = "float32"):
     return getattr(importlib.import_module(module), func)(str(model_dir), dtype)
 
 
-def _fingerprint(model_dir: Path) -> str:
-    """Content hash of the weights and config: a cached answer is only reused for them."""
+@functools.lru_cache(maxsize=16)
+def _fingerprint_of(model_dir: Path, stamp: tuple) -> str:
     h = hashlib.sha256()
     for name in sorted(p.name for p in model_dir.iterdir() if p.suffix in (".json", ".safetensors")):
         with open(model_dir / name, "rb") as f:
@@ -89,31 +92,49 @@ def _fingerprint(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _fingerprint(model_dir: Path) -> str:
+    """Content hash of the weights and config: a cached answer is only reused for them
+    (hashed once per process while the files' sizes and times stay as they were)."""
+    model_dir = Path(model_dir)
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model_dir.iterdir()) if p.suffix in (".json", ".safetensors"))
+    return _fingerprint_of(model_dir, stamp)
+
+
 def reference_outputs(
     kind: str,
     model_dir: Path,
     dtype: str,
     prompts: list[list[int]],
-    max_tokens: int,
+    max_tokens: int | list[int],
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
     cache_root: Path | None = None,
 ) -> list[RefOutput]:
-    """Reference outputs for many prompts, cached on disk keyed by weights and inputs."""
+    """Reference outputs for many prompts, cached on disk one prompt at a time (keyed by the
+    weights and the inputs), so any subset of prompts seen before costs nothing; the
+    reference model is loaded once for all the missing ones. `max_tokens`: one for all,
+    or one per prompt."""
     import transformers
 
-    key = json.dumps([kind, _fingerprint(model_dir), dtype, prompts, max_tokens, temperature, top_p, seed, transformers.__version__])
-    cache_file = None
-    if cache_root is not None:
-        cache_file = cache_root / "reference" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
-        if cache_file.is_file():
-            return [RefOutput(**o) for o in json.loads(cache_file.read_text())]
-    ref = load_reference(kind, model_dir, dtype)
-    outs = [ref.generate(p, max_tokens, temperature, top_p, seed) for p in prompts]
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(o) for o in outs]))
-        tmp.replace(cache_file)
-    return outs
+    lengths = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
+
+    def cache_file(prompt: list[int], n: int) -> Path | None:
+        if cache_root is None:
+            return None
+        key = json.dumps([kind, _fingerprint(model_dir), dtype, prompt, n, temperature, top_p, seed, transformers.__version__])
+        return cache_root / "reference" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+
+    files = [cache_file(p, n) for p, n in zip(prompts, lengths)]
+    outs: list[RefOutput | None] = [RefOutput(**json.loads(f.read_text())) if f is not None and f.is_file() else None for f in files]
+    missing = [i for i, o in enumerate(outs) if o is None]
+    if missing:
+        ref = load_reference(kind, model_dir, dtype)
+        for i in missing:
+            outs[i] = out = ref.generate(prompts[i], lengths[i], temperature, top_p, seed)
+            if files[i] is not None:
+                files[i].parent.mkdir(parents=True, exist_ok=True)
+                tmp = files[i].with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(asdict(out)))
+                tmp.replace(files[i])
+    return outs  # type: ignore[return-value]

@@ -100,7 +100,7 @@ class CandidateProcess:
     """A running candidate server. Use as a context manager; `stop()` is idempotent."""
 
     def __init__(self, spec: CandidateSpec, model_dir: Path, tokenizer_dir: Path, served_name: str, device: str, limits: Limits, workdir: Path,
-                 knobs: dict | None = None, profile_dir: Path | None = None):
+                 knobs: dict | None = None, profile_dir: Path | None = None, cancel: threading.Event | None = None):
         self.spec, self.limits, self.served_name = spec, limits, served_name
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "server.log"
@@ -131,6 +131,7 @@ class CandidateProcess:
             listener.close()  # the child holds it now: once it dies, connections are refused, not queued
         self._failure: CandidateFailure | None = None
         self._ready = False
+        self._cancel = cancel or threading.Event()
         self._stopping = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name=f"watchdog-{self.proc.pid}", daemon=True)
         self._watchdog.start()
@@ -147,6 +148,8 @@ class CandidateProcess:
         while time.monotonic() < deadline:
             if self._failure:
                 raise CandidateFailed(self._failure)
+            if self._cancel.is_set():
+                raise CandidateFailed(CandidateFailure("startup", "cancelled by the caller", self.log_tail()))
             if self._healthy():
                 self._ready = True
                 return
@@ -254,7 +257,8 @@ def _tree_rss(pid: int) -> int:
 
 
 def start_candidate(spec: CandidateSpec, model_dir: Path, tokenizer_dir: Path, served_name: str, device: str, limits: Limits, workdir: Path,
-                    knobs: dict | None = None, profile_dir: Path | None = None) -> CandidateProcess:
+                    knobs: dict | None = None, profile_dir: Path | None = None, cancel: threading.Event | None = None) -> CandidateProcess:
     """Starts the candidate (its own knobs, or `knobs` over them; under torch.profiler, its
-    trace written to `profile_dir`, with that) and waits until it is healthy; CandidateFailed otherwise."""
-    return CandidateProcess(spec, model_dir, tokenizer_dir, served_name, device, limits, workdir, knobs, profile_dir)
+    trace written to `profile_dir`, with that) and waits until it is healthy; CandidateFailed
+    otherwise (also once `cancel` is set)."""
+    return CandidateProcess(spec, model_dir, tokenizer_dir, served_name, device, limits, workdir, knobs, profile_dir, cancel)

@@ -39,13 +39,13 @@ def target_workload(target: Target, num_requests: int | None = None) -> list[Req
     if b.dataset is not None:
         return from_jsonl(target.path(b.dataset), n, b.seed)
     config = json.loads((target.model_dir() / "config.json").read_text())
-    special = _special_token_ids(target.tokenizer_dir())
+    special = special_token_ids(target.tokenizer_dir())
     s = b.synthetic
     assert s is not None
     return synthetic(n, s.seed, int(config["vocab_size"]), tuple(s.input_len), tuple(s.output_len), s.shared_prefix_len, special)
 
 
-def _special_token_ids(tokenizer_dir: Path) -> list[int]:
+def special_token_ids(tokenizer_dir: Path) -> list[int]:
     tok_file = tokenizer_dir / "tokenizer.json"
     if not tok_file.is_file():
         return []
@@ -110,6 +110,8 @@ def bench_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, num_r
             report = asyncio.run(bench_running(proc, target, requests, say))
             if report.metrics.completed == 0:
                 return proc.explain("bench", "no request completed")
+            if report.metrics.failed and (died := proc.explain("bench", "")).phase != "bench":
+                return died  # the engine died (or was killed) mid-run: a failed measurement, not a slow one
     except CandidateFailed as exc:
         return exc.failure
     say("bench: comparing the responses with the reference")

@@ -8,6 +8,7 @@ returns an `InnerResult` with a verdict: failures are results, not exceptions.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -78,6 +79,8 @@ class InnerResult:
     implementer: str = "offline"
     transcripts: dict[str, str] = field(default_factory=dict)  # role -> its session's transcript (JSON), committed beside the candidate
     session_s: dict[str, float] = field(default_factory=dict)  # role -> wall time of its agent session
+    judge_gates: str = "[]"  # JSON: each gate the judge ran, its verdict and seconds
+    sandbox_warning: str = ""  # set when candidate code ran unconfined ([limits] sandbox = "best-effort")
 
 
 InnerLoop = Callable[[InnerTask], InnerResult]
@@ -108,6 +111,7 @@ class Workspace:
         self.timings = {"implement_s": 0.0, "judge_s": 0.0, "evaluate_s": 0.0}
         self.transcripts: dict[str, str] = {}
         self.session_s: dict[str, float] = {}
+        self.judged: dict[str, str] = {}  # the judge's gates and sandbox warning, once it has run
 
     def transcript_path(self, role: str) -> Path:
         return self.root / "transcripts" / f"{role}.json"  # outside the candidate tree
@@ -128,7 +132,7 @@ class Workspace:
         out = InnerResult(eval_id=t.eval_id, island=t.island, round=t.round, parent=t.parent, tree=pack_dir(self.candidate), message=message,
                           design=design, knobs=knobs, verdict=verdict, started_at=self.started, finished_at=time.time(),
                           node=self.node, attempt=self.attempt, implementer=t.implementer, transcripts=self.transcripts, session_s=self.session_s,
-                          **self.timings, **kw)
+                          **self.timings, **self.judged, **kw)
         shutil.rmtree(self.root, ignore_errors=True)
         return out
 
@@ -166,6 +170,8 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
         t0 = time.time()
         say(f"judge: {message}")
         verdict = judge(target, spec, None if task.proposal is None else ws.parent, ws.root / "judge", say=say)
+        ws.judged = {"judge_gates": json.dumps([{"gate": g.gate, "verdict": g.verdict, "seconds": round(g.seconds, 2)} for g in verdict.gates]),
+                     "sandbox_warning": verdict.sandbox_warning}
         if verdict.passed and agents is not None and task.proposal is not None:
             verdict = _review(agents, ws, message, say)
         ws.timings["judge_s"] = time.time() - t0

@@ -19,17 +19,23 @@ from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.inner.implement import apply_design
 from vibeserve_ray.inner.loop import InnerResult, InnerTask
 from vibeserve_ray.search.islands import Member
-from vibeserve_ray.search.results import Evaluation, append_result, read_results, rebuild_from_notes
+from vibeserve_ray.search.results import (RESULTS_FILE, Evaluation, ResultsUnreadable, append_result, read_results, rebuild_from_notes,
+                                          set_aside)
 from vibeserve_ray.search.state import TRANSCRIPTS_BRANCH, RunRepo, extract_tree, pack_dir
-from vibeserve_ray.search.studies import save_study, study_name
+from vibeserve_ray.search.studies import rebuild_studies, save_study, study_name
 from vibeserve_ray.target import Objective, Target
 
 RUNNING_FILE = "running.json"
 
 
 def reconcile(run_dir: Path, repo: RunRepo) -> list[Evaluation]:
-    """The evaluations as git's notes say; the table is rebuilt when it disagrees."""
-    rows = read_results(run_dir)
+    """The evaluations as git's notes say; the table is rebuilt when it disagrees (or
+    cannot be read: it is set aside)."""
+    try:
+        rows = read_results(run_dir)
+    except ResultsUnreadable:
+        set_aside(run_dir / RESULTS_FILE)
+        rows = []
     notes = repo.all_notes()
     noted = {rec["eval_id"] for recs in notes.values() for rec in recs}
     if noted != {r.eval_id for r in rows}:
@@ -77,9 +83,10 @@ def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[
     ) | _agent_columns(usage or {}, result.session_s))
     trials = [t.to_dict() for t in result.trials]
     repo.add_note(commit, row.to_dict() | {"trials": trials})
-    append_result(run_dir, row)
-    if trials:
-        save_study(run_dir, study_name(row.island, commit), objective.direction, trials)
+    if not append_result(run_dir, row, known=len(rows)):  # the table was lost or damaged: the notes have every row, this one too
+        rebuild_from_notes(run_dir, repo.all_notes())
+    if trials and not save_study(run_dir, study_name(row.island, commit), objective.direction, trials):
+        rebuild_studies(run_dir, repo.all_notes(), objective.direction)  # optuna.db was no database: set aside, made again
     return row
 
 

@@ -24,12 +24,15 @@ the notes when it is lost. Columns (stable; extend, never rename):
 | agent_cost_usd | what those calls cost, at the prices in the target's `[agent]` (or the built-in list prices) |
 | agent_s | wall time of the candidate's agent sessions, tools included |
 | agent_usage | JSON: the same per role (`calls`, token counts, `cost_usd`, `seconds` in the API, `session_s`) |
+| judge_gates | JSON: each judge gate that ran, its verdict and seconds |
+| sandbox_warning | set when candidate code ran unconfined (`[limits] sandbox = "best-effort"` on a machine without a sandbox) |
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -74,6 +77,8 @@ class Evaluation:
     agent_cost_usd: float = 0.0
     agent_s: float = 0.0
     agent_usage: str = "{}"
+    judge_gates: str = "[]"
+    sandbox_warning: str = ""
 
     @property
     def validated(self) -> bool:
@@ -90,11 +95,18 @@ _TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_
 SCHEMA = pa.schema([(f.name, _TYPES[{"int": int, "float": float, "str": str, "bool": bool}[f.type]]) for f in fields(Evaluation)])
 
 
+class ResultsUnreadable(Exception):
+    """results.parquet is there but is no table (a disk error, a partial copy, an editor)."""
+
+
 def read_results(run_dir: Path) -> list[Evaluation]:
     file = Path(run_dir) / RESULTS_FILE
     if not file.is_file():
         return []
-    table = pq.read_table(file)
+    try:
+        table = pq.read_table(file)
+    except (pa.ArrowException, OSError) as exc:
+        raise ResultsUnreadable(f"{file}: {exc}") from exc
     names = {f.name for f in fields(Evaluation)}
     return [Evaluation(**{k: v for k, v in row.items() if k in names}) for row in table.to_pylist()]
 
@@ -108,11 +120,28 @@ def write_results(run_dir: Path, rows: list[Evaluation]) -> None:
     tmp.replace(file)
 
 
-def append_result(run_dir: Path, row: Evaluation) -> None:
-    rows = read_results(run_dir)
+def set_aside(file: Path) -> Path:
+    """Moves an unreadable state file out of the way (kept for a post-mortem), returning where."""
+    aside = file.with_name(f"{file.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    file.replace(aside)
+    return aside
+
+
+def append_result(run_dir: Path, row: Evaluation, known: int = 0) -> bool:
+    """Appends the row; False (and nothing written) when the table is unreadable, or holds
+    fewer than the `known` rows the caller has recorded before (it was deleted or cut
+    short): the caller rebuilds it from the notes."""
+    try:
+        rows = read_results(run_dir)
+    except ResultsUnreadable:
+        set_aside(Path(run_dir) / RESULTS_FILE)
+        return False
     if any(r.eval_id == row.eval_id for r in rows):
-        return
+        return True
+    if len(rows) < known:
+        return False
     write_results(run_dir, rows + [row])
+    return True
 
 
 def rows_from_notes(notes: dict[str, list[dict]]) -> list[Evaluation]:

@@ -8,13 +8,19 @@ stores each candidate's trials here as one study, so they survive restarts and o
 from __future__ import annotations
 
 import math
+import sqlite3
 from pathlib import Path
 
 import optuna
+import sqlalchemy
+
+from vibeserve_ray.search.results import set_aside
+
+STUDIES_FILE = "optuna.db"
 
 
 def storage_url(run_dir: Path) -> str:
-    return f"sqlite:///{(Path(run_dir) / 'optuna.db').resolve()}"
+    return f"sqlite:///{(Path(run_dir) / STUDIES_FILE).resolve()}"
 
 
 def study_name(island: int, commit: str) -> str:
@@ -22,12 +28,18 @@ def study_name(island: int, commit: str) -> str:
     return f"island-{island}:{commit[:12]}"
 
 
-def save_study(run_dir: Path, name: str, direction: str, trials: list[dict]) -> None:
-    """One study per candidate (`name`), its trials in the order they ran; idempotent."""
+def save_study(run_dir: Path, name: str, direction: str, trials: list[dict]) -> bool:
+    """One study per candidate (`name`), its trials in the order they ran; idempotent.
+    False when optuna.db is no database (it is set aside: the caller rebuilds the studies
+    from the notes)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=storage_url(run_dir), study_name=name, direction=direction, load_if_exists=True)
+    try:
+        study = optuna.create_study(storage=storage_url(run_dir), study_name=name, direction=direction, load_if_exists=True)
+    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.DatabaseError, optuna.exceptions.StorageInternalError):
+        set_aside(Path(run_dir) / STUDIES_FILE)
+        return False
     if study.trials:  # already stored (a resumed driver recording again)
-        return
+        return True
     for t in trials:
         dists = {k: optuna.distributions.json_to_distribution(v) for k, v in t.get("distributions", {}).items()}
         params = {k: t["knobs"][k] for k in dists}
@@ -36,3 +48,13 @@ def save_study(run_dir: Path, name: str, direction: str, trials: list[dict]) -> 
             params=params, distributions=dists, value=None if failed else t["value"],
             state=optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.COMPLETE,
             user_attrs={"slo_passed": bool(t.get("slo_passed")), "knobs": t["knobs"]}))
+    return True
+
+
+def rebuild_studies(run_dir: Path, notes: dict[str, list[dict]], direction: str) -> None:
+    """Every noted candidate's study again, from the trials its note keeps."""
+    for commit, records in notes.items():
+        for rec in records:
+            if rec.get("trials"):
+                save_study(run_dir, study_name(rec["island"], commit), direction, rec["trials"])
+

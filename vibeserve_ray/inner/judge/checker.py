@@ -1,8 +1,9 @@
 """The checker: a candidate's outputs, through HTTP, against the reference's.
 
-Held-out prompts (kept in the target, outside any candidate) are sent one at a time
-and then concurrently at the target's concurrency with mixed lengths, because
-batching bugs only show under load. Greedy tokens must equal the reference's; a
+Held-out prompts (kept in the target, outside any candidate) and, when judging, fresh
+prompts drawn from a secret seed with the same length mix (so a candidate that knows
+the held-out ones gains nothing) are sent one at a time and then concurrently at the
+target's concurrency with mixed lengths, because batching bugs only show under load. Greedy tokens must equal the reference's; a
 divergence is forgiven only at a near-tie (the reference's top-2 gap below the
 tolerance), after which that sequence is not compared further, as vLLM's
 `check_logprobs_close` does. Logprobs must agree within their tolerance.
@@ -11,12 +12,14 @@ tolerance), after which that sequence is not compared further, as vLLM's
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import aiohttp
+import numpy as np
 
 from vibeserve_ray import progress
 from vibeserve_ray.candidate import CandidateSpec
@@ -28,6 +31,13 @@ from vibeserve_ray.tinymodel import cache_dir
 
 
 @dataclass(frozen=True)
+class Prompt:
+    label: str  # "held-out #3", "fresh #1": what a mismatch names
+    text: str
+    token_ids: list[int]
+
+
+@dataclass(frozen=True)
 class Mismatch:
     phase: str
     prompt_index: int
@@ -36,6 +46,10 @@ class Mismatch:
     expected: list[int]
     got: list[int]
     reason: str
+    label: str = ""
+
+    def describe(self) -> str:
+        return f"{self.phase}, {self.label or f'prompt #{self.prompt_index}'}, token {self.step}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -59,7 +73,7 @@ class CheckVerdict:
         lines = [
             f"FAIL: {m.reason}",
             f"  phase:    {m.phase}",
-            f"  prompt #{m.prompt_index}: {m.prompt[:200]!r}",
+            f"  {m.label or f'prompt #{m.prompt_index}'}: {m.prompt[:200]!r}",
             f"  first difference at generated token {m.step}",
             f"  expected: {m.expected}",
             f"  got:      {m.got}",
@@ -121,20 +135,60 @@ def load_prompts(target: Target) -> list[str]:
     return prompts
 
 
-def tokenize_prompts(target: Target, prompts: list[str]) -> list[list[int]]:
+@functools.cache
+def _tokenizer(tokenizer_dir: Path):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(target.tokenizer_dir()))
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+def tokenize_prompts(target: Target, prompts: list[str]) -> list[list[int]]:
+    tok = _tokenizer(target.tokenizer_dir())
     return [tok.encode(p) for p in prompts]
+
+
+def held_out_prompts(target: Target) -> list[Prompt]:
+    texts = load_prompts(target)
+    return [Prompt(f"held-out #{i}", t, ids) for i, (t, ids) in enumerate(zip(texts, tokenize_prompts(target, texts)))]
+
+
+def fresh_prompts(target: Target, like: list[Prompt], count: int, seed: int) -> list[Prompt]:
+    """`count` prompts of random token ids (no special ones), their lengths drawn from
+    `like`'s: the held-out prompts' length mix, contents nobody has seen."""
+    tok = _tokenizer(target.tokenizer_dir())
+    vocab = int(json.loads((target.model_dir() / "config.json").read_text())["vocab_size"])
+    allowed = np.setdiff1d(np.arange(min(vocab, len(tok))), np.asarray(tok.all_special_ids, dtype=np.int64))
+    rng = np.random.default_rng(seed)
+    lengths = rng.choice([len(p.token_ids) for p in like], count)
+    out = []
+    for i, n in enumerate(lengths):
+        ids = allowed[rng.integers(0, allowed.size, int(n))].tolist()
+        out.append(Prompt(f"fresh #{i}", tok.decode(ids), ids))
+    return out
 
 
 ALL_PHASES = ("sequential", "concurrent", "sampled")
 
 
-async def _run_phases(proc: CandidateProcess, target: Target, prompts: list[str], prompt_ids: list[list[int]],
-                      refs: dict[str, list[RefOutput]], say: Callable[[str], None], kinds: tuple[str, ...]) -> CheckVerdict:
+def references(target: Target, model_dir: Path, prompts: list[Prompt], kinds: tuple[str, ...], cache: bool = True) -> dict[str, list[RefOutput]]:
+    """The reference's outputs the phases `kinds` compare with: greedy, and sampled per seed
+    (cached on disk unless `cache` is False: fresh prompts are never asked twice)."""
+    c, r = target.spec.checker, target.spec.reference
+    ids, root = [p.token_ids for p in prompts], cache_dir() if cache else None
+    refs = {}
+    if {"sequential", "concurrent"} & set(kinds):
+        refs["greedy"] = reference_outputs(r.kind, model_dir, r.dtype, ids, c.max_tokens, cache_root=root)
+    for seed in c.sampling.seeds if "sampled" in kinds else []:
+        refs[f"seed{seed}"] = reference_outputs(r.kind, model_dir, r.dtype, ids, c.max_tokens, c.sampling.temperature, c.sampling.top_p, seed,
+                                                cache_root=root)
+    return refs
+
+
+async def run_phases(proc: CandidateProcess, target: Target, prompts: list[Prompt], refs: dict[str, list[RefOutput]],
+                     say: Callable[[str], None], kinds: tuple[str, ...]) -> CheckVerdict:
+    """Sends the prompts in each phase of `kinds` to the running candidate and compares."""
     c = target.spec.checker
-    n = len(prompt_ids)
+    n = len(prompts)
     # Mixed output lengths under load: requests finish at different steps of a batch.
     lengths = [max(1, c.max_tokens - (i % 4) * (c.max_tokens // 4)) for i in range(n)]
     order = list(range(n))[::2] + list(range(n))[1::2]
@@ -157,7 +211,7 @@ async def _run_phases(proc: CandidateProcess, target: Target, prompts: list[str]
 
             async def one(i: int) -> Completion:
                 async with gate:
-                    got = await complete(session, proc.base_url, proc.served_name, prompt_ids[i], max_tokens[i], temperature, top_p, seed)
+                    got = await complete(session, proc.base_url, proc.served_name, prompts[i].token_ids, max_tokens[i], temperature, top_p, seed)
                 progress.advance(1, len(got.token_ids))
                 return got
 
@@ -173,7 +227,8 @@ async def _run_phases(proc: CandidateProcess, target: Target, prompts: list[str]
                 if status == "ok" and len(got.token_ids) != max_tokens[i]:
                     status, step, reason = "mismatch", len(got.token_ids), f"{len(got.token_ids)} tokens where {max_tokens[i]} were asked for"
                 if status == "mismatch":
-                    mismatch = Mismatch(phase, i, prompts[i], step, ref.token_ids[: max_tokens[i]], got.token_ids, reason)
+                    p = prompts[i]
+                    mismatch = Mismatch(phase, i, p.text, step, ref.token_ids[: max_tokens[i]], got.token_ids, reason, p.label)
                     return CheckVerdict(False, compared, forgiven, mismatch=mismatch)
                 forgiven += status == "forgiven"
     return CheckVerdict(True, compared, forgiven)
@@ -181,23 +236,17 @@ async def _run_phases(proc: CandidateProcess, target: Target, prompts: list[str]
 
 def check_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, swap: bool = False, limits: Limits | None = None,
                     phases: tuple[str, ...] = ALL_PHASES, say: Callable[[str], None] = lambda s: None) -> CheckVerdict:
-    """Starts the candidate, runs the phases (sequential, concurrent, sampled), stops it.
-    `swap` checks on the second checkpoint (the weight-swap test): outputs must change
-    exactly as the reference's do, so a candidate cannot have memorised the first one."""
-    c = target.spec.checker
+    """Starts the candidate, runs the phases (sequential, concurrent, sampled) on the
+    held-out prompts, stops it. `swap` checks on the second checkpoint (the weight-swap
+    test): outputs must change exactly as the reference's do."""
     model_dir = target.model_dir(swap=swap)
-    prompts = load_prompts(target)
-    prompt_ids = tokenize_prompts(target, prompts)
+    prompts = held_out_prompts(target)
     say(f"check: reference outputs for {len(prompts)} prompts ({target.spec.reference.kind})")
-    ref = lambda **kw: reference_outputs(target.spec.reference.kind, model_dir, target.spec.reference.dtype, prompt_ids,  # noqa: E731
-                                         c.max_tokens, cache_root=cache_dir(), **kw)
-    refs = {"greedy": ref()}
-    for seed in c.sampling.seeds if "sampled" in phases else []:
-        refs[f"seed{seed}"] = ref(temperature=c.sampling.temperature, top_p=c.sampling.top_p, seed=seed)
+    refs = references(target, model_dir, prompts, phases)
     limits = limits or Limits(**target.spec.limits.model_dump())
     say(f"check: starting candidate {spec.path}")
     try:
         with start_candidate(spec, model_dir, target.tokenizer_dir(), target.served_name, target.spec.hardware.device, limits, workdir) as proc:
-            return asyncio.run(_run_phases(proc, target, prompts, prompt_ids, refs, say, phases))
+            return asyncio.run(run_phases(proc, target, prompts, refs, say, phases))
     except CandidateFailed as exc:
         return CheckVerdict(False, 0, 0, failure=exc.failure)

@@ -51,10 +51,9 @@ def check_responses(target: Target, requests: Sequence[Request], results: Sequen
     if not done:
         return Exactness(0, 0)
     c, ref = target.spec.checker, target.spec.reference
-    # One reference call for all of them, as long as the longest: cached on disk, so every
-    # trial of every candidate on this workload reuses it; shorter requests compare a prefix.
+    # Cached on disk per prompt, so every trial of every candidate on this workload reuses them.
     refs = reference_outputs(ref.kind, target.model_dir(), ref.dtype, [list(requests[i].prompt_token_ids) for i in done],
-                             max(requests[i].max_tokens for i in done), cache_root=cache_dir())
+                             [requests[i].max_tokens for i in done], cache_root=cache_dir())
     exact, first = 0, ""
     for i, expected in zip(done, refs):
         got = list(results[i].output_token_ids)

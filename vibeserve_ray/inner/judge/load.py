@@ -1,0 +1,130 @@
+"""Load honesty and streaming honesty: the benchmark's own kind of traffic, checked.
+
+The judge sends requests shaped exactly as the benchmark's (its prompt and output
+lengths, `max_tokens`, greedy sampling, `prediction`, shared prefix; the same load
+generator, streaming), one alone, then at the benchmark's concurrency and at twice it, so a
+candidate cannot tell the judge's traffic from the benchmark's and behave only while
+judged. Every response must equal the reference's (a sample where the reference is
+expensive), and every stream must arrive as it is generated: an answer buffered and
+sent at the end, or in a few bursts, is not streaming.
+
+The requests are drawn once per machine and target from a secret seed kept outside
+every sandbox (the cache directory) and sent in a new random order each judging, so
+their reference outputs (cached per prompt) are computed once, not per judging: a
+fresh draw each time would cost as much reference decoding as the candidate's own.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+from dataclasses import dataclass
+
+from vibeserve_ray.bench import Request, from_jsonl, synthetic
+from vibeserve_ray.bench.loadgen import RequestResult, run_load
+from vibeserve_ray.inner.judge.exact import check_responses
+from vibeserve_ray.runner import CandidateProcess
+from vibeserve_ray.target import Target
+from vibeserve_ray.tinymodel import cache_dir
+
+BURST_GAP_S = 0.001  # chunks closer than this arrived together
+MAX_TOKENS_PER_STEP = 16  # what an honest engine may emit at once (speculation accepts a few)
+MIN_STREAMED_TOKENS = 8  # shorter streams say too little to judge
+
+
+@dataclass(frozen=True)
+class LoadRun:
+    """One phase of the load: its name, the requests and what came back."""
+
+    phase: str
+    requests: list[Request]
+    results: list[RequestResult]
+
+
+def _secret_seed() -> int:
+    """This machine's seed for the judge's pools, created on first use (never in a sandbox's view)."""
+    file = cache_dir() / "judge" / "secret-seed"
+    if not file.is_file():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".{secrets.token_hex(4)}.tmp")
+        tmp.write_text(str(secrets.randbits(62)))
+        tmp.chmod(0o600)
+        tmp.replace(file)
+    return int(file.read_text())
+
+
+def honesty_requests(target: Target, count: int, rng: random.Random) -> list[Request]:
+    """`count` distinct requests of the benchmark's shapes (from the secret seed), in `rng`'s order."""
+    from vibeserve_ray.inner.evaluate import special_token_ids
+
+    b = target.spec.benchmark
+    if b.dataset is not None:
+        pool = from_jsonl(target.path(b.dataset), count, _secret_seed())
+    else:
+        s = b.synthetic
+        assert s is not None
+        vocab = int(json.loads((target.model_dir() / "config.json").read_text())["vocab_size"])
+        pool = synthetic(count, _secret_seed(), vocab, tuple(s.input_len), tuple(s.output_len), s.shared_prefix_len,
+                         special_token_ids(target.tokenizer_dir()))
+    return rng.sample(pool, count)
+
+
+async def run_phases(proc: CandidateProcess, target: Target, requests: list[Request]) -> list[LoadRun]:
+    """Alone (1 request), at the benchmark's concurrency, and at twice it; each phase's
+    requests are new to the candidate. `requests`: 1 + 3 x concurrency of them. Twice the
+    requests in flight queue twice as long: that phase's timeout is twice the target's."""
+    c, timeout = target.spec.benchmark.concurrency, proc.limits.request_timeout_s
+    plan = [("alone", 1, requests[:1]), (f"at concurrency {c}", c, requests[1: 1 + c]), (f"at concurrency {2 * c}", 2 * c, requests[1 + c:])]
+    runs = []
+    for phase, concurrency, batch in plan:
+        results = await run_load(proc.base_url, proc.served_name, batch, concurrency=concurrency, seed=0,
+                                 timeout_s=timeout * max(1, concurrency // c), progress=lambda line: None)
+        runs.append(LoadRun(phase, batch, results))
+    return runs
+
+
+def load_verdict(target: Target, runs: list[LoadRun]) -> str:
+    """'' when every request succeeded and its tokens equal the reference's, else why not."""
+    for run in runs:
+        failed = [(i, r) for i, r in enumerate(run.results) if not r.success]
+        if failed:
+            i, r = failed[0]
+            return f"{run.phase}: {len(failed)} of {len(run.results)} requests failed (request {i}: {r.error})"
+    exact = check_responses(target, [q for run in runs for q in run.requests], [r for run in runs for r in run.results])
+    if exact.ok:
+        return ""
+    for run in runs:  # which phase: every reference is cached now, so this costs no decoding
+        if not (phase := check_responses(target, run.requests, run.results)).ok:
+            return f"{run.phase}: {phase.summary()}"
+    return exact.summary()
+
+
+def bursts(result: RequestResult) -> int:
+    """How many separate moments the stream's tokens arrived at."""
+    return 1 + sum(gap > BURST_GAP_S for gap in result.itl_s)
+
+
+def streaming_verdict(runs: list[LoadRun]) -> str:
+    """'' when the streams arrived as generated; else the share that came in bursts, with an
+    example. A stream is bunched when its tokens arrived at fewer moments than an honest
+    engine could produce them in (MAX_TOKENS_PER_STEP at once); more than half bunched
+    fails (one stream may be bunched by the client falling behind, not all of them)."""
+    judged, bunched = 0, []
+    for run in runs:
+        for i, r in enumerate(run.results):
+            if not r.success or r.output_tokens < MIN_STREAMED_TOKENS:
+                continue
+            judged += 1
+            if bursts(r) < max(2, -(-r.output_tokens // MAX_TOKENS_PER_STEP)):
+                bunched.append((run.phase, i, r))
+    if not judged or len(bunched) * 2 <= judged:
+        return ""
+    phase, i, r = bunched[0]
+    spread_ms = sum(r.itl_s) * 1000
+    return (f"{len(bunched)} of {judged} streams arrived in bursts, not as generated ({phase}, request {i}: {r.output_tokens} tokens "
+            f"at {bursts(r)} moment(s) within {spread_ms:.1f} ms, the first {r.ttft_s * 1000:.0f} ms after the request)")
+
+
+def honesty_count(target: Target) -> int:
+    return 1 + 3 * target.spec.benchmark.concurrency
