@@ -9,8 +9,9 @@ file:line, so a rejected candidate says what it tried. Python is parsed (ast), s
 string or a comment mentioning a module is not an import; the few C/CUDA sources a
 candidate may carry have no parser here and get a short list of patterns.
 
-Findings on lines the parent already had are dropped: the seed's own code is never
-flagged, an agent's new code always is. A false alarm is a rejected candidate with
+Findings on lines the parent (or the seed engine) already had in that file are dropped:
+the seed's own code is never flagged (its engine-worker processes talk over a socket
+pair), an agent's new code always is. A false alarm is a rejected candidate with
 its reason recorded, not a lost one.
 """
 
@@ -238,13 +239,21 @@ def _findings(rel: str, path: Path) -> list[tuple[int, str]]:
     return []
 
 
+def _lines(path: Path | None) -> set[str]:
+    return set(path.read_text(errors="replace").splitlines()) if path is not None and path.is_file() and not path.is_symlink() else set()
+
+
 def scan_for_bypass(candidate: Path, parent: Path | None) -> list[ScanFinding]:
-    """What the candidate's code may not do, on lines the parent did not already have."""
+    """What the candidate's code may not do, on lines neither the parent nor the seed engine
+    (the template every candidate starts from, as `engine/`) already had in that file."""
+    from vibeserve_ray.candidate import SEED_ENGINE_DIR
+
     old = _files(parent) if parent else {}
     findings: list[ScanFinding] = []
     for rel, path in _files(candidate).items():
         lines = path.read_text(errors="replace").splitlines() if path.is_file() and not path.is_symlink() else []
-        had = set(old[rel].read_text(errors="replace").splitlines()) if rel in old and old[rel].is_file() else set()
+        seed = SEED_ENGINE_DIR / rel.removeprefix("engine/") if rel.startswith("engine/") else None
+        had = _lines(old.get(rel)) | _lines(seed)
         for number, reason in _findings(rel, path):
             text = lines[number - 1] if 0 < number <= len(lines) else ""
             if number and text in had:
