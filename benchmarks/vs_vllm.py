@@ -64,6 +64,9 @@ def main() -> None:
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy turn")
     ap.add_argument("--venv", default=str(DEFAULT_VENV), help="vLLM's virtual environment (created when missing)")
     ap.add_argument("--vllm-arg", action="append", default=[], help="extra argument for `vllm serve` (repeatable; default: none)")
+    ap.add_argument("--vllm-fp32", action="store_true",
+                    help="also measure vLLM with --dtype float32 (its default downcasts a float32 checkpoint to bfloat16 on CPU: "
+                         "other math than the reference's and ours)")
     args = ap.parse_args()
 
     target = load_target(args.target)
@@ -86,6 +89,10 @@ def main() -> None:
         systems: dict[str, tuple[Endpoint, int]] = {}
         peer = stack.enter_context(serve_vllm(python, target.model_dir(), target.served_name, device, work / "vllm", args.vllm_arg, say=say))
         systems["vllm"] = (Endpoint(peer.base_url, target.served_name, limits), peer.pid)
+        if args.vllm_fp32:
+            fp32 = stack.enter_context(serve_vllm(python, target.model_dir(), target.served_name, device, work / "vllm-fp32",
+                                                  [*args.vllm_arg, "--dtype", "float32"], say=say))
+            systems["vllm_fp32"] = (Endpoint(fp32.base_url, target.served_name, limits), fp32.pid)
         ours = {name: load_candidate(path) for name, path in candidates.items()}
         if not args.no_seed:
             ours["seed"] = resolve_candidate("seed", work / "seed-src")
@@ -130,6 +137,10 @@ def main() -> None:
     best = max(ratios, key=ratios.get)
     out |= {"ratio_to_vllm": ratios[best], "best_candidate": best, "ratios_to_vllm": ratios,
             "ratio_to_vllm_per_round": [round(objective.speedup(c["headline"], v["headline"]), 3) for c, v in zip(runs[best], runs["vllm"])]}
+    if "vllm_fp32" in medians:
+        out["ratios_to_vllm_fp32"] = {name: round(objective.speedup(medians[name]["headline"], medians["vllm_fp32"]["headline"]), 3)
+                                      for name in ours}
+        out["ratio_to_vllm_fp32"] = out["ratios_to_vllm_fp32"][best]
     if "seed" in medians:
         out["seed_ratio_to_vllm"] = round(objective.speedup(medians["seed"]["headline"], vllm_value), 3)
     out |= {"goal": GOAL, "stretch": STRETCH, "goal_met": out["ratio_to_vllm"] >= GOAL}
