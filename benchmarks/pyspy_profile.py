@@ -36,7 +36,7 @@ PARTS = (
 # py-spy cannot tell a waiting thread of a process in another pid namespace (a sandboxed
 # candidate) from a running one: samples whose innermost frame is one of these waits count as idle.
 IDLE_LEAVES = ("select", "EpollSelector.select", "poll", "_poll", "Condition.wait", "Event.wait", "Thread.join", "_admit",
-               "serve_worker", "wait", "sleep", "accept")
+               "serve_worker", "wait", "sleep", "accept", "_wait_for_tstate_lock")
 _PROCESS = re.compile(r'^process (\d+):"([^"]*)"')
 
 
