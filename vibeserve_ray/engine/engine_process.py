@@ -278,9 +278,11 @@ def _frames() -> list[tuple]:
 
 
 if __name__ == "__main__":
-    # The loop runs in a thread, as in the thread design: run from the main thread, torch's
-    # OpenMP team spun ~8x the CPU per token on a loaded 2-core machine (2 threads: 17 vs 116
-    # tok/s in-process; OMP_WAIT_POLICY=PASSIVE removed the spinning but not all the loss).
+    # The loop runs in a thread named as in the thread design, so profiles read alike.
+    # Measured in-process on a loaded 2-core machine (16 requests x 48 tokens): a worker
+    # with num_threads = 2 made 14-26 tok/s where the thread design made 135-244; with
+    # num_threads = 1, 107-109 (its OpenMP team waits for a partner that other work
+    # preempts): give each worker one thread.
     import threading
 
     args = (socket.socket(fileno=int(sys.argv[1])), sys.argv[2], sys.argv[3])
