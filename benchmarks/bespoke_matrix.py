@@ -104,7 +104,7 @@ def search(name: str, run: Path, args: argparse.Namespace) -> Path:
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         say(f"{name}: {' '.join(cmd[2:])}")
-        if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+        if subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr).returncode != 0:  # stdout is the matrix's JSON alone
             raise SystemExit(f"{name}: the search found no validated candidate (see {run})")
         done.write_text("")
     return run / "best"
