@@ -38,3 +38,19 @@ def test_small_real_search_finds_a_validated_candidate_and_status_reports_it(wat
     assert "lineage of the best" in text and seed.commit[:12] in text
     assert "MEMORY.md" not in repo._git("ls-tree", "-r", "--name-only", child.commit)
     assert "round 1" in repo.read_planning("MEMORY.md")
+
+
+def test_the_final_remeasure_goes_through_ray_serve_and_deploy_serves_the_knobs_it_chose(watched_search):
+    from vibeserve_ray import deploy
+
+    run = watched_search.run
+    assert watched_search.returncode == 0, watched_search.stderr[-4000:]
+    rm = json.loads((run / "remeasure.json").read_text())
+    assert rm["path"] == "ray serve" and "through Ray Serve" in watched_search.stderr
+    best = json.loads(run_cli("status", str(run), "--json").stdout)["best"]
+    assert rm["best"]["commit"] == best["commit"] and rm["seed"]["headline"] > 0 and rm["best"]["headline"] > 0
+    assert rm["seed"]["exact_responses"] == "16/16" and all(v["exact_responses"] == "16/16" for v in rm["variants"])
+    assert rm["variants"][0]["knobs"] == best["knobs"]  # the tuned knobs are always among the finalists
+    assert rm["serve_knobs"] in [v["knobs"] for v in rm["variants"]]
+    assert rm["best"]["headline"] == max(v["headline"] for v in rm["variants"])  # output tok/s: higher is better
+    assert deploy.choose(str(run), None, None, None).knobs == rm["serve_knobs"]

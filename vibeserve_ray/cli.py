@@ -171,36 +171,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         say("search: no validated candidate")
         return 1
     if not args.no_remeasure and summary.seed is not None:
-        _remeasure(target, summary)
+        from vibeserve_ray.search.remeasure import remeasure
+
+        remeasure(target, summary.run_dir, summary.seed, summary.best, say)
     print(summary.run_dir / "best")
     return 0
-
-
-def _remeasure(target, summary) -> None:
-    """The seed and the winner benchmarked again, side by side, in one run."""
-    from vibeserve_ray.candidate import load_candidate
-    from vibeserve_ray.inner.evaluate import Measurement, bench_candidate
-    from vibeserve_ray.search.state import RunRepo
-
-    repo = RunRepo(summary.run_dir / "repo")
-    out = {}
-    with tempfile.TemporaryDirectory(prefix="vibeserve-remeasure-") as tmp:
-        for name, row in (("seed", summary.seed), ("best", summary.best)):
-            say(f"search: re-measuring the {name} ({row.commit[:12]})")
-            result = bench_candidate(target, load_candidate(repo.export(row.commit, Path(tmp) / name)), Path(tmp) / f"{name}-work")
-            if isinstance(result, Measurement):
-                e = result.exactness
-                out[name] = {"commit": row.commit, "headline": result.report.headline_value if e.ok else None,
-                             "exact_responses": f"{e.exact}/{e.checked}", "failure": e.mismatch or None}
-            else:
-                out[name] = {"commit": row.commit, "headline": None, "failure": f"{result.phase}: {result.reason}"}
-    h = target.spec.benchmark.headline
-    seed_v, best_v = out["seed"]["headline"], out["best"]["headline"]
-    if seed_v and best_v:
-        ratio = target.spec.benchmark.objective.speedup(best_v, seed_v)
-        out["speedup"] = ratio
-        say(f"search: side by side: seed {h} = {seed_v:.2f}, best {h} = {best_v:.2f}: {ratio:.2f}x")
-    (summary.run_dir / "remeasure.json").write_text(json.dumps(out, indent=2))
 
 
 def cmd_candidate_new(args: argparse.Namespace) -> int:

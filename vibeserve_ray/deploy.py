@@ -97,6 +97,7 @@ def choose(run: str | None, commit: str | None, candidate: str | None, target: s
 def _from_run(run: Path, commit: str | None, target: str | None) -> Chosen:
     import git
 
+    from vibeserve_ray.search.remeasure import served_knobs
     from vibeserve_ray.search.state import RunRepo
     from vibeserve_ray.search.status import run_status
 
@@ -127,7 +128,10 @@ def _from_run(run: Path, commit: str | None, target: str | None) -> Chosen:
     spec = load_candidate(dest)
     verdict = next((e["verdict"] for e in status["leaderboard"] if e["commit"] == sha), "not evaluated")
     label = f"commit {sha[:12]} of {run}" + ("" if verdict == "validated" else f" (NOT validated: {verdict})")
-    return Chosen(str(spec.path), spec.knobs, tgt, label)
+    knobs = served_knobs(run, sha)  # what the search's re-measure found fastest through Serve
+    if knobs is None:
+        return Chosen(str(spec.path), spec.knobs, tgt, label)
+    return Chosen(str(spec.path), knobs, tgt, label + (", knobs as re-measured through Ray Serve" if knobs != spec.knobs else ""))
 
 
 def with_knobs(chosen: Chosen, items: list[str]) -> Chosen:

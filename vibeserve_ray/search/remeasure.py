@@ -1,0 +1,134 @@
+"""The search's last step: the seed and the winner measured again, through the path that serves them.
+
+The evaluator tunes knobs on the direct path (the candidate's engine process behind its
+front, alone on the node). `vibeserve deploy` serves the same engine process behind a Ray
+Serve replica, whose HTTP proxy and relay take CPU on the same node, and the fastest
+direct setting is not always the fastest served one: on 2 cores, an engine with 2 torch
+threads kept ~0.7 of its direct throughput under Serve while 1 thread kept ~0.9 and served
+faster. So the finalists are deployed as `deploy` deploys them, measured through Serve's
+proxy with every response checked, the winner in its tuned knobs and in the variants that
+leave Serve a core; the best served knobs go into `remeasure.json`, and `deploy RUN` serves
+the winner with them.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from vibeserve_ray.errors import BadInput
+from vibeserve_ray.search.results import Evaluation
+from vibeserve_ray.search.state import RunRepo
+from vibeserve_ray.target import Target
+
+REMEASURE_FILE = "remeasure.json"
+APP_NAME = "vibeserve-remeasure"  # not the target's name: a deployment of it on the same cluster stays up
+
+
+@dataclass(frozen=True)
+class Served:
+    """One finalist as measured through Serve: its headline, or why there is none."""
+
+    knobs: dict[str, Any]
+    headline: float | None
+    exact_responses: str = ""
+    failure: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"knobs": self.knobs, "headline": self.headline, "exact_responses": self.exact_responses, "failure": self.failure}
+
+
+def knob_variants(knobs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tuned knobs, then the same with one torch thread per engine process (leaving the
+    serving stack a core), where that is a different setting."""
+    variants = [dict(knobs)]
+    if "num_threads" in knobs and knobs["num_threads"] != 1:
+        variants.append({**knobs, "num_threads": 1})
+    return variants
+
+
+def remeasure(target: Target, run_dir: Path, seed: Evaluation, best: Evaluation, say: Callable[[str], None]) -> dict[str, Any]:
+    """Measures the seed and the winner's knob variants through Serve on the connected Ray;
+    writes and returns RUN/remeasure.json."""
+    from ray import serve
+
+    repo = RunRepo(run_dir / "repo")
+    objective = target.spec.benchmark.objective
+    serve_was_running = bool(serve.status().proxies)
+    port = _free_port()
+    out: dict[str, Any] = {"path": "ray serve"}
+    try:
+        with tempfile.TemporaryDirectory(prefix="vibeserve-remeasure-") as tmp:
+            for name, row in (("seed", seed), ("best", best)):
+                candidate = repo.export(row.commit, Path(tmp) / name)
+                variants = [json.loads(row.knobs)] if name == "seed" else knob_variants(json.loads(row.knobs))
+                measured = []
+                for knobs in variants:
+                    say(f"search: re-measuring the {name} ({row.commit[:12]}) through Ray Serve, knobs {knobs}")
+                    measured.append(_measure_served(target, candidate, knobs, port))
+                ok = [m for m in measured if m.headline is not None]
+                chosen = max(ok, key=lambda m: objective.score(m.headline)) if ok else measured[0]
+                out[name] = {"commit": row.commit} | chosen.to_dict()
+                if name == "best":
+                    out["variants"] = [m.to_dict() for m in measured]
+                    if ok:
+                        out["serve_knobs"] = chosen.knobs
+    finally:
+        if serve_was_running:
+            serve.delete(APP_NAME)
+        else:
+            serve.shutdown()
+    seed_v, best_v = out["seed"]["headline"], out["best"]["headline"]
+    if seed_v and best_v:
+        out["speedup"] = objective.speedup(best_v, seed_v)
+        say(f"search: side by side through Ray Serve: seed {objective.metric} = {seed_v:.2f}, best {objective.metric} = {best_v:.2f}: "
+            f"{out['speedup']:.2f}x (served with knobs {out['best']['knobs']})")
+    (run_dir / REMEASURE_FILE).write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _measure_served(target: Target, candidate: Path, knobs: dict[str, Any], port: int) -> Served:
+    """One deployment of `candidate` with `knobs`, as `vibeserve deploy` makes it, benchmarked."""
+    from ray import serve
+
+    from vibeserve_ray import deploy
+    from vibeserve_ray.inner.evaluate import bench_url
+
+    chosen = deploy.Chosen(str(candidate.resolve()), knobs, target, str(candidate))
+    config = deploy.serve_config(chosen, deploy.ServeOptions(port=port))
+    _, app = deploy.application(config)
+    try:
+        serve.start(http_options=config["http_options"])
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        measured = bench_url(target, deploy.base_url(config), target.served_name)
+    except (RuntimeError, BadInput) as exc:  # an unhealthy deployment, or a proxy that never answered
+        return Served(knobs, None, failure=f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}")
+    finally:
+        serve.delete(APP_NAME)
+    e = measured.exactness
+    if not e.ok:
+        return Served(knobs, None, f"{e.exact}/{e.checked}", e.mismatch)
+    if measured.report.metrics.completed == 0:
+        return Served(knobs, None, f"{e.exact}/{e.checked}", "no request completed")
+    return Served(knobs, measured.report.headline_value, f"{e.exact}/{e.checked}")
+
+
+def served_knobs(run_dir: Path, commit: str) -> dict[str, Any] | None:
+    """The knobs the re-measure found best through Serve for `commit`, if it measured it."""
+    path = Path(run_dir) / REMEASURE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    best = data.get("best") or {}
+    return data.get("serve_knobs") if best.get("commit") == commit else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
