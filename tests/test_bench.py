@@ -17,6 +17,7 @@ from vibeserve_ray.bench import (
     Request,
     RequestResult,
     arrival_times,
+    bound_kind,
     compute_metrics,
     format_table,
     from_jsonl,
@@ -187,6 +188,28 @@ def test_failed_requests_violate_the_slo_even_when_latencies_pass():
     assert not passed and [v.name for v in violations] == ["failed"]
 
 
+@pytest.mark.parametrize("bounds, good", [
+    ({}, 3),  # no bound: every completed request is good, goodput is request throughput
+    ({"ttft_ms": 150}, 1),
+    ({"tpot_ms": 40}, 2),  # the one-token answer has no gaps: its TPOT counts as 0, as in vLLM
+    ({"ttft_ms": 250, "e2el_ms": 160}, 1),
+    ({"ttft_ms": 300, "tpot_ms": 50}, 3),  # bounds are inclusive; the failed request never counts
+])
+def test_goodput_counts_completed_requests_within_every_per_request_bound(bounds, good):
+    m = compute_metrics(HAND_BUILT, duration_s=2.0, goodput=bounds)
+    assert m.request_goodput == pytest.approx(good / 2.0)
+    assert m.request_throughput == pytest.approx(1.5)  # the other metrics do not change
+
+
+def test_goodput_is_a_lower_bound_slo_and_rejects_unknown_bounds():
+    m = compute_metrics(HAND_BUILT, duration_s=2.0, goodput={"ttft_ms": 150})
+    assert bound_kind("request_goodput") == "min" and headline(m, "request_goodput") == 0.5
+    passed, violations = slo_verdict(m, {"request_goodput": 1.0})
+    assert not passed and [(v.name, v.kind) for v in violations] == [("failed", "max"), ("request_goodput", "min")]
+    with pytest.raises(ValueError, match="unknown goodput bound 'itl_ms'"):
+        compute_metrics(HAND_BUILT, duration_s=2.0, goodput={"itl_ms": 10})
+
+
 def test_headline_reads_a_metric_by_name():
     m = compute_metrics(HAND_BUILT, duration_s=2.0)
     assert headline(m, "output_throughput") == 3.0
@@ -234,7 +257,8 @@ def test_from_jsonl_reads_requests_and_samples_with_a_seed(tmp_path):
 def test_from_jsonl_names_the_bad_line(tmp_path):
     good = json.dumps({"prompt_token_ids": [1], "max_tokens": 2})
     for bad, reason in [("{not json", "not valid JSON"), ('{"prompt_token_ids": [], "max_tokens": 2}', "non-empty"),
-                        ('{"prompt_token_ids": [1], "max_tokens": 0}', "max_tokens")]:
+                        ('{"prompt_token_ids": [1], "max_tokens": 0}', "max_tokens"),
+                        ('{"prompt_token_ids": [1], "max_tokens": 2, "response_format": {"type": "yaml"}}', "response_format")]:
         path = write_jsonl(tmp_path / "d.jsonl", [good, bad])
         with pytest.raises(BadInput, match=reason) as exc:
             from_jsonl(path, 2, seed=0)
@@ -303,6 +327,14 @@ def test_http_error_counts_as_failed_with_the_server_message(server):
 def test_short_output_despite_ignore_eos_counts_as_failed(server):
     results = load(server.url("short"), synthetic(2, 0, vocab_size=100, input_len=(2, 2), output_len=(3, 3)))
     assert all(not r.success and "expected 3 output tokens" in r.error for r in results)
+
+
+def test_constrained_request_sends_its_format_and_may_end_before_max_tokens(server):
+    server.reset()
+    fmt = {"type": "json_object"}
+    results = load(server.url("short"), [Request([5, 6], 4, response_format=fmt)])
+    assert results[0].success and results[0].output_tokens == 3  # its grammar ended it: fine
+    assert server.bodies[0]["response_format"] == fmt and not server.bodies[0]["ignore_eos"]
 
 
 def test_run_benchmark_reports_headline_slo_json_and_table(server):

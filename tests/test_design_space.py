@@ -63,7 +63,7 @@ BAD_SPACES = [
      "knobs.num_threads.log"),
     ("tune not a boolean", edit("tune = false\ndoc = \"tokens per slab", "tune = \"false\"\ndoc = \"tokens per slab"),
      "knobs.max_model_len.tune"),
-    ("applies_when an unknown choice", edit('applies_when = { speculation = ["prompt_lookup"] }\n\n[knobs.spec_ngram]',
+    ("applies_when an unknown choice", edit('applies_when = { speculation = ["prompt_lookup", "jump_forward"] }\n\n[knobs.spec_ngram]',
                                             'applies_when = { speculate = ["prompt_lookup"] }\n\n[knobs.spec_ngram]'),
      "knobs.spec_k.applies_when.speculate"),
     ("applies_when an unknown option", edit('applies_when = { scheduler = ["static"] }', 'applies_when = { scheduler = ["batch"] }'),
@@ -220,7 +220,8 @@ def test_neighbours_of_the_seed():
     moves = {tuple(sorted((k, v) for k, v in n.items() if DEFAULT_DESIGN[k] != v)) for n in SPACE.neighbours(DEFAULT_DESIGN, "cpu")}
     assert moves == {
         (("kv_cache", "slab"),), (("kv_cache", "paged"),), (("attention", "eager"),), (("compile", "on"),),
-        (("speculation", "prompt_lookup"),), (("step_loop", "process"),), (("kv_cache", "paged"), ("prefix_cache", "on")),
+        (("speculation", "prompt_lookup"),), (("speculation", "jump_forward"),), (("step_loop", "process"),),
+        (("kv_cache", "paged"), ("prefix_cache", "on")),
         (("kv_cache", "slab"), ("scheduler", "static")), (("kv_cache", "paged"), ("scheduler", "static")),
         (("kv_cache", "slab"), ("scheduler", "continuous")), (("kv_cache", "paged"), ("scheduler", "continuous")),
     }

@@ -148,13 +148,13 @@ def test_block_pool_refcounts_and_waits_when_full():
 def test_prompt_lookup_drafts_from_prediction_then_prompt():
     seq = Sequence(GenerationRequest([1, 2, 3, 4, 5], max_tokens=10, prediction=[7, 8, 9, 3, 4, 11, 12, 13]), 0)
     seq.token_ids += [3, 4]
-    assert propose(seq, 3, 2) == [11, 12, 13]
+    assert propose(seq, "prompt_lookup", 3, 2) == [11, 12, 13]
     seq2 = Sequence(GenerationRequest([1, 2, 3, 4, 5, 6], max_tokens=10), 0)
     seq2.token_ids += [2, 3]
-    assert propose(seq2, 2, 2) == [4, 5]
+    assert propose(seq2, "prompt_lookup", 2, 2) == [4, 5]
     seq3 = Sequence(GenerationRequest([1, 2, 3, 4, 5, 6], max_tokens=2), 0)
     seq3.token_ids += [2, 3]
-    assert propose(seq3, 4, 2) == []  # one token left: nothing to draft
+    assert propose(seq3, "prompt_lookup", 4, 2) == []  # one token left: nothing to draft
 
 
 def test_speculation_with_a_correct_prediction_takes_fewer_steps(model_dir, hf_model):

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 import urllib.request
 
 import openai
 import pytest
-import uvicorn
 
 from vibeserve_ray.candidate import import_entrypoint, load_candidate
-from vibeserve_ray.serve.app import build_app
 from vibeserve_ray.serve.front import OpenAIFront
 
 
@@ -22,22 +17,14 @@ def echo_server(tiny_target, tmp_path_factory):
     """The echo candidate behind the front, served by uvicorn on 127.0.0.1 in a thread."""
     import shutil
 
-    from conftest import TEST_CANDIDATES
+    from conftest import TEST_CANDIDATES, serving
 
     path = tmp_path_factory.mktemp("echo")
     shutil.copytree(TEST_CANDIDATES / "echo", path, dirs_exist_ok=True)
     engine = import_entrypoint(load_candidate(path))(str(tiny_target.model_dir()), "cpu", {"delay_s": 0.002})
     front = OpenAIFront(engine, tiny_target.tokenizer_dir(), "tiny")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(build_app(front), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", front
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(front) as url:
+        yield url, front
 
 
 def _client(url: str, key: str = "none") -> openai.OpenAI:

@@ -171,15 +171,16 @@ def test_malformed_library_is_refused_naming_the_path(tmp_path, make, file, fiel
 
 # What the offline implementer proposed, from the seed with no hints, and what the backlog
 # held, when the skills were flat files (measured with that loader), then with the
-# engine-process skill and its design option: moving the library must not change either,
-# and a new option or skill changes them only deliberately (recomputed and pinned here).
+# engine-process skill and its design option, then with speculation = jump_forward: moving
+# the library must not change either, and a new option or skill changes them only
+# deliberately (recomputed and pinned here).
 SAME_MOVES = {
     "tiny-llama-cpu": [{"scheduler": "continuous", "kv_cache": "slab"}, {"kv_cache": "paged"}, {"scheduler": "static"}, {"kv_cache": "slab"},
                        {"kv_cache": "paged", "prefix_cache": "on"}, {"scheduler": "continuous"}],
     "tiny-llama-prefix": [{"kv_cache": "paged", "prefix_cache": "on"}, {"scheduler": "continuous"}, {"scheduler": "static"},
                           {"step_loop": "process"}, {"scheduler": "continuous"}, {"compile": "on"}],
-    "tiny-llama-code-edit": [{"scheduler": "continuous", "kv_cache": "slab"}, {"speculation": "prompt_lookup"}, {"kv_cache": "paged", "prefix_cache": "on"},
-                             {"scheduler": "static"}, {"step_loop": "process"}, {"scheduler": "continuous"}],
+    "tiny-llama-code-edit": [{"scheduler": "continuous", "kv_cache": "slab"}, {"speculation": "prompt_lookup"}, {"kv_cache": "paged"},
+                             {"scheduler": "static"}, {"kv_cache": "slab"}, {"kv_cache": "paged", "prefix_cache": "on"}],
 }
 BACKLOG = {
     ("compile", "on"): (0.5, "skill torch-compile"), ("kv_cache", "paged"): (1.5, "skill paged-kv-cache"),

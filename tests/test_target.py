@@ -32,6 +32,11 @@ def test_every_shipped_target_loads_and_its_workload_builds(target_dir):
     assert len(requests) == t.spec.benchmark.num_requests and all(r.prompt_len > 0 and r.max_tokens > 0 for r in requests)
     if t.name == "tiny-llama-prefix":  # every prompt opens with the same 256 tokens
         assert len({tuple(r.prompt_token_ids[:256]) for r in requests}) == 1
+    if t.name == "tiny-llama-json":  # every request asks for JSON under a schema
+        assert all(r.response_format["type"] == "json_schema" for r in requests)
+    if t.name == "tiny-llama-chat":  # Poisson arrivals, judged by goodput within per-request bounds
+        b = t.spec.benchmark
+        assert math.isfinite(b.request_rate) and b.headline == "request_goodput" and set(b.goodput) == {"ttft_ms", "tpot_ms"}
 
 
 def _bad(tmp_path, text: str):
@@ -49,6 +54,9 @@ BAD_CASES = [
     ("missing path", lambda s: s.replace('prompts = "checker/prompts.jsonl"', 'prompts = "checker/nope.jsonl"'), "checker.prompts"),
     ("bad headline", lambda s: s.replace('headline = "output_throughput"', 'headline = "speed"'), "benchmark"),
     ("bad slo", lambda s: s.replace("p99_ttft_ms = 30000", "p99_latency = 3"), "benchmark"),
+    ("bad goodput bound", lambda s: s.replace("[benchmark.slo]", "[benchmark.goodput]\nitl_ms = 50\n\n[benchmark.slo]"), "benchmark"),
+    ("negative goodput bound", lambda s: s.replace("[benchmark.slo]", "[benchmark.goodput]\nttft_ms = -1\n\n[benchmark.slo]"),
+     "benchmark.goodput.ttft_ms"),
     ("two model sources", lambda s: s.replace("seed = 0\nswap_seed", 'path = "m"\nseed = 0\nswap_seed'), "model"),
     ("negative concurrency", lambda s: s.replace("concurrency = 16", "concurrency = -2"), "benchmark.concurrency"),
     ("bad range", lambda s: s.replace("input_len = [16, 128]", "input_len = [128, 16]"), "benchmark.synthetic"),

@@ -17,6 +17,8 @@ free of heavy imports at module level.
 from __future__ import annotations
 
 import importlib
+import json
+import re
 import shutil
 import sys
 import tomllib
@@ -134,6 +136,58 @@ def sampling_scores(logits, temperature: float, top_p: float, seed: int, step: i
 
 def sample_token(logits, temperature: float, top_p: float, seed: int, step: int) -> int:
     return int(sampling_scores(logits, temperature, top_p, seed, step).argmax())
+
+
+# --- constrained decoding (response_format) ------------------------------------------
+# A request with a `response_format` is decoded under xgrammar's token mask for it: at
+# each step every token the grammar forbids gets logit -inf before the sampling rule
+# runs (logprobs stay those of the raw logits), and the output ends with the stop token
+# the grammar accepts once the document is complete, whatever `ignore_eos` says. At
+# `max_tokens` the output is cut where it is (finish_reason "length"), as in OpenAI's
+# API. Engines and the reference build grammars only through these two functions, so
+# constrained outputs compare exactly.
+
+
+def response_grammar(response_format: dict[str, Any]):
+    """The xgrammar `Grammar` that `response_format` asks for; ValueError naming the bad part.
+
+    OpenAI's shapes: {"type": "json_object"} (any JSON object) or {"type": "json_schema",
+    "json_schema": {"name": ..., "schema": {...}}}. Both are compact JSON (xgrammar's
+    ", " and ": " separators and no other whitespace: a model allowed whitespace can emit
+    it forever); a schema is read in strict mode (no properties beyond its own).
+    """
+    import xgrammar as xgr
+
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return xgr.Grammar.from_json_schema('{"type": "object"}', any_whitespace=False, strict_mode=False)
+    if kind != "json_schema":
+        raise ValueError(f"type: expected 'json_object' or 'json_schema', got {kind!r}")
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise ValueError("json_schema.schema: expected a JSON Schema object")
+    try:
+        return xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=True)
+    except Exception as exc:  # xgrammar raises RuntimeError/ValueError/TypeError on schemas it rejects
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        # its C++ messages start "[19:19:55] /project/cpp/json_schema_converter.cc:5082: "
+        raise ValueError("json_schema.schema: " + re.sub(r"^\[[^]]*\]\s*\S+:\d+:\s*", "", lines[-1])) from None
+
+
+def grammar_compiler(model_dir: str | Path, max_threads: int = 1):
+    """An xgrammar `GrammarCompiler` for the tokenizer in `model_dir`, over the model's
+    whole vocabulary with its EOS ids as the grammar's stop tokens. It caches what it
+    compiles; `compiler.compile_grammar(response_grammar(fmt))` gives a request's grammar."""
+    import xgrammar as xgr
+    from transformers import AutoTokenizer
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    eos = config.get("eos_token_id")
+    stop = eos if isinstance(eos, list) else None if eos is None else [eos]
+    info = xgr.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(str(model_dir)), vocab_size=int(config["vocab_size"]),
+                                              stop_token_ids=stop)
+    return xgr.GrammarCompiler(info, max_threads=max_threads)
 
 
 # --- candidate.toml ----------------------------------------------------------------

@@ -3,7 +3,9 @@
 `transformers` on the same weights, decoding step by step so that each step's
 logprobs and top-2 gap are known: the checker forgives a divergence only at a near-tie,
 and it needs the gap to tell. Sampling uses the contract's rule
-(`vibeserve_ray.candidate.sampling_scores`), so seeded outputs are comparable too.
+(`vibeserve_ray.candidate.sampling_scores`), so seeded outputs are comparable too, and a
+`response_format` masks each step by the contract's grammar (`response_grammar`) before
+it, ending where the grammar accepts a stop token.
 
 A target may name its own reference as `module:function`: a factory called as
 `factory(model_dir: str, dtype: str)` returning an object with this class's `generate`.
@@ -37,24 +39,30 @@ class TransformersReference:
         self._torch = torch
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype))
         self.model.eval()
+        self.model_dir = model_dir
+        self._grammars = None
 
     def generate(
-        self, prompt_token_ids: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None
+        self, prompt_token_ids: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+        response_format: dict | None = None,
     ) -> RefOutput:
         torch = self._torch
         if temperature > 0 and seed is None:
             raise ValueError("the reference samples only with a seed")
+        matcher = self._matcher(response_format) if response_format is not None else None
         tokens, logprobs, gaps = [], [], []
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([prompt_token_ids]), use_cache=True)
             for step in range(max_tokens):
                 logits = out.logits[0, -1].float()
-                scores = sampling_scores(logits, temperature, top_p, seed or 0, step)
+                scores = sampling_scores(_masked(logits, matcher), temperature, top_p, seed or 0, step)
                 top2 = torch.topk(scores, 2).values
                 token = int(scores.argmax())
                 tokens.append(token)
                 logprobs.append(float(torch.log_softmax(logits, -1)[token]))
                 gaps.append(float(top2[0] - top2[1]))
+                if matcher is not None and (not matcher.accept_token(token) or matcher.is_terminated()):
+                    break
                 if step + 1 < max_tokens:
                     out = self.model(input_ids=torch.tensor([[token]]), use_cache=True, **_cache_kwargs(out))
         return RefOutput(tokens, logprobs, gaps)
@@ -67,6 +75,28 @@ class TransformersReference:
             logits = self.model(input_ids=torch.tensor([prompt_token_ids])).logits[0, :-1].float()
         picked = torch.log_softmax(logits, -1).gather(-1, torch.tensor(prompt_token_ids[1:])[:, None])[:, 0]
         return [None, *picked.tolist()]
+
+    def _matcher(self, response_format: dict):
+        import xgrammar as xgr
+
+        from vibeserve_ray.candidate import grammar_compiler, response_grammar
+
+        if self._grammars is None:
+            self._grammars = grammar_compiler(self.model_dir)
+        return xgr.GrammarMatcher(self._grammars.compile_grammar(response_grammar(response_format)))
+
+
+def _masked(logits, matcher):
+    """`logits` (1-D) with every token the grammar forbids at -inf (a copy)."""
+    if matcher is None:
+        return logits
+    import xgrammar as xgr
+
+    bitmask = xgr.allocate_token_bitmask(1, logits.shape[-1])
+    matcher.fill_next_token_bitmask(bitmask)
+    masked = logits.clone().unsqueeze(0)
+    xgr.apply_token_bitmask_inplace(masked, bitmask)
+    return masked[0]
 
 
 def _cache_kwargs(out) -> dict:
@@ -110,28 +140,35 @@ def reference_outputs(
     top_p: float = 1.0,
     seed: int | None = None,
     cache_root: Path | None = None,
+    response_formats: list[dict | None] | None = None,
 ) -> list[RefOutput]:
     """Reference outputs for many prompts, cached on disk one prompt at a time (keyed by the
     weights and the inputs), so any subset of prompts seen before costs nothing; the
     reference model is loaded once for all the missing ones. `max_tokens`: one for all,
-    or one per prompt."""
+    or one per prompt; `response_formats`: a JSON-mode prompt's format (None: unconstrained)."""
     import transformers
 
     lengths = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
+    formats = list(response_formats or [None] * len(prompts))
 
-    def cache_file(prompt: list[int], n: int) -> Path | None:
+    def cache_file(prompt: list[int], n: int, fmt: dict | None) -> Path | None:
         if cache_root is None:
             return None
-        key = json.dumps([kind, _fingerprint(model_dir), dtype, prompt, n, temperature, top_p, seed, transformers.__version__])
-        return cache_root / "reference" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+        key = [kind, _fingerprint(model_dir), dtype, prompt, n, temperature, top_p, seed, transformers.__version__]
+        if fmt is not None:
+            from importlib.metadata import version
 
-    files = [cache_file(p, n) for p, n in zip(prompts, lengths)]
+            key += [fmt, version("xgrammar")]
+        return cache_root / "reference" / (hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24] + ".json")
+
+    files = [cache_file(p, n, f) for p, n, f in zip(prompts, lengths, formats)]
     outs: list[RefOutput | None] = [RefOutput(**json.loads(f.read_text())) if f is not None and f.is_file() else None for f in files]
     missing = [i for i, o in enumerate(outs) if o is None]
     if missing:
         ref = load_reference(kind, model_dir, dtype)
         for i in missing:
-            outs[i] = out = ref.generate(prompts[i], lengths[i], temperature, top_p, seed)
+            constrained = {"response_format": formats[i]} if formats[i] is not None else {}  # a custom reference may not take it
+            outs[i] = out = ref.generate(prompts[i], lengths[i], temperature, top_p, seed, **constrained)
             if files[i] is not None:
                 files[i].parent.mkdir(parents=True, exist_ok=True)
                 tmp = files[i].with_suffix(f".{os.getpid()}.tmp")

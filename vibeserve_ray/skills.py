@@ -21,6 +21,7 @@ the skills that apply; LLM agents find skills with `search_skills` and open them
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from collections import Counter
@@ -35,7 +36,7 @@ from vibeserve_ray.target import Target
 
 SKILLS_DIR = Path(__file__).resolve().parent.parent / "skills"
 LAYERS = ("models", "serving", "hardware", "workloads")
-CONDITIONS = {"min_concurrency": int, "device": str, "shared_prefix": bool, "predictions": bool}  # -> the value's type
+CONDITIONS = {"min_concurrency": int, "device": str, "shared_prefix": bool, "predictions": bool, "response_format": bool}  # -> the value's type
 # ours, then the optional fields of the Agent Skills specification (so a standard skill loads)
 KEYS = {"name", "description", "layer", "applies_to", "when", "keywords", "prior", "license", "compatibility", "metadata", "allowed-tools"}
 NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
@@ -64,11 +65,22 @@ class Skill:
             return False
         if w.get("predictions") and b.dataset is None:
             return False
+        if w.get("response_format") and not _dataset_carries(target, "response_format"):
+            return False
         return True
 
     def matches(self, changes: dict[str, str]) -> bool:
         """True when a design change switches on what this skill is about."""
         return bool(self.applies_to) and all(changes.get(k) == v for k, v in self.applies_to.items())
+
+
+def _dataset_carries(target: Target, key: str) -> bool:
+    """Whether the target's benchmark requests carry `key` (its dataset's first row says)."""
+    b = target.spec.benchmark
+    if b.dataset is None:
+        return False
+    with open(target.path(b.dataset)) as f:
+        return key in json.loads(f.readline() or "{}")
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vibeserve_ray.bench.metrics import GOODPUT_BOUNDS
 from vibeserve_ray.errors import BadInput
 
 TARGET_FILE = "target.toml"
-METRICS_UP = ("request_throughput", "output_throughput", "total_token_throughput")
+METRICS_UP = ("request_throughput", "output_throughput", "total_token_throughput", "request_goodput")
 LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
 METRICS_DOWN = tuple(f"{s}_{m}" for m in LATENCIES for s in ("mean", "median", "p99"))
 HEADLINE_METRICS = METRICS_UP + METRICS_DOWN
@@ -122,6 +123,9 @@ class BenchmarkSpec(_Strict):
     headline: str = "output_throughput"
     direction: Literal["maximize", "minimize"] = "maximize"
     slo: dict[str, float] = {}
+    # per-request bounds (ms) a request must meet to count in request_goodput, as vLLM's
+    # --goodput: keys ttft_ms, tpot_ms, e2el_ms
+    goodput: dict[str, Annotated[float, Field(gt=0)]] = {}
     warmup_requests: Annotated[int, Field(ge=0)] = 4
 
     @model_validator(mode="after")
@@ -133,6 +137,9 @@ class BenchmarkSpec(_Strict):
         for key in self.slo:
             if key not in HEADLINE_METRICS:
                 raise ValueError(f"slo.{key}: unknown metric (one of {', '.join(HEADLINE_METRICS)})")
+        for key in self.goodput:
+            if key not in GOODPUT_BOUNDS:
+                raise ValueError(f"goodput.{key}: unknown bound (one of {', '.join(GOODPUT_BOUNDS)})")
         if not self.request_rate > 0:
             raise ValueError("request_rate: must be > 0 (inf for closed loop)")
         return self

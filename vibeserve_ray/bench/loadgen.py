@@ -109,11 +109,13 @@ def _body(model: str, request: Request, temperature: float, seed: int | None) ->
         "seed": seed,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "ignore_eos": True,
+        "ignore_eos": request.response_format is None,  # a constrained answer ends where its grammar does
         "return_token_ids": True,
     }
     if request.prediction is not None:
         body["prediction"] = request.prediction
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
     return body
 
 
@@ -180,7 +182,10 @@ async def _read_stream(content: aiohttp.StreamReader, token_times: list[float], 
 def _check_output(request: Request, ids: list[int], usage: dict | None) -> None:
     if usage is not None and usage.get("completion_tokens") != len(ids):
         raise _StreamError(f"usage.completion_tokens={usage.get('completion_tokens')} but {len(ids)} token ids streamed")
-    if len(ids) != request.expected_output_len:
+    if request.response_format is not None:
+        if not 0 < len(ids) <= request.max_tokens:
+            raise _StreamError(f"expected 1 to {request.max_tokens} output tokens (max_tokens), got {len(ids)}")
+    elif len(ids) != request.expected_output_len:
         raise _StreamError(f"expected {request.expected_output_len} output tokens (ignore_eos), got {len(ids)}")
 
 

@@ -46,8 +46,10 @@ async def run_benchmark_async(
     *,
     temperature: float = 0.0,
     progress: Progress | None = None,
+    goodput: Mapping[str, float] | None = None,
 ) -> BenchReport:
-    """Run the load against `base_url` and judge it; `model=None` uses the first model the server lists."""
+    """Run the load against `base_url` and judge it; `model=None` uses the first model the server lists.
+    `goodput` holds the per-request bounds (ms) of request_goodput."""
     if headline_metric not in METRIC_NAMES:  # fail before sending load, not after
         raise ValueError(f"unknown headline metric {headline_metric!r}; expected one of {', '.join(METRIC_NAMES)}")
     for name in slos:
@@ -62,7 +64,7 @@ async def run_benchmark_async(
         base_url, model, requests, concurrency=concurrency, request_rate=request_rate,
         seed=seed, timeout_s=timeout_s, temperature=temperature, progress=progress,
     )
-    metrics = compute_metrics(results, time.perf_counter() - start)
+    metrics = compute_metrics(results, time.perf_counter() - start, goodput)
     passed, violations = slo_verdict(metrics, slos)
     value = headline(metrics, headline_metric)
     return BenchReport(metrics, headline_metric, value, passed, tuple(violations), tuple(results))
@@ -81,11 +83,12 @@ def run_benchmark(
     *,
     temperature: float = 0.0,
     progress: Progress | None = None,
+    goodput: Mapping[str, float] | None = None,
 ) -> BenchReport:
     """Blocking `run_benchmark_async`, for callers without an event loop (use the async one inside one)."""
     return asyncio.run(run_benchmark_async(
         base_url, model, requests, concurrency, request_rate, seed, timeout_s, headline_metric, slos,
-        temperature=temperature, progress=progress,
+        temperature=temperature, progress=progress, goodput=goodput,
     ))
 
 
@@ -110,6 +113,7 @@ def format_table(report: BenchReport) -> str:
     row("Request throughput (req/s):", m.request_throughput)
     row("Output token throughput (tok/s):", m.output_throughput)
     row("Total Token throughput (tok/s):", m.total_token_throughput)
+    row("Request goodput (req/s):", m.request_goodput)
     for key, title, short in _SECTIONS:
         lines.append("{s:{c}^{n}}".format(s=title, n=50, c="-"))
         for stat in ("mean", "median", "p99"):

@@ -1,7 +1,8 @@
 """Service-level objectives over BenchMetrics: which number a run is judged by, and which bounds it must hold.
 
 An SLO key is a BenchMetrics field name. Keys ending in `_ms` are upper bounds (latency must
-not exceed them); keys ending in `_throughput` are lower bounds (throughput must reach them).
+not exceed them); keys ending in `_throughput`, and `request_goodput`, are lower bounds
+(throughput must reach them).
 Latencies are measured over completed requests only, so a run with any failed request does not
 pass, nor does one that completed nothing: otherwise a server could meet a latency SLO by
 dropping its slow requests.
@@ -46,7 +47,7 @@ def bound_kind(name: str) -> str:
         raise ValueError(f"unknown SLO metric {name!r}; expected one of {', '.join(METRIC_NAMES)}")
     if name.endswith("_ms"):
         return "max"
-    if name.endswith("_throughput"):
+    if name.endswith("_throughput") or name == "request_goodput":
         return "min"
     raise ValueError(f"SLO metric {name!r} has no bound direction: use a *_ms or *_throughput metric")
 

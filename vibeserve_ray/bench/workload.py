@@ -14,15 +14,18 @@ from vibeserve_ray.errors import BadInput
 
 @dataclass(frozen=True)
 class Request:
-    """One completion request: prompt token ids, how many tokens to generate, an optional predicted output."""
+    """One completion request: prompt token ids, how many tokens to generate, an optional
+    predicted output, and an optional `response_format` (OpenAI's JSON mode)."""
 
     prompt_token_ids: list[int]
     max_tokens: int
     prediction: list[int] | None = None
+    response_format: dict | None = None
 
     @property
     def expected_output_len(self) -> int:
-        """The load generator sends `ignore_eos`, so a correct server returns exactly `max_tokens` tokens."""
+        """The load generator sends `ignore_eos`, so a correct server returns exactly `max_tokens` tokens
+        (at most that many for a constrained request, which ends where its grammar does)."""
         return self.max_tokens
 
     @property
@@ -63,7 +66,7 @@ def synthetic(
 
 
 def from_jsonl(path: str | Path, num_requests: int, seed: int) -> list[Request]:
-    """Requests from lines `{"prompt_token_ids": [...], "max_tokens": N, "prediction": [...]?}`.
+    """Requests from lines `{"prompt_token_ids": [...], "max_tokens": N, "prediction": [...]?, "response_format": {...}?}`.
 
     The file's order is kept when `num_requests` equals its line count; otherwise requests are
     drawn from seeded shuffles of the file, cycling through it again when more are asked for.
@@ -105,7 +108,10 @@ def _parse_line(file: str, n: int, line: str) -> Request:
     prediction = obj.get("prediction")
     if prediction is not None and not _is_token_list(prediction):
         raise bad("prediction must be a list of non-negative integers")
-    return Request(prompt, max_tokens, prediction)
+    response_format = obj.get("response_format")
+    if response_format is not None and not (isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema")):
+        raise bad("response_format must be an object with type 'json_object' or 'json_schema'")
+    return Request(prompt, max_tokens, prediction, response_format)
 
 
 def _is_token_list(value: object) -> bool:

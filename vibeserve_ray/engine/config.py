@@ -123,7 +123,7 @@ class EngineConfig:
     attention: str
     compile: bool
     dtype: str
-    speculation: bool
+    speculation: str  # "off", or where drafts come from: "prompt_lookup", "jump_forward"
     step_loop: str
     # knobs (defaults: defaults.DEFAULT_KNOBS)
     num_threads: int
@@ -148,7 +148,7 @@ class EngineConfig:
         config = cls(
             scheduler=design["scheduler"], kv_cache=design["kv_cache"], prefix_cache=design["prefix_cache"] == "on",
             attention=design["attention"], compile=design["compile"] == "on", dtype=design["dtype"],
-            speculation=design["speculation"] == "prompt_lookup", step_loop=design["step_loop"],
+            speculation=design["speculation"], step_loop=design["step_loop"],
             **{name: type(default)(values[name]) for name, default in DEFAULT_KNOBS.items()},
         )
         config.check()

@@ -14,7 +14,7 @@ DESIGN_OPTIONS: dict[str, tuple[str, ...]] = {
     "attention": ("sdpa", "eager", "flashinfer"),  # flashinfer: cuda only
     "compile": ("off", "on"),
     "dtype": ("float32", "bfloat16"),
-    "speculation": ("off", "prompt_lookup"),
+    "speculation": ("off", "prompt_lookup", "jump_forward"),
     "step_loop": ("thread", "process"),  # process: engine_process.py, apart from the HTTP front
 }
 

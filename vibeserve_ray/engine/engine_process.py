@@ -32,7 +32,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from vibeserve_ray.candidate import PROMPT_LOGPROBS, TOP_LOGPROBS, GenerationRequest, RequestRefused, TokenOut
+from vibeserve_ray.candidate import PROMPT_LOGPROBS, RESPONSE_FORMAT, TOP_LOGPROBS, GenerationRequest, RequestRefused, TokenOut
 
 from .config import EngineConfig, ModelConfig
 from .llm_engine import FINISHED, LLMEngine, check_request
@@ -76,7 +76,7 @@ class _Worker:
 class ProcessEngine:
     """The Engine contract, with `LLMEngine.step` running in worker processes."""
 
-    capabilities = frozenset({TOP_LOGPROBS, PROMPT_LOGPROBS})
+    capabilities = frozenset({TOP_LOGPROBS, PROMPT_LOGPROBS, RESPONSE_FORMAT})
 
     def __init__(self, model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None):
         knobs = dict(knobs or {})
@@ -222,7 +222,12 @@ def serve_worker(sock: socket.socket, model_dir: str, device: str) -> None:
                     _, rid, request, seed = message
                     seq = Sequence(request, seed)
                     seqs[rid], rids[seq] = seq, rid
-                    if (why := engine.scheduler.add(seq)) is not None:
+                    try:
+                        seq.grammar = engine.grammar_for(request)  # compiled here, between steps: a matcher does not pickle
+                        why = engine.scheduler.add(seq)
+                    except RequestRefused as exc:
+                        why = str(exc)
+                    if why is not None:
                         seq.status = Status.FINISHED
                         out.append((seq, RequestRefused(why)))
                 elif message[0] == "abort" and (seq := seqs.get(message[1])) is not None:

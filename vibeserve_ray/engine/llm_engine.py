@@ -16,10 +16,11 @@ from typing import Any, AsyncIterator
 
 import torch
 
-from vibeserve_ray.candidate import PROMPT_LOGPROBS, TOP_LOGPROBS, GenerationRequest, RequestRefused, TokenOut
+from vibeserve_ray.candidate import PROMPT_LOGPROBS, RESPONSE_FORMAT, TOP_LOGPROBS, GenerationRequest, RequestRefused, TokenOut
 
 from .attention import make_attention
 from .config import EngineConfig, ModelConfig
+from .grammar import Grammars
 from .kv_cache import make_kv_cache
 from .loader import load_model
 from .model_runner import ModelRunner
@@ -31,7 +32,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class LLMEngine:
-    capabilities = frozenset({TOP_LOGPROBS, PROMPT_LOGPROBS})
+    capabilities = frozenset({TOP_LOGPROBS, PROMPT_LOGPROBS, RESPONSE_FORMAT})
 
     def __init__(self, model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None, step_thread: bool = True):
         """`step_thread=False` builds the model, cache and scheduler only: whoever holds the
@@ -49,6 +50,7 @@ class LLMEngine:
         cache = make_kv_cache(self.config, ec, self.device, dtype)
         self.runner = ModelRunner(model, cache, make_attention(ec.attention, self.device), self.device)
         self.scheduler = make_scheduler(cache, ec)
+        self.grammars = Grammars(model_dir)
         self._inbox: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # makes "check closed, then enqueue" atomic with shutdown
         self._closed = False
@@ -65,6 +67,8 @@ class LLMEngine:
         stream: asyncio.Queue = asyncio.Queue()
         seed = request.seed if request.seed is not None else random.getrandbits(63)
         seq = Sequence(request, seed, outlet=(loop, stream))
+        if request.response_format is not None:  # compiled off the step thread and the event loop
+            seq.grammar = await asyncio.to_thread(self.grammar_for, request)
         with self._lock:
             if self._closed:
                 raise RuntimeError("engine is closed")
@@ -84,6 +88,16 @@ class LLMEngine:
             self._closed = True
         self._inbox.put(None)
         await asyncio.to_thread(self._thread.join)
+
+    def grammar_for(self, request: GenerationRequest) -> Any:
+        """A grammar matcher for the request's response_format (None without one);
+        RequestRefused when xgrammar cannot build the grammar."""
+        if request.response_format is None:
+            return None
+        try:
+            return self.grammars.matcher(request.response_format)
+        except ValueError as exc:
+            raise RequestRefused(f"response_format.{exc}") from None
 
     def _validate(self, request: GenerationRequest) -> None:
         check_request(request, self.config)

@@ -4,6 +4,8 @@ Step t of a request (t = tokens generated so far) draws its noise from (seed, t)
 seeded request gets the same tokens whatever else is in the batch; temperature 0 makes
 the rule an argmax (greedy). A draft token is kept only when it equals what the rule
 picks at its position, which keeps speculative outputs identical to plain decoding.
+A constrained request (`response_format`) picks among the tokens its grammar allows
+(grammar.constrain) and ends when the grammar accepts a stop token.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import torch
 from vibeserve_ray.candidate import TokenOut, sample_token
 
 from .batch import Chunk
+from .grammar import constrain
 
 
 class Sampler:
     def __call__(self, logits: torch.Tensor, chunks: list[Chunk]) -> list[list[TokenOut]]:
         """logits: the rows of every chunk that needs them, in order -> tokens per chunk."""
         logits = logits.float()
-        greedy_rows = logits.argmax(-1).tolist()
+        scores = constrain(logits, chunks) if any(c.seq.grammar is not None for c in chunks) else logits
+        greedy_rows = scores.argmax(-1).tolist()
         outs, row = [], 0
         for chunk in chunks:
             tokens: list[TokenOut] = []
@@ -29,9 +33,11 @@ class Sampler:
                 if r.temperature <= 0:
                     token = greedy_rows[row + j]
                 else:
-                    token = sample_token(logits[row + j], r.temperature, r.top_p, seq.seed, seq.num_completion_tokens + j)
+                    token = sample_token(scores[row + j], r.temperature, r.top_p, seq.seed, seq.num_completion_tokens + j)
                 tokens.append(TokenOut(token) if logprobs is None else _scored(token, logprobs[j], r.top_logprobs))
-                done = seq.num_completion_tokens + j + 1 >= r.max_tokens or token in r.stop_token_ids
+                if seq.grammar is not None and not seq.grammar.accept_token(token):
+                    raise RuntimeError(f"grammar refused token {token} that its own mask allowed")
+                done = seq.num_completion_tokens + j + 1 >= r.max_tokens or token in r.stop_token_ids or seq.grammar_done
                 if done or j >= len(chunk.draft) or token != chunk.draft[j]:
                     break
             row += chunk.num_logits

@@ -32,7 +32,7 @@ class Scheduler:
     def __init__(self, cache: KVCache, config: EngineConfig):
         self.cache = cache
         self.config = config
-        self.spec_slack = config.spec_k if config.speculation else 0
+        self.spec_slack = config.spec_k if config.speculation != "off" else 0
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -69,7 +69,7 @@ class Scheduler:
         """The next chunk of `seq`: its pending tokens (at most `budget`), plus a draft when decoding."""
         pending = seq.pending if budget is None else seq.pending[:max(budget, 1)]
         decoding = seq.num_cached >= seq.num_prompt_tokens
-        draft = speculation.propose(seq, self.config.spec_k, self.config.spec_ngram) if decoding and self.config.speculation else []
+        draft = speculation.propose(seq, self.config.speculation, self.config.spec_k, self.config.spec_ngram) if decoding and self.config.speculation != "off" else []
         return Chunk(seq, seq.num_cached, pending, draft)
 
     def postprocess(self, chunks: list[Chunk], outs: list[list[TokenOut]]) -> list[Sequence]:

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from itertools import count
+from typing import Any
 
 from vibeserve_ray.candidate import GenerationRequest
 
@@ -41,6 +42,7 @@ class Sequence:
     num_hashed_blocks: int = 0  # paged with prefix caching: leading blocks already named
     arrived: float = 0.0  # monotonic time it was queued (static batching waits on it)
     spec_cursor: int = 0  # prompt lookup: where in the lookup text the last draft ended
+    grammar: Any = None  # an xgrammar GrammarMatcher when the request has a response_format
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.request.prompt_token_ids)
@@ -59,8 +61,13 @@ class Sequence:
         return self.token_ids[self.num_cached:]
 
     @property
+    def grammar_done(self) -> bool:
+        """The grammar has accepted a stop token: the document is complete."""
+        return self.grammar is not None and self.grammar.is_terminated()
+
+    @property
     def is_done(self) -> bool:
-        """max_tokens reached, or the last token is a stop token (which is emitted)."""
-        if self.num_completion_tokens >= self.request.max_tokens:
+        """max_tokens reached, the last token is a stop token (which is emitted), or the grammar is done."""
+        if self.num_completion_tokens >= self.request.max_tokens or self.grammar_done:
             return True
         return self.num_completion_tokens > 0 and self.token_ids[-1] in self.request.stop_token_ids

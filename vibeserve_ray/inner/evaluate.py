@@ -94,7 +94,7 @@ async def bench_running(proc: CandidateProcess | Endpoint, target: Target, reque
         await warm_up(proc, target, requests, say)
     say(f"bench: {len(requests)} requests, concurrency {b.concurrency}, rate {b.request_rate:g}/s")
     return await run_benchmark_async(proc.base_url, proc.served_name, requests, b.concurrency, b.request_rate, b.seed,
-                                     proc.limits.request_timeout_s, b.headline, dict(b.slo), progress=say)
+                                     proc.limits.request_timeout_s, b.headline, dict(b.slo), progress=say, goodput=b.goodput)
 
 
 def bench_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, num_requests: int | None = None,

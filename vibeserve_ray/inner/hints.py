@@ -46,6 +46,8 @@ def hints_for(target: Target, design: dict[str, str], metrics: Mapping[str, floa
                           {"kv_cache": "paged", "prefix_cache": "on"}, 3.0))
     if design.get("speculation") == "off" and any(r.prediction for r in requests[:8]):
         hints.append(Hint("requests carry a predicted output: verify it instead of decoding token by token", {"speculation": "prompt_lookup"}, 3.0))
+    if design.get("speculation") != "jump_forward" and any(r.response_format for r in requests[:8]):
+        hints.append(Hint("requests ask for JSON: draft the tokens the grammar forces and verify them in one pass", {"speculation": "jump_forward"}, 3.0))
     if metrics.get("mean_tpot_ms", 0) > 0 and design.get("compile") == "off":
         hints.append(Hint(f"decode step costs {metrics['mean_tpot_ms']:.1f} ms/token; fewer, fused ops may help", {"compile": "on"}, 0.5))
     return hints

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from vibeserve_ray.candidate import PROMPT_LOGPROBS, RESPONSE_FORMAT, TOP_LOGPROBS, Engine, GenerationRequest, RequestRefused, TokenOut, capabilities
+from vibeserve_ray.candidate import (PROMPT_LOGPROBS, RESPONSE_FORMAT, TOP_LOGPROBS, Engine, GenerationRequest, RequestRefused, TokenOut,
+                                     capabilities, response_grammar)
 
 
 class RequestError(ValueError):
@@ -180,9 +181,7 @@ class OpenAIFront:
             self.require(TOP_LOGPROBS, "top_logprobs" if hasattr(body, "top_logprobs") else "logprobs", "the most likely tokens at each position")
         if prompt_logprobs:
             self.require(PROMPT_LOGPROBS, "echo", "the prompt's logprobs (echo with logprobs)")
-        fmt = body.response_format
-        if fmt is not None and fmt.type != "text":
-            self.require(RESPONSE_FORMAT, "response_format", f"constrained decoding (response_format type '{fmt.type}')")
+        fmt = self.response_format(body.response_format)
         room = self.max_model_len - len(prompt_ids)
         if max_tokens is None:
             max_tokens = room
@@ -202,12 +201,26 @@ class OpenAIFront:
             top_p=body.top_p,
             seed=body.seed,
             stop_token_ids=sorted(set(stop_ids)),
-            response_format=fmt.model_dump() if fmt is not None and fmt.type != "text" else None,
+            response_format=fmt,
             prediction=self.encode_prediction(body.prediction),
             want_logprobs=want_logprobs,
             top_logprobs=top_logprobs,
             prompt_logprobs=prompt_logprobs,
         )
+
+    def response_format(self, fmt: Any) -> dict | None:
+        """None for plain text; for JSON mode the format as the engine gets it, once the engine
+        declares constrained decoding and xgrammar can build the grammar (a 400 naming
+        `response_format` otherwise: a schema it rejects, a json_schema without one)."""
+        if fmt is None or fmt.type == "text":
+            return None
+        self.require(RESPONSE_FORMAT, "response_format", f"constrained decoding (response_format type '{fmt.type}')")
+        out = fmt.model_dump(by_alias=True, exclude_none=True)
+        try:
+            response_grammar(out)
+        except ValueError as exc:
+            raise RequestError(f"response_format.{exc}", param="response_format") from None
+        return out
 
     # --- the token stream ---------------------------------------------------------------
 

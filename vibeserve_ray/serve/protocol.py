@@ -51,11 +51,20 @@ class Prediction(_Strict):
     content: str | list[TextPart]
 
 
+class JsonSchemaFormat(_Strict):
+    """OpenAI's `response_format.json_schema`: the schema the answer must follow."""
+
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # required by the front; `schema` shadows a BaseModel method
+    strict: bool | None = None
+
+
 class ResponseFormat(_Strict):
     """`text` is what every engine does; the others need an engine that constrains decoding."""
 
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
 
 
 class _Sampling(_Strict):

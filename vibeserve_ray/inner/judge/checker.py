@@ -35,6 +35,7 @@ class Prompt:
     label: str  # "held-out #3", "fresh #1": what a mismatch names
     text: str
     token_ids: list[int]
+    response_format: dict | None = None  # JSON mode: compared with the reference under the same grammar
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,19 @@ def compare(ref: RefOutput, got: Completion, tolerance: float, logprob_tolerance
     return "ok", n, ""
 
 
+def expected_length(ref: RefOutput, max_tokens: int) -> int:
+    """Tokens a right answer has when asked for `max_tokens` (the reference ran at least as
+    long): all of them, unless the reference's grammar ended the answer sooner."""
+    return min(len(ref.token_ids), max_tokens)
+
+
 async def complete(session: aiohttp.ClientSession, base_url: str, model: str, prompt_ids: list[int], max_tokens: int,
-                   temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Completion:
+                   temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, response_format: dict | None = None) -> Completion:
     """One non-streamed completion with token ids and logprobs; raises on HTTP errors."""
     body = {"model": model, "prompt": prompt_ids, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-            "seed": seed, "logprobs": 0, "ignore_eos": True, "return_token_ids": True}
+            "seed": seed, "logprobs": 0, "ignore_eos": response_format is None, "return_token_ids": True}
+    if response_format is not None:
+        body["response_format"] = response_format
     async with session.post(base_url + "/v1/completions", json=body) as resp:
         data = await resp.json(content_type=None)
         if resp.status != 200:
@@ -121,18 +130,27 @@ async def complete(session: aiohttp.ClientSession, base_url: str, model: str, pr
 
 
 def load_prompts(target: Target) -> list[str]:
+    return [prompt for prompt, _ in load_checks(target)]
+
+
+def load_checks(target: Target) -> list[tuple[str, dict | None]]:
+    """The held-out prompts, each with its optional `response_format` (a JSON-mode target's)."""
     file = target.path(target.spec.checker.prompts)
-    prompts = []
+    checks = []
     for n, line in enumerate(file.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
-            prompts.append(str(json.loads(line)["prompt"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
+            row = json.loads(line)
+            prompt, fmt = str(row["prompt"]), row.get("response_format")
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise BadInput(str(file), f"line {n}", 'expected a JSON object with a "prompt" string') from None
-    if not prompts:
+        if fmt is not None and not isinstance(fmt, dict):
+            raise BadInput(str(file), f"line {n}", "response_format must be an object")
+        checks.append((prompt, fmt))
+    if not checks:
         raise BadInput(str(file), "checker.prompts", "no prompts")
-    return prompts
+    return checks
 
 
 @functools.cache
@@ -148,22 +166,23 @@ def tokenize_prompts(target: Target, prompts: list[str]) -> list[list[int]]:
 
 
 def held_out_prompts(target: Target) -> list[Prompt]:
-    texts = load_prompts(target)
-    return [Prompt(f"held-out #{i}", t, ids) for i, (t, ids) in enumerate(zip(texts, tokenize_prompts(target, texts)))]
+    texts, formats = zip(*load_checks(target))
+    ids = tokenize_prompts(target, list(texts))
+    return [Prompt(f"held-out #{i}", t, p, f) for i, (t, p, f) in enumerate(zip(texts, ids, formats))]
 
 
 def fresh_prompts(target: Target, like: list[Prompt], count: int, seed: int) -> list[Prompt]:
-    """`count` prompts of random token ids (no special ones), their lengths drawn from
-    `like`'s: the held-out prompts' length mix, contents nobody has seen."""
+    """`count` prompts of random token ids (no special ones), their lengths (and response
+    formats) drawn from `like`'s: the held-out prompts' mix, contents nobody has seen."""
     tok = _tokenizer(target.tokenizer_dir())
     vocab = int(json.loads((target.model_dir() / "config.json").read_text())["vocab_size"])
     allowed = np.setdiff1d(np.arange(min(vocab, len(tok))), np.asarray(tok.all_special_ids, dtype=np.int64))
     rng = np.random.default_rng(seed)
-    lengths = rng.choice([len(p.token_ids) for p in like], count)
+    picks = rng.choice(len(like), count)  # the same draws as choosing among their lengths
     out = []
-    for i, n in enumerate(lengths):
-        ids = allowed[rng.integers(0, allowed.size, int(n))].tolist()
-        out.append(Prompt(f"fresh #{i}", tok.decode(ids), ids))
+    for i, j in enumerate(picks):
+        ids = allowed[rng.integers(0, allowed.size, len(like[j].token_ids))].tolist()
+        out.append(Prompt(f"fresh #{i}", tok.decode(ids), ids, like[j].response_format))
     return out
 
 
@@ -175,12 +194,13 @@ def references(target: Target, model_dir: Path, prompts: list[Prompt], kinds: tu
     (cached on disk unless `cache` is False: fresh prompts are never asked twice)."""
     c, r = target.spec.checker, target.spec.reference
     ids, root = [p.token_ids for p in prompts], cache_dir() if cache else None
+    formats = [p.response_format for p in prompts]
     refs = {}
     if {"sequential", "concurrent"} & set(kinds):
-        refs["greedy"] = reference_outputs(r.kind, model_dir, r.dtype, ids, c.max_tokens, cache_root=root)
+        refs["greedy"] = reference_outputs(r.kind, model_dir, r.dtype, ids, c.max_tokens, cache_root=root, response_formats=formats)
     for seed in c.sampling.seeds if "sampled" in kinds else []:
         refs[f"seed{seed}"] = reference_outputs(r.kind, model_dir, r.dtype, ids, c.max_tokens, c.sampling.temperature, c.sampling.top_p, seed,
-                                                cache_root=root)
+                                                cache_root=root, response_formats=formats)
     return refs
 
 
@@ -211,7 +231,8 @@ async def run_phases(proc: CandidateProcess, target: Target, prompts: list[Promp
 
             async def one(i: int) -> Completion:
                 async with gate:
-                    got = await complete(session, proc.base_url, proc.served_name, prompts[i].token_ids, max_tokens[i], temperature, top_p, seed)
+                    got = await complete(session, proc.base_url, proc.served_name, prompts[i].token_ids, max_tokens[i], temperature, top_p, seed,
+                                         prompts[i].response_format)
                 progress.advance(1, len(got.token_ids))
                 return got
 
@@ -224,11 +245,12 @@ async def run_phases(proc: CandidateProcess, target: Target, prompts: list[Promp
                 ref = refs[key][i]
                 status, step, reason = compare(ref, got, c.tolerance, c.logprob_tolerance)
                 compared += 1
-                if status == "ok" and len(got.token_ids) != max_tokens[i]:
-                    status, step, reason = "mismatch", len(got.token_ids), f"{len(got.token_ids)} tokens where {max_tokens[i]} were asked for"
+                want = expected_length(ref, max_tokens[i])
+                if status == "ok" and len(got.token_ids) != want:
+                    status, step, reason = "mismatch", len(got.token_ids), f"{len(got.token_ids)} tokens where the reference has {want}"
                 if status == "mismatch":
                     p = prompts[i]
-                    mismatch = Mismatch(phase, i, p.text, step, ref.token_ids[: max_tokens[i]], got.token_ids, reason, p.label)
+                    mismatch = Mismatch(phase, i, p.text, step, ref.token_ids[:want], got.token_ids, reason, p.label)
                     return CheckVerdict(False, compared, forgiven, mismatch=mismatch)
                 forgiven += status == "forgiven"
     return CheckVerdict(True, compared, forgiven)

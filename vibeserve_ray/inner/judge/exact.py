@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vibeserve_ray.bench import Request, RequestResult
-from vibeserve_ray.inner.judge.checker import Completion, compare
+from vibeserve_ray.inner.judge.checker import Completion, compare, expected_length
 from vibeserve_ray.reference import reference_outputs
 from vibeserve_ray.target import Target
 from vibeserve_ray.tinymodel import cache_dir
@@ -51,15 +51,18 @@ def check_responses(target: Target, requests: Sequence[Request], results: Sequen
     if not done:
         return Exactness(0, 0)
     c, ref = target.spec.checker, target.spec.reference
-    # Cached on disk per prompt, so every trial of every candidate on this workload reuses them.
+    # Cached on disk per prompt, so every trial of every candidate on this workload reuses them;
+    # a constrained request is compared with the reference under the same grammar.
     refs = reference_outputs(ref.kind, target.model_dir(), ref.dtype, [list(requests[i].prompt_token_ids) for i in done],
-                             [requests[i].max_tokens for i in done], cache_root=cache_dir())
+                             [requests[i].max_tokens for i in done], cache_root=cache_dir(),
+                             response_formats=[requests[i].response_format for i in done])
     exact, first = 0, ""
     for i, expected in zip(done, refs):
         got = list(results[i].output_token_ids)
         status, step, reason = compare(expected, Completion(got, []), c.tolerance, c.logprob_tolerance)
-        if status == "ok" and len(got) != requests[i].max_tokens:
-            status, step, reason = "mismatch", len(got), f"{len(got)} tokens where {requests[i].max_tokens} were asked for"
+        want = expected_length(expected, requests[i].max_tokens)
+        if status == "ok" and len(got) != want:
+            status, step, reason = "mismatch", len(got), f"{len(got)} tokens where the reference has {want}"
         if status == "mismatch":
             first = first or f"benchmark request {i} differs from the reference at token {step}: {reason}"
         else:
