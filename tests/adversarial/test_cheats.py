@@ -78,9 +78,15 @@ def test_cheat_is_rejected_by_the_gate_meant_for_it(cheat: Cheat, target, contex
     assert [g.verdict for g in verdict.gates] == ["passed"] * (len(verdict.gates) - 1) + ["rejected"]
 
 
-# The seed they are made from, and the design whose streams come in multi-token steps
-# (speculation) with shared KV blocks: honest points the streaming and load gates must accept.
-HONEST = {"batching": BASE, "speculating": {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on", "speculation": "prompt_lookup"}}
+# Honest points the streaming and load gates must accept: the engine the cheats are made
+# from; streams in multi-token steps (speculation) over shared KV blocks; batches gathered
+# before they run; tokens relayed from engine worker processes.
+HONEST = {
+    "batching": BASE,
+    "speculating": {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on", "speculation": "prompt_lookup"},
+    "static-batches": {"scheduler": "static", "kv_cache": "slab"},
+    "worker-processes": {**BASE, "step_loop": "process"},
+}
 
 
 @pytest.mark.parametrize("design", HONEST.values(), ids=list(HONEST))

@@ -4,9 +4,9 @@ Cheapest first, stopping at the first "no":
 
 1. scan: the code's syntax tree (network, processes, ctypes, the reference or the
    harness, computed imports, paths outside the candidate and the model);
-2. reference-equality: greedy tokens equal the reference's on the held-out prompts and
-   on fresh prompts drawn from a seed chosen now (the same length mix), one at a time
-   and concurrently;
+2. reference-equality: greedy tokens equal the reference's on the held-out prompts (one
+   at a time, then concurrently) and on fresh prompts drawn from a seed chosen now (the
+   same length mix), concurrently among them;
 3. seeded-sampling: the same prompts sampled with the checker's seeds;
 4. load-honesty: the benchmark's own kind of requests, alone, at its concurrency and
    at twice it, every response equal to the reference's;
@@ -199,7 +199,10 @@ def _gates(j: _Judging, target: Target, spec: CandidateSpec, parent_dir: Path | 
         j.done("reference-equality", t, failure=exc.failure)
     if processes.both_fit():
         processes.start(True)  # its start overlaps the gates below (a rejection there cancels it)
-    j.check("reference-equality", t, asyncio.run(run_phases(proc, target, prompts, refs, say, ("sequential", "concurrent"))))
+    # One at a time, the held-out prompts; concurrently, with the fresh ones among them (whose
+    # job is to be unknown, not to be slow: a sequential pass over them would add little).
+    alone = asyncio.run(run_phases(proc, target, held, {k: v[: len(held)] for k, v in refs.items()}, say, ("sequential",)))
+    j.check("reference-equality", t, asyncio.run(run_phases(proc, target, prompts, refs, say, ("concurrent",))) if alone.passed else alone)
     t = time.perf_counter()
     j.check("seeded-sampling", t, asyncio.run(run_phases(proc, target, prompts, refs, say, ("sampled",))))
     t = time.perf_counter()
