@@ -79,12 +79,11 @@ def test_cheat_is_rejected_by_the_gate_meant_for_it(cheat: Cheat, target, contex
 
 
 # Honest points the streaming and load gates must accept: the engine the cheats are made
-# from; streams in multi-token steps (speculation) over shared KV blocks; batches gathered
-# before they run; tokens relayed from engine worker processes.
+# from; streams in multi-token steps (speculation) over shared KV blocks; tokens relayed
+# from engine worker processes.
 HONEST = {
     "batching": BASE,
     "speculating": {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on", "speculation": "prompt_lookup"},
-    "static-batches": {"scheduler": "static", "kv_cache": "slab"},
     "worker-processes": {**BASE, "step_loop": "process"},
 }
 

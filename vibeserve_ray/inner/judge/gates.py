@@ -135,6 +135,7 @@ class _Processes:
     def __init__(self, target: Target, spec: CandidateSpec, workdir: Path):
         self.target, self.spec, self.workdir = target, spec, workdir
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="candidate")
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="judge")
         self._started: dict[bool, Future] = {}
         self._cancel = threading.Event()  # a judging that stopped early does not wait for a start it no longer needs
 
@@ -145,6 +146,10 @@ class _Processes:
                                                     t.spec.hardware.device, Limits(**t.spec.limits.model_dump()),
                                                     self.workdir / f"checkpoint-{2 if swap else 1}", cancel=self._cancel)
         return self._started[swap]
+
+    def beside(self, fn: Callable, *args) -> Future:
+        """`fn(*args)` in a helper thread, beside the candidate's start and requests."""
+        return self._helper.submit(fn, *args)
 
     def both_fit(self) -> bool:
         t = self.target
@@ -168,6 +173,7 @@ class _Processes:
         for swap in list(self._started):
             self.stop(swap)
         self._pool.shutdown()
+        self._helper.shutdown(wait=False, cancel_futures=True)  # a judging that stopped early does not wait for it
 
 
 def _gates(j: _Judging, target: Target, spec: CandidateSpec, parent_dir: Path | None, processes: _Processes, rng: random.Random,
@@ -190,9 +196,9 @@ def _gates(j: _Judging, target: Target, spec: CandidateSpec, parent_dir: Path | 
 
     t = time.perf_counter()
     processes.start(False)
-    say(f"judge: reference outputs for {len(fresh)} fresh prompts")
-    fresh_refs = references(target, target.model_dir(), fresh, ("sequential", "sampled"), cache=False)
-    refs = {k: held_refs[k] + fresh_refs[k] for k in held_refs}
+    # The fresh prompts' reference outputs are decoded while the candidate starts and answers
+    # the held-out prompts one at a time (they are needed only after).
+    fresh_refs = processes.beside(references, target, target.model_dir(), fresh, ("sequential", "sampled"), False)
     try:
         proc = processes.get(False)
     except CandidateFailed as exc:
@@ -201,7 +207,10 @@ def _gates(j: _Judging, target: Target, spec: CandidateSpec, parent_dir: Path | 
         processes.start(True)  # its start overlaps the gates below (a rejection there cancels it)
     # One at a time, the held-out prompts; concurrently, with the fresh ones among them (whose
     # job is to be unknown, not to be slow: a sequential pass over them would add little).
-    alone = asyncio.run(run_phases(proc, target, held, {k: v[: len(held)] for k, v in refs.items()}, say, ("sequential",)))
+    alone = asyncio.run(run_phases(proc, target, held, held_refs, say, ("sequential",)))
+    if alone.passed:
+        say(f"judge: reference outputs for {len(fresh)} fresh prompts")
+        refs = {k: held_refs[k] + fresh_refs.result()[k] for k in held_refs}
     j.check("reference-equality", t, asyncio.run(run_phases(proc, target, prompts, refs, say, ("concurrent",))) if alone.passed else alone)
     t = time.perf_counter()
     j.check("seeded-sampling", t, asyncio.run(run_phases(proc, target, prompts, refs, say, ("sampled",))))
