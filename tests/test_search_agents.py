@@ -150,7 +150,7 @@ def test_scripted_agents_write_engine_code_that_is_judged_measured_and_committed
     assert 'ENV-DUMP []' in results[1]["content"], "the candidate's environment holds nothing like the key"
     assert results[4]["content"].startswith("PASS")
     # the replay: rejected by a gate, with the reason recorded
-    assert bad.verdict == "rejected" and bad.failure_phase in ("bypass-scan", "llm-judge")
+    assert bad.verdict == "rejected" and bad.failure_phase in ("scan", "llm-judge")
     assert "checker data" in bad.failure_reason or "replay" in bad.failure_reason
     # two implementer sessions at once, on the two fake GPUs
     sessions = [json.loads(repo.read_file(TRANSCRIPTS_BRANCH, f"{x.commit}/implementer.json")) for x in rows]
