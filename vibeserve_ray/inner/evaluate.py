@@ -32,17 +32,19 @@ from vibeserve_ray.target import Target
 EXACT_GATE = "exact-responses"  # the failure phase of a measurement whose responses differ from the reference
 
 
-def target_workload(target: Target, num_requests: int | None = None) -> list[Request]:
-    """The target's benchmark requests: its JSONL dataset or its seeded synthetic recipe."""
+def target_workload(target: Target, num_requests: int | None = None, seed: int | None = None) -> list[Request]:
+    """The target's benchmark requests: its JSONL dataset or its seeded synthetic recipe
+    (`seed`: other requests of the same shapes, as the judge's load-honesty gate sends)."""
     b = target.spec.benchmark
     n = num_requests or b.num_requests
     if b.dataset is not None:
-        return from_jsonl(target.path(b.dataset), n, b.seed)
+        return from_jsonl(target.path(b.dataset), n, b.seed if seed is None else seed)
     config = json.loads((target.model_dir() / "config.json").read_text())
     special = special_token_ids(target.tokenizer_dir())
     s = b.synthetic
     assert s is not None
-    return synthetic(n, s.seed, int(config["vocab_size"]), tuple(s.input_len), tuple(s.output_len), s.shared_prefix_len, special)
+    return synthetic(n, s.seed if seed is None else seed, int(config["vocab_size"]), tuple(s.input_len), tuple(s.output_len),
+                     s.shared_prefix_len, special)
 
 
 def special_token_ids(tokenizer_dir: Path) -> list[int]:

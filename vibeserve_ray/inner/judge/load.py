@@ -16,12 +16,11 @@ fresh draw each time would cost as much reference decoding as the candidate's ow
 
 from __future__ import annotations
 
-import json
 import random
 import secrets
 from dataclasses import dataclass
 
-from vibeserve_ray.bench import Request, from_jsonl, synthetic
+from vibeserve_ray.bench import Request
 from vibeserve_ray.bench.loadgen import RequestResult, run_load
 from vibeserve_ray.inner.judge.exact import check_responses
 from vibeserve_ray.runner import CandidateProcess
@@ -56,18 +55,11 @@ def _secret_seed() -> int:
 
 def honesty_requests(target: Target, count: int, rng: random.Random) -> list[Request]:
     """`count` distinct requests of the benchmark's shapes (from the secret seed), in `rng`'s order."""
-    from vibeserve_ray.inner.evaluate import special_token_ids
+    from vibeserve_ray.inner.evaluate import target_workload
 
-    b = target.spec.benchmark
-    if b.dataset is not None:
-        pool = from_jsonl(target.path(b.dataset), count, _secret_seed())
-    else:
-        s = b.synthetic
-        assert s is not None
-        vocab = int(json.loads((target.model_dir() / "config.json").read_text())["vocab_size"])
-        pool = synthetic(count, _secret_seed(), vocab, tuple(s.input_len), tuple(s.output_len), s.shared_prefix_len,
-                         special_token_ids(target.tokenizer_dir()))
-    return rng.sample(pool, count)
+    requests = target_workload(target, count, _secret_seed())
+    rng.shuffle(requests)
+    return requests
 
 
 async def run_phases(proc: CandidateProcess, target: Target, requests: list[Request]) -> list[LoadRun]:
