@@ -30,8 +30,8 @@ STRESS_KNOBS = ["max_num_seqs=4", "max_num_batched_tokens=64", "block_size=8"]
 # What the search converges to on CPU: every optimisation at once, default knobs.
 EVERYTHING = {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on", "compile": "on", "speculation": "prompt_lookup"}
 
-# Engine worker processes sharing the requests: routing must not change a token.
-DATA_PARALLEL = {"scheduler": "continuous", "kv_cache": "slab", "step_loop": "process"}
+# Engine worker processes sharing the requests, each on its own packed weights: routing must not change a token.
+DATA_PARALLEL = {"scheduler": "continuous", "kv_cache": "slab", "step_loop": "process", "linear": "onednn"}
 
 SWEEP = [(d, STRESS_KNOBS) for d in covering_designs(SPACE, "cpu")] + [({**DEFAULT_DESIGN, **EVERYTHING}, []),
                                                                           ({**DEFAULT_DESIGN, **DATA_PARALLEL}, ["engine_workers=2", "num_threads=1"])]

@@ -83,7 +83,7 @@ def bad_space(tmp_path, edit_text) -> str:
 
 def test_real_space_loads_typed():
     assert SPACE.family == "llama" and SPACE.engine == "vibeserve_ray.engine"
-    assert set(SPACE.choices) == {"scheduler", "kv_cache", "prefix_cache", "attention", "compile", "dtype", "speculation", "step_loop"}
+    assert set(SPACE.choices) == {"scheduler", "kv_cache", "prefix_cache", "attention", "compile", "dtype", "speculation", "step_loop", "linear"}
     assert SPACE.choices["attention"].devices == {"flashinfer": ("cuda",)}
     assert SPACE.choices["prefix_cache"].requires == {"on": {"kv_cache": ("paged",)}}
     k = SPACE.knobs["max_num_seqs"]
@@ -220,7 +220,7 @@ def test_neighbours_of_the_seed():
     moves = {tuple(sorted((k, v) for k, v in n.items() if DEFAULT_DESIGN[k] != v)) for n in SPACE.neighbours(DEFAULT_DESIGN, "cpu")}
     assert moves == {
         (("kv_cache", "slab"),), (("kv_cache", "paged"),), (("attention", "eager"),), (("compile", "on"),),
-        (("speculation", "prompt_lookup"),), (("speculation", "jump_forward"),), (("step_loop", "process"),),
+        (("speculation", "prompt_lookup"),), (("speculation", "jump_forward"),), (("step_loop", "process"),), (("linear", "onednn"),),
         (("kv_cache", "paged"), ("prefix_cache", "on")),
         (("kv_cache", "slab"), ("scheduler", "static")), (("kv_cache", "paged"), ("scheduler", "static")),
         (("kv_cache", "slab"), ("scheduler", "continuous")), (("kv_cache", "paged"), ("scheduler", "continuous")),
@@ -240,7 +240,7 @@ def test_active_knobs_drop_those_that_do_not_apply():
 
 
 def test_interacting_choices_come_from_requirements_and_knob_conditions(tmp_path):
-    assert SPACE.interacting() == [("kv_cache", "prefix_cache"), ("kv_cache", "scheduler")]
+    assert SPACE.interacting() == [("compile", "linear"), ("kv_cache", "prefix_cache"), ("kv_cache", "scheduler")]
     path = tmp_path / "space.toml"
     path.write_text(GOOD + '\n[knobs.overlap]\ntype = "int"\nlow = 0\nhigh = 1\ndefault = 0\n'
                     'applies_when = { compile = ["on"], speculation = ["prompt_lookup"] }\n')
@@ -255,7 +255,7 @@ def test_covering_designs_cover_every_option_and_interacting_pair(device):
     for name, choice in SPACE.choices.items():
         possible = {d[name] for d in valid}
         assert {d[name] for d in cover} == possible
-        assert possible == set(choice.options) - ({"flashinfer", "bfloat16"} if device == "cpu" else set())
+        assert possible == set(choice.options) - ({"flashinfer", "bfloat16"} if device == "cpu" else {"onednn"})
     for a, b in SPACE.interacting():
         assert {(d[a], d[b]) for d in cover} == {(d[a], d[b]) for d in valid}, (a, b)
 

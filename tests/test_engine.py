@@ -13,7 +13,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from vibeserve_ray.candidate import GenerationRequest, sample_token
-from vibeserve_ray.engine import create_engine
+from vibeserve_ray.engine import create_engine, onednn_linear
 from vibeserve_ray.engine.config import ModelConfig
 from vibeserve_ray.engine.rotary import rope_inv_freq
 
@@ -189,3 +189,21 @@ def test_unsupported_config_is_rejected(change):
     with pytest.raises(ValueError, match="not supported"):
         ModelConfig.from_dict(raw)
 
+
+
+@pytest.mark.skipif(not onednn_linear.available(), reason="this torch has no oneDNN")
+def test_packed_linear_layers_give_the_greedy_tokens_of_transformers(model_dir, hf_model):
+    """linear = onednn: the same float32 products in oneDNN's order, close enough that no greedy token moves."""
+    layer = torch.nn.Linear(64, 96, bias=False)
+    x = torch.randn(5, 64)
+    assert torch.allclose(onednn_linear.OneDNNLinear(layer)(x), layer(x), atol=1e-5)
+    with pytest.raises(ValueError, match="bias-free float32"):
+        onednn_linear.pack_linears(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    engine = create_engine(str(model_dir), "cpu", {"design": {"linear": "onednn"}})
+    try:
+        assert any(isinstance(m, onednn_linear.OneDNNLinear) for m in engine.runner.model.modules())
+        for prompt in PROMPTS:
+            tokens, _ = hf_greedy(hf_model, prompt, 12)
+            assert [o.token_id for o in run(engine, GenerationRequest(prompt, max_tokens=12))] == tokens
+    finally:
+        asyncio.run(engine.close())

@@ -125,6 +125,7 @@ class EngineConfig:
     dtype: str
     speculation: str  # "off", or where drafts come from: "prompt_lookup", "jump_forward"
     step_loop: str
+    linear: str
     # knobs (defaults: defaults.DEFAULT_KNOBS)
     num_threads: int
     max_num_seqs: int
@@ -148,7 +149,7 @@ class EngineConfig:
         config = cls(
             scheduler=design["scheduler"], kv_cache=design["kv_cache"], prefix_cache=design["prefix_cache"] == "on",
             attention=design["attention"], compile=design["compile"] == "on", dtype=design["dtype"],
-            speculation=design["speculation"], step_loop=design["step_loop"],
+            speculation=design["speculation"], step_loop=design["step_loop"], linear=design["linear"],
             **{name: type(default)(values[name]) for name, default in DEFAULT_KNOBS.items()},
         )
         config.check()
@@ -160,6 +161,8 @@ class EngineConfig:
             raise ValueError(f"design.scheduler = {self.scheduler!r} batches requests and needs kv_cache = slab or paged")
         if self.prefix_cache and self.kv_cache != "paged":
             raise ValueError("design.prefix_cache = 'on' needs kv_cache = 'paged'")
+        if self.linear == "onednn" and self.compile:  # inductor lowers the packed op only on frozen constants
+            raise ValueError("design.linear = 'onednn' needs compile = 'off' (torch.compile cannot lower the packed matmul)")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1 or self.num_kv_blocks < 1 or self.spec_k < 1 or self.spec_ngram < 1:
             raise ValueError("knobs max_num_seqs, max_num_batched_tokens, block_size, num_kv_blocks, spec_k and spec_ngram must be positive")
         if self.engine_workers < 1:

@@ -16,6 +16,7 @@ DESIGN_OPTIONS: dict[str, tuple[str, ...]] = {
     "dtype": ("float32", "bfloat16"),
     "speculation": ("off", "prompt_lookup", "jump_forward"),
     "step_loop": ("thread", "process"),  # process: engine_process.py, apart from the HTTP front
+    "linear": ("torch", "onednn"),  # onednn: onednn_linear.py, weights packed once (cpu only)
 }
 
 DEFAULT_DESIGN: dict[str, str] = {name: options[0] for name, options in DESIGN_OPTIONS.items()}

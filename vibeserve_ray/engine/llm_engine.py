@@ -18,6 +18,7 @@ import torch
 
 from vibeserve_ray.candidate import PROMPT_LOGPROBS, RESPONSE_FORMAT, TOP_LOGPROBS, GenerationRequest, RequestRefused, TokenOut
 
+from . import onednn_linear
 from .attention import make_attention
 from .config import EngineConfig, ModelConfig
 from .grammar import Grammars
@@ -44,6 +45,10 @@ class LLMEngine:
         self.config = ModelConfig.from_dir(model_dir)
         dtype = DTYPES[ec.dtype]
         model = load_model(model_dir, self.device, dtype)
+        if ec.linear == "onednn":
+            if self.device.type != "cpu" or not onednn_linear.available():
+                raise ValueError(f"design.linear = 'onednn' needs a CPU with oneDNN, got {self.device}")
+            onednn_linear.pack_linears(model)
         if ec.compile:  # the dense part of each layer; attention stays eager (its shapes vary per step)
             for layer in model.model.layers:
                 layer.mlp = torch.compile(layer.mlp, dynamic=True)
