@@ -4,9 +4,9 @@ Cheapest first, stopping at the first "no":
 
 1. scan: the code's syntax tree (network, processes, ctypes, the reference or the
    harness, computed imports, paths outside the candidate and the model);
-2. reference-equality: greedy tokens equal the reference's on the held-out prompts (one
-   at a time, then concurrently) and on fresh prompts drawn from a seed chosen now (the
-   same length mix), concurrently among them;
+2. reference-equality: greedy tokens equal the reference's on the held-out prompts (a
+   secret sample of them one at a time, then all concurrently) and on fresh prompts
+   drawn from a seed chosen now (the same length mix), concurrently among them;
 3. seeded-sampling: the same prompts sampled with the checker's seeds;
 4. load-honesty: the benchmark's own kind of requests, alone, at its concurrency and
    at twice it, every response equal to the reference's;
@@ -48,6 +48,8 @@ from vibeserve_ray.target import Target
 GATES = ("scan", "reference-equality", "seeded-sampling", "load-honesty", "streaming-honesty", "weight-swap", "protected-data")
 FRESH_SHARE = 0.25  # fresh prompts per held-out prompt: each costs reference decoding every judging
 MIN_FRESH = 4
+ALONE_SHARE = 0.4  # held-out prompts also sent one at a time, drawn for each judging: the lone
+MIN_ALONE = 4      # path is one code path, and the sequential pass was half of this gate's time
 
 
 @dataclass(frozen=True)
@@ -205,9 +207,12 @@ def _gates(j: _Judging, target: Target, spec: CandidateSpec, parent_dir: Path | 
         j.done("reference-equality", t, failure=exc.failure)
     if processes.both_fit():
         processes.start(True)  # its start overlaps the gates below (a rejection there cancels it)
-    # One at a time, the held-out prompts; concurrently, with the fresh ones among them (whose
-    # job is to be unknown, not to be slow: a sequential pass over them would add little).
-    alone = asyncio.run(run_phases(proc, target, held, held_refs, say, ("sequential",)))
+    # One at a time, a sample of the held-out prompts; concurrently, all of them with the fresh
+    # ones among them (whose job is to be unknown, not to be slow: a sequential pass over them
+    # would add little).
+    lone = sorted(rng.sample(range(len(held)), min(len(held), max(MIN_ALONE, round(len(held) * ALONE_SHARE)))))
+    alone = asyncio.run(run_phases(proc, target, [held[i] for i in lone], {k: [v[i] for i in lone] for k, v in held_refs.items()},
+                                   say, ("sequential",)))
     if alone.passed:
         say(f"judge: reference outputs for {len(fresh)} fresh prompts")
         refs = {k: held_refs[k] + fresh_refs.result()[k] for k in held_refs}
