@@ -57,7 +57,9 @@ class RayHead:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             r = subprocess.run(["ray", "status", f"--address={self.address}"], capture_output=True, text=True, env=status_env or env)
-            if r.returncode == 0 and self._dashboard_up():  # `ray job submit` talks to the dashboard, which comes up later
+            # "No cluster status" (rc 0) until the head's node registers: a driver joining before
+            # then fails with "No node info found"; `ray job submit` talks to the dashboard, up later
+            if r.returncode == 0 and "node_" in r.stdout.partition("Pending:")[0] and self._dashboard_up():
                 return
             time.sleep(1)
         self.stop()
