@@ -112,7 +112,8 @@ def search(name: str, run: Path, args: argparse.Namespace) -> Path:
 
 def measure(row: str, path: Path | None, target, peers: dict[str, str], work: Path, num_requests: int | None) -> dict:
     if path is None:
-        result = bench_url(target, peers[str(target.model_dir())], target.served_name, num_requests=num_requests)
+        # one vLLM per model, serving it under the first target's name that started it
+        result = bench_url(target, peers[str(target.model_dir())], None, num_requests=num_requests)
     else:
         result = bench_candidate(target, load_candidate(path), work / row.replace(":", "-"), num_requests=num_requests)
     if not isinstance(result, Measurement):
