@@ -44,10 +44,10 @@ class LLMEngine:
         self.device = torch.device(device)
         self.config = ModelConfig.from_dir(model_dir)
         dtype = DTYPES[ec.dtype]
+        if ec.linear == "onednn" and (self.device.type != "cpu" or not onednn_linear.available()):
+            raise ValueError(f"design.linear = 'onednn' needs a CPU with oneDNN, got {self.device}")
         model = load_model(model_dir, self.device, dtype)
         if ec.linear == "onednn":
-            if self.device.type != "cpu" or not onednn_linear.available():
-                raise ValueError(f"design.linear = 'onednn' needs a CPU with oneDNN, got {self.device}")
             onednn_linear.pack_linears(model)
         if ec.compile:  # the dense part of each layer; attention stays eager (its shapes vary per step)
             for layer in model.model.layers:
