@@ -31,7 +31,7 @@ from vibeserve_ray.inner.evaluate import Trial, evaluate
 from vibeserve_ray.inner.loop import InnerLoop, InnerTask, Workspace, _ray_context, run_inner_loop
 from vibeserve_ray.runner import Limits, start_candidate
 from vibeserve_ray.search.controller import Budget, Search
-from vibeserve_ray.search.results import RESULTS_FILE, read_results
+from vibeserve_ray.search.results import RESULTS_FILE, ResultsUnreadable, read_results
 from vibeserve_ray.search.state import RunRepo, pack_dir
 from vibeserve_ray.search.studies import STUDIES_FILE, storage_url
 from vibeserve_ray.target import load_target
@@ -67,6 +67,16 @@ def _took_time(task: InnerTask, value: float = 1.0):
                                   trials=[trial])
 
 
+def _readable(run_dir: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            read_results(run_dir)
+            return
+        except ResultsUnreadable:
+            time.sleep(0.2)
+
+
 def faulty_inner_loop(state: Path, run_dir: Path, target_dir: Path) -> InnerLoop:
     def inner_loop(task: InnerTask):
         fault = _claim(state, task.eval_id) if task.proposal is not None else ""
@@ -87,6 +97,7 @@ def faulty_inner_loop(state: Path, run_dir: Path, target_dir: Path) -> InnerLoop
         if fault == "results_corrupted":
             (run_dir / RESULTS_FILE).write_bytes(b"PAR1 not a parquet file")
         elif fault == "results_deleted":
+            _readable(run_dir)  # after the driver set a corrupted table aside (same wave), so both faults are seen
             (run_dir / RESULTS_FILE).unlink(missing_ok=True)
         elif fault == "optuna_corrupted":
             (run_dir / STUDIES_FILE).write_bytes(b"not a database " * 100)

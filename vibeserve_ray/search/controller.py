@@ -79,11 +79,11 @@ def _capacity(options: dict) -> int:
     return max(1, min(fits)) if fits else 64
 
 
-def _islands_take_turns(items: list) -> list:
-    """Interleaves the round's work by island, so a cluster smaller than a round (or a
-    time limit) still explores from every island."""
+def _islands_take_turns(items: list, owed: list[int] | None = None) -> list:
+    """Interleaves the round's work by island, the island owed most children first, so a
+    cluster smaller than a round (or a time limit) still explores from every island."""
     by_island: dict[int, list] = {}
-    for it in items:
+    for it in sorted(items, key=lambda it: -owed[it.island] if owed else 0):
         by_island.setdefault(it.island, []).append(it)
     return [it for turn in itertools.zip_longest(*by_island.values()) for it in turn if it is not None]
 
@@ -142,16 +142,44 @@ class Search:
             want = s.islands * s.population - done_this_round
             if want <= 0:  # a resumed run whose last round was complete
                 continue
-            items = self._plan(islands, want, rnd)
-            if not items:
-                stopped = (self.agents and self.agents.stop_reason()) or "design space exhausted"
-                break
             ray.get([isl.start_round.remote(rnd) for isl in islands])
-            results = self._dispatch(items, rnd)
-            self._after_round(rnd, islands, results)
+            results, cut_short = self._round(islands, want, rnd)
+            if results:
+                self._after_round(rnd, islands, results)
+            if cut_short:
+                stopped = cut_short
+                break
         else:
             stopped = "rounds"
         return self._finish(stopped)
+
+    def _round(self, islands: list, want: int, rnd: int) -> tuple[list[Evaluation], str]:
+        """A round, planned in waves of as many inner loops as the cluster runs at once.
+
+        Each wave's parents are chosen after the previous wave's results reached the
+        islands, so a cluster smaller than a round (2 CPU cores hold one inner loop)
+        builds on what it just measured instead of trying every move from the same
+        parent; a cluster that holds the whole round plans it in one wave. The
+        Orchestrator plans a round at once (one LLM call per round). Returns the
+        round's results and, when the search must stop, why."""
+        hw = self.target.spec.hardware
+        wave = _capacity(inner_loop_options(hw.num_cpus, hw.num_gpus, hw.accelerator_type))
+        results: list[Evaluation] = []
+        while want > 0:
+            if why := self._why_not_start({}):
+                self._not_started(why, want)
+                return results, self._out_of_budget() or "time limit"
+            items = self._plan(islands, want if self.agents else min(want, wave), rnd)
+            if not items:
+                return results, "" if results else (self.agents and self.agents.stop_reason()) or "design space exhausted"
+            got = self._dispatch(items, rnd)
+            for row in got:
+                ray.get(islands[row.island % len(islands)].add.remote(record.member(row)))
+            results += got
+            want -= len(items)
+            if len(got) < len(items):  # not started: out of time or of the agents' budget
+                return results, self._out_of_budget() or "time limit"
+        return results, ""
 
     def _ensure_seed(self) -> Evaluation:
         seeds = [r for r in self.rows if r.implementer == "seed"]
@@ -198,8 +226,9 @@ class Search:
             items = plan_backlog(tasks, best, want, tried, lambda d: self.space.repair(d, self.device), s.islands)
             self.repo.write_planning({"BACKLOG.md": render_backlog(tasks)}, "backlog: took the top tasks")
             return items
-        items = plan_evolution(islands, s.population, self.proposer, tried, lambda d: self.space.neighbours(d, self.device))
-        return items[:want]
+        owed = [s.population - sum(r.round == rnd and r.island == i for r in self.rows) for i in range(len(islands))]
+        items = plan_evolution(islands, owed, self.proposer, tried, lambda d: self.space.neighbours(d, self.device))
+        return _islands_take_turns(items, owed)[:want]
 
     def _plan_with_agents(self, rnd: int, want: int) -> list[WorkItem]:
         """The Orchestrator's hypotheses as work: each on its parent (the best by default),
@@ -252,7 +281,7 @@ class Search:
         while waiting or pending:
             why = self._why_not_start(pending)
             if waiting and why:
-                self.say(f"search: {why}: {len(waiting)} planned evaluations not started (a resumed search plans them again)")
+                self._not_started(why, len(waiting))
                 waiting = []
             before = set(pending)
             room = _capacity(options) - len(pending)  # asked once a pass: nodes come and go
@@ -284,6 +313,9 @@ class Search:
                 self._show(tasks[0][0].round, len(results), len(pending), len(waiting))
         record.write_running(self.run_dir, [])
         return results
+
+    def _not_started(self, why: str, n: int) -> None:
+        self.say(f"search: {why}: {n} planned evaluations not started (a resumed search plans them again)")
 
     def _show(self, rnd: int, done: int, running: int, waiting: int) -> None:
         """The round as it stands (a standing line on a terminal, a line per change elsewhere)."""
@@ -336,8 +368,6 @@ class Search:
         return ""
 
     def _after_round(self, rnd: int, islands: list, results: list[Evaluation]) -> None:
-        for row in results:
-            ray.get(islands[row.island % len(islands)].add.remote(record.member(row)))
         ray.get([isl.mark_round.remote(rnd) for isl in islands])
         best = record.best(self.rows, self.objective)
         notes = record.revert_if_slower(self.repo, rnd, results, best, self.objective, len(islands))

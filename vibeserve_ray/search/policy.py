@@ -24,14 +24,14 @@ class WorkItem:
     proposal: Proposal
 
 
-def plan_evolution(islands: list, population: int, proposer: OfflineProposer, tried: set[str], neighbours) -> list[WorkItem]:
-    """Up to `population` children per island, never a design tried before."""
+def plan_evolution(islands: list, owed: list[int], proposer: OfflineProposer, tried: set[str], neighbours) -> list[WorkItem]:
+    """Up to `owed[i]` children for island i, never a design tried before."""
     import ray
 
     items = []
     parents = ray.get([isl.select_parent.remote() for isl in islands])
     for index, (isl, first) in enumerate(zip(islands, parents)):
-        for slot in range(population):
+        for slot in range(owed[index]):
             parent = first if slot == 0 else ray.get(isl.select_parent.remote())
             if parent is None:
                 continue

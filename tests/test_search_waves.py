@@ -1,0 +1,56 @@
+"""A cluster smaller than a round plans the round in waves: on 2 CPUs a 2-CPU target runs
+one inner loop at a time, and each wave's parent is chosen after the previous wave's
+result reached the island, so the search builds on what it just measured.
+
+The outer loop is the real one (local Ray, islands, git); the inner loop only applies
+the proposal and scores a design by how many changes it holds (every move helps).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import ray
+from search_helpers import small_target
+
+from vibeserve_ray.candidate import load_candidate
+from vibeserve_ray.design_space import default_space_path, load_space
+from vibeserve_ray.inner.implement import apply_design
+from vibeserve_ray.inner.loop import InnerTask, Workspace
+from vibeserve_ray.search.controller import Budget, Search
+from vibeserve_ray.search.results import read_results
+from vibeserve_ray.target import load_target
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
+
+SEED_DESIGN = load_space(default_space_path()).defaults()[0]
+
+
+def deeper_is_better(task: InnerTask):
+    ws = Workspace(task)
+    message = "seed" if task.proposal is None else apply_design(task.proposal, ws.candidate)
+    design = load_candidate(ws.candidate).design
+    depth = sum(design.get(k) != v for k, v in SEED_DESIGN.items())
+    return ws.result("validated", message, headline_name="output_throughput", headline_value=1.0 + depth, slo_passed=True)
+
+
+def test_one_slot_cluster_builds_each_wave_on_the_last(tmp_path, tiny_models):
+    target_dir = small_target(tmp_path, islands=1, population=4, rounds=1)  # num_cpus = 2: one inner loop at a time
+    run = tmp_path / "run"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        Search(load_target(target_dir), str(target_dir), run, load_space(default_space_path()),
+               Budget(rounds=1, time_limit_s=600, max_candidates=None, candidate_time_limit_s=120, n_trials=1), say=print,
+               inner_loop=deeper_is_better).run()
+    finally:
+        ray.shutdown()
+    rows = read_results(run)
+    round1 = [r for r in rows if r.round == 1]
+    assert len(round1) == 4
+    spans = sorted((r.started_at, r.finished_at) for r in round1)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "one slot: the inner loops ran one after another"
+    ours = {r.commit for r in round1}
+    assert any(r.parent in ours for r in round1), "no candidate of the round was built on another: every wave started from the seed"
+    deepest = max(sum(json.loads(r.design).get(k) != v for k, v in SEED_DESIGN.items()) for r in round1)
+    assert deepest >= 2, "the round never went two moves from the seed"
