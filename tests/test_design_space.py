@@ -63,6 +63,8 @@ BAD_SPACES = [
      "knobs.num_threads.log"),
     ("tune not a boolean", edit("tune = false\ndoc = \"tokens per slab", "tune = \"false\"\ndoc = \"tokens per slab"),
      "knobs.max_model_len.tune"),
+    ("per_core not a boolean", edit("per_core = true ", "per_core = 1 "), "knobs.num_threads.per_core"),
+    ("per_core on a float knob", edit("default = 5.0\n", "default = 5.0\nper_core = true\n"), "knobs.batch_wait_ms.per_core"),
     ("applies_when an unknown choice", edit('applies_when = { speculation = ["prompt_lookup", "jump_forward"] }\n\n[knobs.spec_ngram]',
                                             'applies_when = { speculate = ["prompt_lookup"] }\n\n[knobs.spec_ngram]'),
      "knobs.spec_k.applies_when.speculate"),
@@ -336,3 +338,19 @@ def test_candidate_new_bad_point_exits_2_with_one_line(tmp_path, case, args, fie
     assert len(lines) == 1 and lines[0].startswith("error: command line: ") and "Traceback" not in result.stderr, result.stderr
     assert field in lines[0], lines[0]
     assert not dest.exists()
+
+
+def test_a_per_core_knob_is_tuned_within_the_targets_cores_and_each_candidate_samples_its_own():
+    import optuna
+
+    from vibeserve_ray.inner.evaluate import _suggest, sampler_seed
+
+    threads = next(k for k in SPACE.knobs.values() if k.name == "num_threads")
+    assert threads.per_core and threads.high > 2
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [_suggest(study.ask(), threads, 2) for _ in range(40)]
+    assert max(drawn) == 2 and min(drawn) == 0, drawn
+    unbounded = [_suggest(study.ask(), threads, 0) for _ in range(40)]  # no whole core held (a GPU target's 0.5): the range as written
+    assert max(unbounded) > 2
+    seeds = {sampler_seed({"scheduler": s}, {"num_threads": 1}) for s in ("serial", "static", "continuous")}
+    assert len(seeds) == 3 and sampler_seed({"scheduler": "static"}, {"num_threads": 1}) in seeds

@@ -43,6 +43,7 @@ class KnobSpec:
     choices: tuple[Any, ...] = ()
     log: bool = False
     tune: bool = True
+    per_core: bool = False  # tuned no higher than the CPU cores the target holds (threads past them only oversubscribe)
     doc: str = ""
     applies_when: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -291,7 +292,7 @@ def _knob(file: str, name: str, spec: Any, choices: dict[str, Choice]) -> KnobSp
     where = f"knobs.{name}"
     if not isinstance(spec, dict):
         raise BadInput(file, where, "must be a table")
-    unknown = set(spec) - {"type", "low", "high", "choices", "default", "log", "tune", "doc", "applies_when"}
+    unknown = set(spec) - {"type", "low", "high", "choices", "default", "log", "tune", "per_core", "doc", "applies_when"}
     if unknown:
         raise BadInput(file, f"{where}.{sorted(unknown)[0]}", "unknown key")
     kind = spec.get("type")
@@ -299,9 +300,11 @@ def _knob(file: str, name: str, spec: Any, choices: dict[str, Choice]) -> KnobSp
         raise BadInput(file, f"{where}.type", "must be 'int', 'float' or 'categorical'")
     if "default" not in spec:
         raise BadInput(file, f"{where}.default", "missing")
-    for key in ("log", "tune"):
+    for key in ("log", "tune", "per_core"):
         if not isinstance(spec.get(key, False), bool):
             raise BadInput(file, f"{where}.{key}", "must be true or false")
+    if spec.get("per_core") and kind != "int":
+        raise BadInput(file, f"{where}.per_core", "only an int knob can be bounded by the cores")
     applies = spec.get("applies_when", {})
     if not isinstance(applies, dict):
         raise BadInput(file, f"{where}.applies_when", "must be a table")
@@ -311,7 +314,7 @@ def _knob(file: str, name: str, spec: Any, choices: dict[str, Choice]) -> KnobSp
         if not isinstance(opts, list) or any(o not in choices[c].options for o in opts):
             raise BadInput(file, f"{where}.applies_when.{c}", f"must list options of {c}")
     common = dict(name=name, kind=kind, default=spec["default"], log=bool(spec.get("log", False)), tune=bool(spec.get("tune", True)),
-                  doc=str(spec.get("doc", "")), applies_when={c: tuple(o) for c, o in applies.items()})
+                  per_core=bool(spec.get("per_core", False)), doc=str(spec.get("doc", "")), applies_when={c: tuple(o) for c, o in applies.items()})
     if kind == "categorical":
         options = spec.get("choices")
         if not isinstance(options, list) or not options:

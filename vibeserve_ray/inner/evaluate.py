@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import urllib.parse
+import zlib
 
 import aiohttp
 import optuna
@@ -178,12 +179,18 @@ class Outcome:
     failure: CandidateFailure | None = None  # set when no trial produced a sound measurement
 
 
-def _suggest(trial: optuna.Trial, knob) -> Any:
+def _suggest(trial: optuna.Trial, knob, cores: int) -> Any:
     if knob.kind == "categorical":
         return trial.suggest_categorical(knob.name, list(knob.choices))
     if knob.kind == "int":
-        return trial.suggest_int(knob.name, int(knob.low), int(knob.high), log=knob.log)
+        high = max(int(knob.low), min(int(knob.high), cores)) if knob.per_core and cores >= 1 else int(knob.high)
+        return trial.suggest_int(knob.name, int(knob.low), high, log=knob.log)
     return trial.suggest_float(knob.name, float(knob.low), float(knob.high), log=knob.log)
+
+
+def sampler_seed(design: dict[str, str], warm_knobs: dict[str, Any]) -> int:
+    """Deterministic per candidate (its design and the knobs it starts from)."""
+    return zlib.crc32(json.dumps([design, warm_knobs], sort_keys=True, default=str).encode())
 
 
 def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: list, warm_knobs: dict[str, Any], n_trials: int,
@@ -194,7 +201,9 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
     objective = b.objective
     names = {k.name for k in active_knobs}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=0)  # reads each trial's constraints (set_constraint): SLOs
+    # reads each trial's constraints (set_constraint): SLOs. Seeded by the candidate, so
+    # candidates do not all draw the same first random knobs (one seed for all did).
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed(spec.design, warm_knobs))
     study = optuna.create_study(direction=objective.direction, sampler=sampler)
     for start in (warm_knobs, spec.knobs):
         enqueue = {k: v for k, v in start.items() if k in names}
@@ -203,7 +212,7 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
     trials: list[Trial] = []
     for n in range(max(1, n_trials)):
         ot = study.ask()
-        knobs = {**spec.knobs, **{k.name: _suggest(ot, k) for k in active_knobs}}
+        knobs = {**spec.knobs, **{k.name: _suggest(ot, k, int(target.spec.hardware.num_cpus)) for k in active_knobs}}
         dists = {k: optuna.distributions.distribution_to_json(d) for k, d in ot.distributions.items()}
         write_candidate_toml(spec.path, spec.entrypoint, spec.design, knobs)
         say(f"evaluate: trial {n + 1}/{n_trials} knobs {({k: knobs[k] for k in sorted(names)})}")
