@@ -162,8 +162,7 @@ class Search:
         parent; a cluster that holds the whole round plans it in one wave. The
         Orchestrator plans a round at once (one LLM call per round). Returns the
         round's results and, when the search must stop, why."""
-        hw = self.target.spec.hardware
-        wave = _capacity(inner_loop_options(hw.num_cpus, hw.num_gpus, hw.accelerator_type))
+        wave = _capacity(self._inner_options())
         results: list[Evaluation] = []
         while want > 0:
             if why := self._why_not_start({}):
@@ -272,8 +271,7 @@ class Search:
         the agents' budget is spent, no more tasks start; those running finish. A refused
         key cancels everything at once.
         """
-        hw = self.target.spec.hardware
-        remote, options = ray.remote(self.inner_loop), inner_loop_options(hw.num_cpus, hw.num_gpus, hw.accelerator_type)
+        remote, options = ray.remote(self.inner_loop), self._inner_options()
         limit = self.budget.candidate_time_limit_s + (self.agents.session_limit_s() if self.agents else 0.0)
         waiting = [t for t, _ in tasks]
         pending: dict = {}
@@ -313,6 +311,10 @@ class Search:
                 self._show(tasks[0][0].round, len(results), len(pending), len(waiting))
         record.write_running(self.run_dir, [])
         return results
+
+    def _inner_options(self) -> dict:
+        hw = self.target.spec.hardware
+        return inner_loop_options(hw.num_cpus, hw.num_gpus, hw.accelerator_type)
 
     def _not_started(self, why: str, n: int) -> None:
         self.say(f"search: {why}: {n} planned evaluations not started (a resumed search plans them again)")
