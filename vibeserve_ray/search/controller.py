@@ -79,11 +79,11 @@ def _capacity(options: dict) -> int:
     return max(1, min(fits)) if fits else 64
 
 
-def _islands_take_turns(items: list, owed: list[int] | None = None) -> list:
+def _islands_take_turns(items: list, owed: list[int]) -> list:
     """Interleaves the round's work by island, the island owed most children first, so a
     cluster smaller than a round (or a time limit) still explores from every island."""
     by_island: dict[int, list] = {}
-    for it in sorted(items, key=lambda it: -owed[it.island] if owed else 0):
+    for it in sorted(items, key=lambda it: -owed[it.island]):
         by_island.setdefault(it.island, []).append(it)
     return [it for turn in itertools.zip_longest(*by_island.values()) for it in turn if it is not None]
 
@@ -254,7 +254,7 @@ class Search:
                          implementer=self.implementer, agents=agents)
 
     def _dispatch(self, items: list, rnd: int) -> list[Evaluation]:
-        items = _islands_take_turns(items)
+        """Runs planned work in its order (every plan already has the islands take turns)."""
         if self.budget.max_candidates is not None:
             items = items[: max(0, self.budget.max_candidates - self._candidates())]
         tasks = [(self._task(uuid.uuid4().hex, it.island, rnd, it.parent.commit, it.proposal, it.parent.knobs), it) for it in items]
