@@ -193,3 +193,24 @@ def test_pareto_front_failures_and_knob_trials_are_drawn(recorded_run):
 
     text = write_report(run, html).read_text()
     assert "token 3 differs from the reference" in text and "1.60x" in text
+
+
+def test_report_leaves_a_studies_file_the_driver_is_still_creating_alone(recorded_run, tmp_path):
+    """The driver creates optuna.db on its first result; a report opened in that moment
+    used to create the schema too, and one of the two failed ('table alembic_version
+    already exists'). The report now reads only a stamped schema and writes nothing."""
+    import shutil
+    import sqlite3
+
+    from vibeserve_ray.report.data import read_run
+
+    run = tmp_path / "run"
+    shutil.copytree(recorded_run[0], run)
+    (run / "optuna.db").unlink()
+    with sqlite3.connect(run / "optuna.db") as db:  # half-way: a table made, no version stamped
+        db.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY, study_name VARCHAR(512))")
+    view = read_run(run)
+    assert view.best.eval_id == "e2" and view.knobs is None
+    with sqlite3.connect(run / "optuna.db") as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["studies"]
+    assert read_run(recorded_run[0]).knobs is not None  # a stamped one is read

@@ -20,7 +20,7 @@ from vibeserve_ray.search.record import RUNNING_FILE
 from vibeserve_ray.search.results import Evaluation, read_results, rows_from_notes
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.search.status import run_objective
-from vibeserve_ray.search.studies import storage_url, study_name
+from vibeserve_ray.search.studies import open_studies, study_name
 from vibeserve_ray.target import Objective
 
 LATENCY = "p99_e2el_ms"  # the scatter's latency axis
@@ -160,12 +160,12 @@ def _lineage(repo: RunRepo, rows: list[Evaluation], best: Evaluation | None, obj
 
 
 def _knob_study(run_dir: Path, rows: list[Evaluation], best: Evaluation) -> KnobStudy | None:
-    if not (run_dir / "optuna.db").is_file():
+    storage = open_studies(run_dir)
+    if storage is None:
         return None
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = storage_url(run_dir)
     existing = set(optuna.get_all_study_names(storage))
     names = sorted({study_name(r.island, r.commit) for r in rows if r.design == best.design} & existing)
     trials = [t for name in names for t in optuna.load_study(study_name=name, storage=storage).trials]
@@ -175,7 +175,7 @@ def _knob_study(run_dir: Path, rows: list[Evaluation], best: Evaluation) -> Knob
                      _importances(trials, best, storage, names))
 
 
-def _importances(trials: list, best: Evaluation, storage: str, names: list[str]) -> dict[str, float]:
+def _importances(trials: list, best: Evaluation, storage: "optuna.storages.BaseStorage", names: list[str]) -> dict[str, float]:
     """fANOVA importances over the pooled trials; empty when they cannot say (fewer than
     two completed trials, or no knob that varied)."""
     import optuna

@@ -23,6 +23,21 @@ def storage_url(run_dir: Path) -> str:
     return f"sqlite:///{(Path(run_dir) / STUDIES_FILE).resolve()}"
 
 
+def open_studies(run_dir: Path) -> "optuna.storages.RDBStorage | None":
+    """The run's studies for reading, or None while there are none yet. A reader never
+    creates the schema: opening a new optuna.db the driver is still creating would race it
+    (both stamp the schema's version; the loser fails)."""
+    path = Path(run_dir) / STUDIES_FILE
+    try:
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as db:
+            stamped = db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:  # no file, no schema yet, or not a database
+        return None
+    if not stamped:
+        return None
+    return optuna.storages.RDBStorage(storage_url(run_dir), skip_table_creation=True, skip_compatibility_check=True)
+
+
 def study_name(island: int, commit: str) -> str:
     """The study of one evaluated candidate: its island and short commit."""
     return f"island-{island}:{commit[:12]}"
@@ -33,11 +48,14 @@ def save_study(run_dir: Path, name: str, direction: str, trials: list[dict]) -> 
     False when optuna.db is no database (it is set aside: the caller rebuilds the studies
     from the notes)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.create_study(storage=storage_url(run_dir), study_name=name, direction=direction, load_if_exists=True)
-    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.DatabaseError, optuna.exceptions.StorageInternalError):
-        set_aside(Path(run_dir) / STUDIES_FILE)
-        return False
+    for attempt in range(2):  # a second try: someone else (optuna-dashboard) created the schema at the same moment
+        try:
+            study = optuna.create_study(storage=storage_url(run_dir), study_name=name, direction=direction, load_if_exists=True)
+            break
+        except (sqlalchemy.exc.SQLAlchemyError, sqlite3.DatabaseError, optuna.exceptions.StorageInternalError):
+            if attempt:
+                set_aside(Path(run_dir) / STUDIES_FILE)
+                return False
     if study.trials:  # already stored (a resumed driver recording again)
         return True
     for t in trials:
