@@ -21,7 +21,9 @@ from conftest import TINY_TARGET
 
 
 def small_target(tmp_path: Path, name: str = "t", **search) -> Path:
-    """A copy of the tiny target with its [search] (and optionally [hardware]) edited."""
+    """A copy of the tiny target with its [search] (and optionally [hardware]) edited; no
+    finalist tuning pass unless asked (`finalist_trials=N`)."""
+    search.setdefault("finalist_trials", 0)
     dest = tmp_path / name
     shutil.copytree(TINY_TARGET, dest)
     text = (dest / "target.toml").read_text()

@@ -11,6 +11,8 @@ Markdown) and, where useful, longer material in sub-folders (`references/`, ...)
     when: {min_concurrency: 2}             # target conditions (optional)
     keywords: [batching, scheduler]
     prior: 2.0                             # weight the offline implementer gives a matching move
+    knobs: {max_num_seqs: 32}              # knob settings to try together once the design has it (optional;
+                                           # "cores" = the target's CPU cores): the finalist's tuning pass tries them first
     ---
 
 The offline implementer and the backlog policy score design changes by the priors of
@@ -38,7 +40,7 @@ SKILLS_DIR = Path(__file__).resolve().parent.parent / "skills"
 LAYERS = ("models", "serving", "hardware", "workloads")
 CONDITIONS = {"min_concurrency": int, "device": str, "shared_prefix": bool, "predictions": bool, "response_format": bool}  # -> the value's type
 # ours, then the optional fields of the Agent Skills specification (so a standard skill loads)
-KEYS = {"name", "description", "layer", "applies_to", "when", "keywords", "prior", "license", "compatibility", "metadata", "allowed-tools"}
+KEYS = {"name", "description", "layer", "applies_to", "when", "keywords", "prior", "knobs", "license", "compatibility", "metadata", "allowed-tools"}
 NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 
@@ -54,6 +56,7 @@ class Skill:
     keywords: tuple[str, ...] = ()
     path: Path | None = None  # its SKILL.md
     references: tuple[str, ...] = ()  # other files of its folder, relative to it
+    knobs: dict[str, object] = field(default_factory=dict)  # settings to try together where applies_to holds ("cores": the target's)
 
     def applies(self, target: Target) -> bool:
         b, w = target.spec.benchmark, self.when
@@ -164,7 +167,23 @@ def _parse(path: Path, layer: str, space: DesignSpace | None) -> Skill:
         raise BadInput(file, "prior", "a number >= 0")
     references = tuple(sorted(str(p.relative_to(path.parent)) for p in path.parent.rglob("*") if p.is_file() and p != path))
     return Skill(name=name, layer=layer, applies_to=applies_to, when=dict(when), prior=float(prior), text=body.strip(),
-                 description=" ".join(description.split()), keywords=tuple(keywords), path=path, references=references)
+                 description=" ".join(description.split()), keywords=tuple(keywords), path=path, references=references,
+                 knobs=_knobs(file, meta.get("knobs"), space))
+
+
+def _knobs(file: str, raw: object, space: DesignSpace | None) -> dict[str, object]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BadInput(file, "knobs", "a mapping {knob: value} (\"cores\": the target's CPU cores)")
+    for knob, value in raw.items():
+        if space is None or value == "cores":
+            continue
+        if knob not in space.knobs:
+            raise BadInput(file, f"knobs.{knob}", f"no such knob in {space.path.name} (one of {', '.join(space.knobs)})")
+        if why := space.knobs[knob].check(value):
+            raise BadInput(file, f"knobs.{knob}", f"{value!r} {why}")
+    return {str(k): v for k, v in raw.items()}
 
 
 def _applies_to(file: str, raw: object, space: DesignSpace | None) -> dict[str, str]:

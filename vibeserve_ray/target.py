@@ -183,6 +183,7 @@ class SearchSpec(_Strict):
     time_limit_s: Annotated[float, Field(gt=0)] = 900
     candidate_time_limit_s: Annotated[float, Field(gt=0)] = 600  # one inner loop's wall time, enforced by the driver
     trials: PositiveInt = 2  # Optuna trials per candidate
+    finalist_trials: Annotated[int, Field(ge=0)] = 0  # then this many knob moves on the best candidate, within the time limit (0: none)
     token_budget: Annotated[int, Field(ge=0)] = 0  # 0 = unlimited
 
 

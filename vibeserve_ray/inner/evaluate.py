@@ -27,6 +27,7 @@ from vibeserve_ray.candidate import CandidateSpec, load_candidate, write_candida
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.inner.hints import Hint, hints_for
 from vibeserve_ray.inner.judge.exact import Exactness, check_responses
+from vibeserve_ray.inner.tune import Climb
 from vibeserve_ray.runner import CandidateFailed, CandidateFailure, CandidateProcess, Limits, start_candidate
 from vibeserve_ray.target import Target
 
@@ -194,9 +195,12 @@ def sampler_seed(design: dict[str, str], warm_knobs: dict[str, Any]) -> int:
 
 
 def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: list, warm_knobs: dict[str, Any], n_trials: int,
-             say: Callable[[str], None] = lambda s: None) -> Outcome:
+             say: Callable[[str], None] = lambda s: None, moves: list[dict[str, Any]] | None = None, incumbent: float = math.nan,
+             incumbent_slo: bool = False) -> Outcome:
     """Tunes the candidate's active knobs with `n_trials` measurements; the best is written
-    back into its candidate.toml. A trial with a response unlike the reference's ends it."""
+    back into its candidate.toml. A trial with a response unlike the reference's ends it.
+    With `moves` (the finalist's tuning pass), the trials first try each move over the best
+    knobs so far, starting from `warm_knobs` as measured (`incumbent`, `incumbent_slo`), then TPE's."""
     b = target.spec.benchmark
     objective = b.objective
     names = {k.name for k in active_knobs}
@@ -205,12 +209,15 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
     # candidates do not all draw the same first random knobs (one seed for all did).
     sampler = optuna.samplers.TPESampler(seed=sampler_seed(spec.design, warm_knobs))
     study = optuna.create_study(direction=objective.direction, sampler=sampler)
-    for start in (warm_knobs, spec.knobs):
+    for start in (warm_knobs, spec.knobs) if moves is None else ():
         enqueue = {k: v for k, v in start.items() if k in names}
         if enqueue:
             study.enqueue_trial(enqueue, skip_if_exists=True)
     trials: list[Trial] = []
+    climb = Climb(warm_knobs, incumbent, incumbent_slo, objective, list(moves or []), names)
     for n in range(max(1, n_trials)):
+        if (point := climb.next_point(trials)) is not None:
+            study.enqueue_trial(point)
         ot = study.ask()
         knobs = {**spec.knobs, **{k.name: _suggest(ot, k, int(target.spec.hardware.num_cpus)) for k in active_knobs}}
         dists = {k: optuna.distributions.distribution_to_json(d) for k, d in ot.distributions.items()}

@@ -48,6 +48,9 @@ class InnerTask:
     n_trials: int
     implementer: str = "offline"
     agents: AgentTask | None = None  # the LLM agents' gateway and settings; None: offline
+    tune: bool = False  # the finalist's tuning pass: the parent's code as judged, only its knobs moved
+    parent_value: float = float("nan")  # the parent's headline (and SLO verdict), what the tuning pass must beat
+    parent_slo: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,7 @@ class Workspace:
 def run_inner_loop(task: InnerTask) -> InnerResult:
     """One candidate's whole inner loop; never raises for what the candidate does."""
     from vibeserve_ray.design_space import load_space
-    from vibeserve_ray.inner.evaluate import EXACT_GATE, evaluate
+    from vibeserve_ray.inner.evaluate import evaluate
     from vibeserve_ray.inner.judge.gates import judge
 
     say = lambda line: print(f"[{task.eval_id[:8]} island {task.island}] {line}", flush=True)  # noqa: E731
@@ -149,6 +152,8 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
     try:
         target = load_target(task.target_path)
         space = load_space(task.space_path)
+        if task.tune:
+            return _tune(task, ws, target, space, say)
         t0 = time.time()
         agents = task.agents
         if task.proposal is not None and agents is not None and task.proposal.hypothesis is not None:
@@ -181,20 +186,48 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
         t0 = time.time()
         outcome = evaluate(target, spec, ws.root / "eval", space.active_knobs(spec.design), task.warm_knobs, task.n_trials, say=say)
         ws.timings["evaluate_s"] = time.time() - t0
-        if outcome.best is None:
-            f = outcome.failure
-            verdict_name = "rejected" if f and f.phase == EXACT_GATE else "failed"
-            return ws.result(verdict_name, message, failure_phase=f.phase if f else "evaluate", failure_reason=f.reason if f else "no trial finished",
-                             trials=outcome.trials)
-        b = outcome.best
-        hints = outcome.hints if agents is None else _read(agents, ws, target, space, spec.design, b.metrics, say) or outcome.hints
-        return ws.result("validated", message, headline_name=target.spec.benchmark.headline, headline_value=b.value, slo_passed=b.slo_passed,
-                         metrics=b.metrics, hints=hints, trials=outcome.trials)
+        read = None if agents is None else (lambda metrics: _read(agents, ws, target, space, spec.design, metrics, say))
+        return _measured(ws, target, message, outcome, read)
     except BadInput as exc:
         return ws.result("rejected", "bad candidate", failure_phase="contract", failure_reason=str(exc))
     except Exception as exc:  # noqa: BLE001 - a bug must be a recorded result, not a crashed search
         tb = traceback.format_exc(limit=5)
         return ws.result("failed", "inner loop error", failure_phase="inner-loop", failure_reason=f"{type(exc).__name__}: {exc}\n{tb}")
+
+
+def _tune(task: InnerTask, ws: Workspace, target, space, say: Callable[[str], None]) -> InnerResult:
+    """The tuning pass: no change to judge (the parent passed the judge as it is), knob
+    moves measured with every response checked against the reference."""
+    from vibeserve_ray.inner.evaluate import evaluate
+    from vibeserve_ray.inner.tune import knob_moves
+    from vibeserve_ray.skills import load_skills
+
+    spec = load_candidate(ws.candidate)
+    active = space.active_knobs(spec.design)
+    cores = int(target.spec.hardware.num_cpus)
+    moves = knob_moves(spec.design, spec.knobs, active, cores, [s for s in load_skills() if s.applies(target)])
+    message = f"tune: {task.n_trials} knob moves over {task.parent[:12]}'s"
+    say(f"evaluate: {message} ({len(moves)} moves)")
+    t0 = time.time()
+    outcome = evaluate(target, spec, ws.root / "eval", active, spec.knobs, task.n_trials, say=say, moves=moves,
+                       incumbent=task.parent_value, incumbent_slo=task.parent_slo)
+    ws.timings["evaluate_s"] = time.time() - t0
+    return _measured(ws, target, message, outcome)
+
+
+def _measured(ws: Workspace, target, message: str, outcome, read: Callable[[dict], list[Hint]] | None = None) -> InnerResult:
+    """The evaluator's outcome as the result: its best trial, or why none counts (a response
+    unlike the reference's rejects the candidate). `read`: the Evaluator agent's hints."""
+    from vibeserve_ray.inner.evaluate import EXACT_GATE
+
+    if outcome.best is None:
+        f = outcome.failure
+        return ws.result("rejected" if f and f.phase == EXACT_GATE else "failed", message, failure_phase=f.phase if f else "evaluate",
+                         failure_reason=f.reason if f else "no trial finished", trials=outcome.trials)
+    b = outcome.best
+    hints = (read(b.metrics) if read else None) or outcome.hints
+    return ws.result("validated", message, headline_name=target.spec.benchmark.headline, headline_value=b.value, slo_passed=b.slo_passed,
+                     metrics=b.metrics, hints=hints, trials=outcome.trials)
 
 
 def _review(agents: AgentTask, ws: Workspace, message: str, say: Callable[[str], None]) -> JudgeVerdict:

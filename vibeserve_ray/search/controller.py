@@ -42,6 +42,7 @@ class Budget:
     max_candidates: int | None
     candidate_time_limit_s: float
     n_trials: int
+    finalist_trials: int = 0
 
     @classmethod
     def of(cls, target: Target, rounds: int | None = None, time_limit_s: float | None = None, max_candidates: int | None = None,
@@ -49,7 +50,8 @@ class Budget:
         """The target's [search] budgets, each overridable (command-line flags)."""
         s = target.spec.search
         return cls(rounds=s.rounds if rounds is None else rounds, time_limit_s=time_limit_s or s.time_limit_s,
-                   max_candidates=max_candidates or s.max_candidates, candidate_time_limit_s=s.candidate_time_limit_s, n_trials=n_trials or s.trials)
+                   max_candidates=max_candidates or s.max_candidates, candidate_time_limit_s=s.candidate_time_limit_s, n_trials=n_trials or s.trials,
+                   finalist_trials=s.finalist_trials)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ def _islands_take_turns(items: list, owed: list[int]) -> list:
     for it in sorted(items, key=lambda it: -owed[it.island]):
         by_island.setdefault(it.island, []).append(it)
     return [it for turn in itertools.zip_longest(*by_island.values()) for it in turn if it is not None]
+
+
+TUNE = "tune"  # the implementer of the finalist's tuning pass
 
 
 class Search:
@@ -138,7 +143,7 @@ class Search:
             if reason:
                 stopped = reason
                 break
-            done_this_round = sum(r.round == rnd for r in self.rows)
+            done_this_round = sum(r.round == rnd and r.implementer != TUNE for r in self.rows)
             want = s.islands * s.population - done_this_round
             if want <= 0:  # a resumed run whose last round was complete
                 continue
@@ -151,7 +156,38 @@ class Search:
                 break
         else:
             stopped = "rounds"
+        self._tune_best()
         return self._finish(stopped)
+
+    def _tune_best(self) -> None:
+        """The finalist's tuning pass (`[search] finalist_trials`): knob moves on the best
+        candidate, as many as the time left holds; once per best (a resumed search does
+        not tune it again)."""
+        best = record.best(self.rows, self.objective)
+        n = self.budget.finalist_trials
+        if not n or best is None or best.implementer == TUNE or any(r.implementer == TUNE and r.parent == best.commit for r in self.rows):
+            return
+        left = self.budget.time_limit_s - (time.monotonic() - self.started)
+        n = min(n, int(left // self._trial_s())) if self._trial_s() else n
+        if n < 1:
+            self.say(f"search: no time left to tune the best's knobs ({max(left, 0):.0f}s left, a trial takes ~{self._trial_s():.0f}s)")
+            return
+        self.say(f"search: tuning the best ({best.commit[:12]}, {best.headline_name} {best.headline_value:.2f}): {n} knob moves")
+        task = replace(self._task(uuid.uuid4().hex, best.island, best.round + 1, best.commit, None, json.loads(best.knobs)),
+                       n_trials=n, implementer=TUNE, agents=None, tune=True, parent_value=best.headline_value, parent_slo=best.slo_passed)
+        [row] = self._run_tasks([(task, None)], self._record, tuning=True) or [None]
+        if row is not None and row.validated:
+            self.say(f"search: tuned: {row.headline_name} {row.headline_value:.2f} with knobs {row.knobs}")
+
+    def _trial_s(self) -> float:
+        """How long one measurement (trial) takes here: the median over the evaluations so far."""
+        per = sorted(r.evaluate_s / (1 if r.implementer == "seed" else self.budget.n_trials)
+                     for r in self.rows if r.validated and r.implementer != TUNE)
+        return per[len(per) // 2] if per else 0.0
+
+    def _reserve_s(self) -> float:
+        """Time the evolution leaves for the tuning pass."""
+        return self.budget.finalist_trials * self._trial_s()
 
     def _round(self, islands: list, want: int, rnd: int) -> tuple[list[Evaluation], str]:
         """A round, planned in waves of as many inner loops as the cluster runs at once.
@@ -260,7 +296,7 @@ class Search:
         tasks = [(self._task(uuid.uuid4().hex, it.island, rnd, it.parent.commit, it.proposal, it.parent.knobs), it) for it in items]
         return self._run_tasks(tasks, self._record)
 
-    def _run_tasks(self, tasks: list, record_result: Callable[[InnerResult], Evaluation]) -> list[Evaluation]:
+    def _run_tasks(self, tasks: list, record_result: Callable[[InnerResult], Evaluation], tuning: bool = False) -> list[Evaluation]:
         """Runs inner loops concurrently, as many at once as the cluster has room for, and
         records each result as it arrives (a killed driver loses only what was in flight).
 
@@ -269,7 +305,7 @@ class Search:
         that would not finish by then (judging by how long inner loops have taken) is not
         started, and one still running then is cancelled and recorded as a timeout. Once
         the agents' budget is spent, no more tasks start; those running finish. A refused
-        key cancels everything at once.
+        key cancels everything at once. The tuning pass (`tuning`) was sized to the time left.
         """
         remote, options = ray.remote(self.inner_loop), self._inner_options()
         limit = self.budget.candidate_time_limit_s + (self.agents.session_limit_s() if self.agents else 0.0)
@@ -277,7 +313,7 @@ class Search:
         pending: dict = {}
         results: list[Evaluation] = []
         while waiting or pending:
-            why = self._why_not_start(pending)
+            why = "" if tuning else self._why_not_start(pending)
             if waiting and why:
                 self._not_started(why, len(waiting))
                 waiting = []
@@ -336,9 +372,10 @@ class Search:
                 raise
             if spent:
                 return spent
-        left = self.budget.time_limit_s - (time.monotonic() - self.started)
+        left = self.budget.time_limit_s - (time.monotonic() - self.started) - self._reserve_s()
         if left < self._expected_inner_s():
-            return f"time limit: {max(left, 0):.0f}s left, an inner loop takes ~{self._expected_inner_s():.0f}s"
+            kept = f" (and {self._reserve_s():.0f}s kept for tuning the best)" if self._reserve_s() else ""
+            return f"time limit: {max(left, 0):.0f}s left{kept}, an inner loop takes ~{self._expected_inner_s():.0f}s"
         return ""
 
     def _expected_inner_s(self) -> float:

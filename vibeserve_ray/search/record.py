@@ -103,7 +103,9 @@ def lost_result(repo: RunRepo, task: InnerTask, reason: str, verdict: str = "fai
     the proposal applied to the parent, so what was attempted is still in git."""
     with tempfile.TemporaryDirectory() as tmp:
         cand = extract_tree(task.parent_tree, Path(tmp) / "c")
-        if task.proposal is None:
+        if task.tune:
+            message = f"tune: knob moves over {task.parent[:12]}'s"
+        elif task.proposal is None:
             message = "seed"
         elif task.proposal.hypothesis is not None:  # what the agent wrote is lost with its worker: the parent's tree, and the hypothesis
             message = f"{task.implementer}: {task.proposal.hypothesis.brief()}"

@@ -1,0 +1,86 @@
+"""The finalist's tuning pass: knob moves on the search's best candidate, each over the
+best knobs measured so far, after the evolution and within its time limit."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from search_helpers import small_target
+
+from vibeserve_ray.design_space import default_space_path, load_space
+from vibeserve_ray.inner.tune import Climb, knob_moves
+from vibeserve_ray.skills import load_skills
+from vibeserve_ray.target import Objective
+
+SPACE = load_space(default_space_path())
+PROCESS = {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on", "attention": "sdpa", "compile": "off",
+           "dtype": "float32", "speculation": "prompt_lookup", "step_loop": "process", "linear": "onednn"}
+
+
+def test_moves_try_the_skills_joint_setting_first_then_each_knob_alone_within_the_cores():
+    knobs = {"num_threads": 4, "max_num_seqs": 16, "max_num_batched_tokens": 512, "block_size": 16, "spec_k": 4, "spec_ngram": 2, "engine_workers": 1}
+    moves = knob_moves(PROCESS, knobs, SPACE.active_knobs(PROCESS), cores=2, skills=load_skills(space=SPACE))
+    assert moves[0] == {"engine_workers": 2, "num_threads": 1}  # engine-process: a worker per core, one thread each
+    first = moves[1:8]  # each knob's first move before any knob's second
+    assert first == [{"num_threads": 1}, {"max_num_seqs": 32}, {"max_num_batched_tokens": 1024}, {"block_size": 8}, {"spec_k": 8},
+                     {"spec_ngram": 4}, {"engine_workers": 2}]
+    assert {"num_threads": 2} in moves and not any(m.get("num_threads", 0) > 2 for m in moves)  # never past the cores
+    assert {"spec_k": 2} in moves and len(moves) == len({json.dumps(m, sort_keys=True) for m in moves})
+    thread = dict(PROCESS, step_loop="thread")
+    assert not any("engine_workers" in m for m in knob_moves(thread, knobs, SPACE.active_knobs(thread), 2, load_skills(space=SPACE)))
+
+
+class _T:  # a measured trial, as evaluate keeps it
+    def __init__(self, knobs, value, slo_passed=True):
+        self.knobs, self.value, self.slo_passed, self.failure = knobs, value, slo_passed, None
+
+
+def test_each_move_applies_over_the_best_knobs_measured_so_far():
+    start = {"spec_k": 4, "num_threads": 2}
+    climb = Climb(start, 100.0, True, Objective("output_throughput", "maximize"),
+                  [{"spec_k": 8}, {"num_threads": 1}, {"spec_k": 4}, {"num_threads": 1}], {"spec_k", "num_threads"})
+    trials = []
+    assert (p := climb.next_point(trials)) == {"spec_k": 8, "num_threads": 2}
+    trials.append(_T(p, 120.0))  # better: the next move builds on it
+    assert (p := climb.next_point(trials)) == {"spec_k": 8, "num_threads": 1}
+    trials.append(_T(p, 90.0))  # worse: the best stays
+    assert climb.next_point(trials) is None  # the rest lead back to knobs already measured
+    worse_first = Climb(start, math.nan, False, Objective("mean_e2el_ms", "minimize"), [{"spec_k": 8}, {"num_threads": 1}], {"spec_k", "num_threads"})
+    assert worse_first.next_point([]) == {"spec_k": 8, "num_threads": 2}
+    assert worse_first.next_point([_T({"spec_k": 8, "num_threads": 2}, 900.0)]) == {"spec_k": 8, "num_threads": 1}  # nan incumbent: any measurement leads
+
+
+def test_a_search_ends_by_tuning_its_best_once_and_a_resumed_search_does_not_again(tmp_path, tiny_models):
+    import ray
+
+    from vibeserve_ray.search.controller import TUNE, Budget, Search
+    from vibeserve_ray.search.results import read_results
+    from vibeserve_ray.search.state import RunRepo
+    from vibeserve_ray.target import load_target
+
+    target_dir = small_target(tmp_path, islands=1, population=1, rounds=1, trials=1, num_requests=16, concurrency=4, finalist_trials=2)
+    target = load_target(target_dir)
+    budget = Budget.of(target)
+    assert budget.finalist_trials == 2
+    run, lines = tmp_path / "run", []
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for _ in range(2):  # the second is a resume of a finished search
+            Search(target, str(target_dir), run, SPACE, budget, say=lines.append).run()
+    finally:
+        ray.shutdown()
+    rows = read_results(run)
+    tuned = [r for r in rows if r.implementer == TUNE]
+    assert len(tuned) == 1, [(r.implementer, r.verdict) for r in rows]
+    [row] = tuned
+    searched = [r for r in rows if r.implementer != TUNE]
+    parent = max((r for r in searched if r.validated), key=lambda r: r.headline_value)
+    assert row.parent == parent.commit and row.design == parent.design and row.verdict == "validated", row.failure_reason
+    [note] = RunRepo(run / "repo").notes(row.commit)
+    assert len(note["trials"]) == 2 and all(t["value"] == t["value"] for t in note["trials"])  # both measured, every response exact
+    first_move = knob_moves(json.loads(parent.design), json.loads(parent.knobs), SPACE.active_knobs(json.loads(parent.design)), 2,
+                            [s for s in load_skills() if s.applies(target)])[0]
+    assert note["trials"][0]["knobs"] == json.loads(parent.knobs) | first_move
+    assert json.loads(row.knobs) in [t["knobs"] for t in note["trials"]]
+    assert any(ln.startswith("search: tuning the best (") for ln in lines)
