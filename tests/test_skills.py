@@ -137,6 +137,9 @@ BAD = [
     ("keywords not a list", lambda t: re.sub(r"keywords: \[.*\]", "keywords: paged", t), "keywords"),
     ("no prior with applies_to", edit("prior: 1.5\n", ""), "prior"),
     ("negative prior", edit("prior: 1.5\n", "prior: -1\n"), "prior"),
+    ("knobs not a mapping", edit("prior: 1.5\n", "prior: 1.5\nknobs: [block_size]\n"), "knobs"),
+    ("unknown knob", edit("prior: 1.5\n", "prior: 1.5\nknobs: {block_sz: 8}\n"), "knobs.block_sz"),
+    ("knob value out of range", edit("prior: 1.5\n", "prior: 1.5\nknobs: {block_size: 12}\n"), "knobs.block_size"),
 ]
 
 

@@ -177,11 +177,11 @@ def _knobs(file: str, raw: object, space: DesignSpace | None) -> dict[str, objec
     if not isinstance(raw, dict):
         raise BadInput(file, "knobs", "a mapping {knob: value} (\"cores\": the target's CPU cores)")
     for knob, value in raw.items():
-        if space is None or value == "cores":
+        if space is None:
             continue
         if knob not in space.knobs:
             raise BadInput(file, f"knobs.{knob}", f"no such knob in {space.path.name} (one of {', '.join(space.knobs)})")
-        if why := space.knobs[knob].check(value):
+        if value != "cores" and (why := space.knobs[knob].check(value)):
             raise BadInput(file, f"knobs.{knob}", f"{value!r} {why}")
     return {str(k): v for k, v in raw.items()}
 
