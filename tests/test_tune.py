@@ -64,7 +64,7 @@ def test_a_search_ends_by_tuning_its_best_once_and_a_resumed_search_does_not_aga
     budget = Budget.of(target)
     assert budget.finalist_trials == 2
     run, lines = tmp_path / "run", []
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         for _ in range(2):  # the second is a resume of a finished search
             Search(target, str(target_dir), run, SPACE, budget, say=lines.append).run()
@@ -84,3 +84,48 @@ def test_a_search_ends_by_tuning_its_best_once_and_a_resumed_search_does_not_aga
     assert note["trials"][0]["knobs"] == json.loads(parent.knobs) | first_move
     assert json.loads(row.knobs) in [t["knobs"] for t in note["trials"]]
     assert any(ln.startswith("search: tuning the best (") for ln in lines)
+
+
+def _timed_inner_loop(task):
+    """Applies the proposal and takes 2 s per measurement (the tuning pass: per trial)."""
+    import time
+
+    from vibeserve_ray.inner.implement import apply_design
+    from vibeserve_ray.inner.loop import Workspace
+
+    ws = Workspace(task)
+    message = "tune" if task.tune else "seed" if task.proposal is None else apply_design(task.proposal, ws.candidate)
+    trials = task.n_trials if task.tune else 1
+    time.sleep(2.0 * trials)
+    ws.timings["evaluate_s"] = 2.0 * trials
+    return ws.result("validated", message, headline_name="output_throughput", headline_value=1.0 + task.tune, slo_passed=True,
+                     metrics={"trials": trials})
+
+
+def test_the_evolution_keeps_the_tuning_pass_its_time_within_the_search_limit(tmp_path):
+    import sys
+    import time
+
+    import ray
+
+    from vibeserve_ray.search.controller import TUNE, Budget, Search
+    from vibeserve_ray.search.results import read_results
+    from vibeserve_ray.target import load_target
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
+    target_dir = small_target(tmp_path, islands=1, population=4, rounds=20)
+    budget = Budget(rounds=20, time_limit_s=24, max_candidates=None, candidate_time_limit_s=60, n_trials=1, finalist_trials=3)
+    run = tmp_path / "run"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        t0 = time.time()
+        Search(load_target(target_dir), str(target_dir), run, SPACE, budget, say=print, inner_loop=_timed_inner_loop).run()
+        took = time.time() - t0
+        print(f"search took {took:.1f}s")
+    finally:
+        ray.shutdown()
+    rows = read_results(run)
+    [tuned] = [r for r in rows if r.implementer == TUNE]
+    assert json.loads(tuned.metrics)["trials"] == 3, "the evolution ate the time kept for the tuning pass"
+    assert len(rows) >= 5 and max(r.finished_at for r in rows if r.implementer != TUNE) <= tuned.started_at
+    assert took < 24 + 6, f"the search ran {took:.0f}s past its 24s limit"
