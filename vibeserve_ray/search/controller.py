@@ -162,10 +162,10 @@ class Search:
     def _tune_best(self) -> None:
         """The finalist's tuning pass (`[search] finalist_trials`): knob moves on the best
         candidate, as many as the time left holds; once per best (a resumed search does
-        not tune it again)."""
+        not tune it again; `--rounds 0` measures the seed only)."""
         best = record.best(self.rows, self.objective)
         n = self.budget.finalist_trials
-        if not n or best is None or best.implementer == TUNE or any(r.implementer == TUNE and r.parent == best.commit for r in self.rows):
+        if not n or not self.budget.rounds or best is None or best.implementer == TUNE or any(r.implementer == TUNE and r.parent == best.commit for r in self.rows):
             return
         left = self.budget.time_limit_s - (time.monotonic() - self.started)
         n = min(n, int(left // self._trial_s())) if self._trial_s() else n
