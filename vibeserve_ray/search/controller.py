@@ -180,10 +180,13 @@ class Search:
             self.say(f"search: tuned: {row.headline_name} {row.headline_value:.2f} with knobs {row.knobs}")
 
     def _trial_s(self) -> float:
-        """How long one measurement (trial) takes here: the median over the evaluations so far."""
-        per = sorted(r.evaluate_s / (1 if r.implementer == "seed" else self.budget.n_trials)
-                     for r in self.rows if r.validated and r.implementer != TUNE)
-        return per[len(per) // 2] if per else 0.0
+        """How long one of the tuning pass's measurements takes: one of the best's own
+        (a slow design's trials, a serial seed's, say nothing of the winner's)."""
+        best = record.best(self.rows, self.objective)
+        if best is None:
+            return 0.0
+        trials = {"seed": 1, TUNE: self.budget.finalist_trials}.get(best.implementer, self.budget.n_trials)
+        return best.evaluate_s / max(1, trials)
 
     def _reserve_s(self) -> float:
         """Time the evolution leaves for the tuning pass."""
