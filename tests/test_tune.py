@@ -126,7 +126,6 @@ def test_the_evolution_keeps_the_tuning_pass_its_time_within_the_search_limit(tm
         t0 = time.time()
         Search(load_target(target_dir), str(target_dir), run, SPACE, budget, say=print, inner_loop=_timed_inner_loop).run()
         took = time.time() - t0
-        print(f"search took {took:.1f}s")
     finally:
         ray.shutdown()
     rows = read_results(run)
@@ -134,5 +133,5 @@ def test_the_evolution_keeps_the_tuning_pass_its_time_within_the_search_limit(tm
     assert json.loads(tuned.metrics)["trials"] == 3, "the evolution ate the time kept for the tuning pass"
     assert len(rows) >= 5 and max(r.finished_at for r in rows if r.implementer != TUNE) <= tuned.started_at
     # kept: 3 of the best's own measurements (3 s), not of the poor designs' (12 s)
-    assert tuned.started_at - t0 >= 24 - 3 - 4 - 3, f"the evolution stopped {tuned.started_at - t0:.0f}s in, keeping far more than the pass needs"
+    assert tuned.started_at - t0 >= 24 - 3 - 4, f"the evolution stopped {tuned.started_at - t0:.0f}s in, keeping far more than the pass needs"
     assert took < 24 + 6, f"the search ran {took:.0f}s past its 24s limit"

@@ -189,8 +189,9 @@ class Search:
         return best.evaluate_s / max(1, trials)
 
     def _reserve_s(self) -> float:
-        """Time the evolution leaves for the tuning pass."""
-        return self.budget.finalist_trials * self._trial_s()
+        """Time the evolution leaves for the tuning pass: its trials at the best's pace, at
+        most a quarter of the search (a slow seed must not keep the evolution from starting)."""
+        return min(self.budget.finalist_trials * self._trial_s(), self.budget.time_limit_s / 4)
 
     def _round(self, islands: list, want: int, rnd: int) -> tuple[list[Evaluation], str]:
         """A round, planned in waves of as many inner loops as the cluster runs at once.
