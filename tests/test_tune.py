@@ -104,7 +104,7 @@ def _timed_inner_loop(task):
     time.sleep(per * trials)
     ws.timings["evaluate_s"] = per * trials
     return ws.result("validated", message, headline_name="output_throughput", headline_value=value, slo_passed=True,
-                     metrics={"trials": trials})
+                     metrics={"trials": trials, "deadline": task.deadline})
 
 
 def test_the_evolution_keeps_the_tuning_pass_its_time_within_the_search_limit(tmp_path):
@@ -131,7 +131,23 @@ def test_the_evolution_keeps_the_tuning_pass_its_time_within_the_search_limit(tm
     rows = read_results(run)
     [tuned] = [r for r in rows if r.implementer == TUNE]
     assert json.loads(tuned.metrics)["trials"] == 3, "the evolution ate the time kept for the tuning pass"
+    assert json.loads(tuned.metrics)["deadline"] <= t0 + 24, "the tuning pass may run past the search's limit"
     assert len(rows) >= 5 and max(r.finished_at for r in rows if r.implementer != TUNE) <= tuned.started_at
     # kept: 3 of the best's own measurements (3 s), not of the poor designs' (12 s)
     assert tuned.started_at - t0 >= 24 - 3 - 4, f"the evolution stopped {tuned.started_at - t0:.0f}s in, keeping far more than the pass needs"
     assert took < 24 + 6, f"the search ran {took:.0f}s past its 24s limit"
+
+
+def test_the_tuning_pass_starts_no_trial_past_its_deadline(tmp_path, tiny_target):
+    import time
+
+    from vibeserve_ray.candidate import load_candidate, materialise_seed
+    from vibeserve_ray.inner.evaluate import evaluate
+
+    spec = load_candidate(materialise_seed(tmp_path / "c"))
+    active = SPACE.active_knobs(spec.design)
+    lines = []
+    outcome = evaluate(tiny_target, spec, tmp_path / "eval", active, spec.knobs, 3, say=lines.append,
+                       moves=[{"num_threads": 1}, {"num_threads": 2}], incumbent=1.0, incumbent_slo=True, deadline=time.time() + 1)
+    assert len(outcome.trials) == 1 and outcome.best is not None, lines  # the first always runs; the second would end late
+    assert outcome.trials[0].knobs["num_threads"] == 1 and "evaluate: 1 trials; another would end past the deadline" in lines

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -196,11 +197,12 @@ def sampler_seed(design: dict[str, str], warm_knobs: dict[str, Any]) -> int:
 
 def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: list, warm_knobs: dict[str, Any], n_trials: int,
              say: Callable[[str], None] = lambda s: None, moves: list[dict[str, Any]] | None = None, incumbent: float = math.nan,
-             incumbent_slo: bool = False) -> Outcome:
+             incumbent_slo: bool = False, deadline: float = math.inf) -> Outcome:
     """Tunes the candidate's active knobs with `n_trials` measurements; the best is written
     back into its candidate.toml. A trial with a response unlike the reference's ends it.
     With `moves` (the finalist's tuning pass), the trials first try each move over the best
-    knobs so far, starting from `warm_knobs` as measured (`incumbent`, `incumbent_slo`), then TPE's."""
+    knobs so far, starting from `warm_knobs` as measured (`incumbent`, `incumbent_slo`), then TPE's.
+    No trial starts that would end past `deadline` (unix time) at the pace of the slowest so far."""
     b = target.spec.benchmark
     objective = b.objective
     names = {k.name for k in active_knobs}
@@ -215,7 +217,13 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
             study.enqueue_trial(enqueue, skip_if_exists=True)
     trials: list[Trial] = []
     climb = Climb(warm_knobs, incumbent, incumbent_slo, objective, list(moves or []), names)
+    slowest, started = 0.0, time.time()
     for n in range(max(1, n_trials)):
+        slowest = max(slowest, time.time() - started) if n else 0.0
+        if n and time.time() + slowest > deadline:
+            say(f"evaluate: {n} trials; another would end past the deadline")
+            break
+        started = time.time()
         if (point := climb.next_point(trials)) is not None:
             study.enqueue_trial(point)
         ot = study.ask()

@@ -91,6 +91,7 @@ def _islands_take_turns(items: list, owed: list[int]) -> list:
 
 
 TUNE = "tune"  # the implementer of the finalist's tuning pass
+TRIAL_STARTUP_S = 10.0  # a trial's time outside its benchmark: the engine's start-up, the warm-up, the exactness check (CPU targets)
 
 
 class Search:
@@ -168,25 +169,30 @@ class Search:
         if not n or not self.budget.rounds or best is None or best.implementer == TUNE or any(r.implementer == TUNE and r.parent == best.commit for r in self.rows):
             return
         left = self.budget.time_limit_s - (time.monotonic() - self.started)
-        n = min(n, int(left // self._trial_s())) if self._trial_s() else n
-        if n < 1:
+        if left < self._trial_s():
             self.say(f"search: no time left to tune the best's knobs ({max(left, 0):.0f}s left, a trial takes ~{self._trial_s():.0f}s)")
             return
-        self.say(f"search: tuning the best ({best.commit[:12]}, {best.headline_name} {best.headline_value:.2f}): {n} knob moves")
+        self.say(f"search: tuning the best ({best.commit[:12]}, {best.headline_name} {best.headline_value:.2f}): "
+                 f"up to {n} knob moves in the {left:.0f}s left")
         task = replace(self._task(uuid.uuid4().hex, best.island, best.round + 1, best.commit, None, json.loads(best.knobs)),
-                       n_trials=n, implementer=TUNE, agents=None, tune=True, parent_value=best.headline_value, parent_slo=best.slo_passed)
+                       n_trials=n, implementer=TUNE, agents=None, tune=True, parent_value=best.headline_value, parent_slo=best.slo_passed,
+                       deadline=time.time() + left - 5)  # the trials stop in time; the driver cancels at the limit
         [row] = self._run_tasks([(task, None)], self._record, tuning=True) or [None]
         if row is not None and row.validated:
             self.say(f"search: tuned: {row.headline_name} {row.headline_value:.2f} with knobs {row.knobs}")
 
     def _trial_s(self) -> float:
-        """How long one of the tuning pass's measurements takes: one of the best's own
-        (a slow design's trials, a serial seed's, say nothing of the winner's)."""
+        """How long one of the tuning pass's measurements takes: one of the best's own (a
+        serial seed's or a poor design's say nothing of the winner's), at most its best
+        trial's benchmark plus a start-up (a trial with oversubscribed threads took 90 s
+        beside the best's 15)."""
         best = record.best(self.rows, self.objective)
         if best is None:
             return 0.0
         trials = {"seed": 1, TUNE: self.budget.finalist_trials}.get(best.implementer, self.budget.n_trials)
-        return best.evaluate_s / max(1, trials)
+        bench_s = json.loads(best.metrics or "{}").get("duration_s")
+        per = best.evaluate_s / max(1, trials)
+        return min(per, bench_s + TRIAL_STARTUP_S) if bench_s else per
 
     def _reserve_s(self) -> float:
         """Time the evolution leaves for the tuning pass: its trials at the best's pace, at
