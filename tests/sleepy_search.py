@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import ray
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     connect_ray(args.address)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     summary = Search(target, _portable_path(args.target), Path(args.run), load_space(default_space_path()),
-                     Budget.of(target, args.rounds, args.time_limit, max_candidates=args.max_candidates), say=say,
+                     # no tuning pass: nothing here is measured, so there are no knobs to tune
+                     replace(Budget.of(target, args.rounds, args.time_limit, max_candidates=args.max_candidates), finalist_trials=0), say=say,
                      inner_loop=sleepy_inner_loop(args.sleep, args.candidate_sleep)).run()
     return 0 if summary.best is not None else 1
 
