@@ -50,6 +50,10 @@ class KnobSpec:
     def applies(self, design: Design) -> bool:
         return all(design.get(c) in opts for c, opts in self.applies_when.items())
 
+    def upper(self, cores: int) -> float:
+        """The highest value worth trying on `cores` CPU cores (a per-core knob stops at them)."""
+        return max(self.low, min(self.high, cores)) if self.per_core and cores >= 1 else self.high
+
     def check(self, value: Any) -> str | None:
         """Why `value` is not a valid setting, or None."""
         if self.kind == "categorical":

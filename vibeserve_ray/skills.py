@@ -73,7 +73,7 @@ class Skill:
         return True
 
     def matches(self, changes: dict[str, str]) -> bool:
-        """True when a design change switches on what this skill is about."""
+        """True when a design change (or a whole design) has what this skill is about switched on."""
         return bool(self.applies_to) and all(changes.get(k) == v for k, v in self.applies_to.items())
 
 

@@ -185,8 +185,7 @@ def _suggest(trial: optuna.Trial, knob, cores: int) -> Any:
     if knob.kind == "categorical":
         return trial.suggest_categorical(knob.name, list(knob.choices))
     if knob.kind == "int":
-        high = max(int(knob.low), min(int(knob.high), cores)) if knob.per_core and cores >= 1 else int(knob.high)
-        return trial.suggest_int(knob.name, int(knob.low), high, log=knob.log)
+        return trial.suggest_int(knob.name, int(knob.low), int(knob.upper(cores)), log=knob.log)
     return trial.suggest_float(knob.name, float(knob.low), float(knob.high), log=knob.log)
 
 

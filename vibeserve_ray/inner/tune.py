@@ -29,7 +29,7 @@ def knob_moves(design: dict[str, str], knobs: dict[str, Any], active: list[KnobS
     names = {k.name: k for k in active}
     moves: list[Move] = []
     for skill in skills:
-        if skill.knobs and all(design.get(c) == o for c, o in skill.applies_to.items()):
+        if skill.knobs and skill.matches(design):
             move = {k: (cores if v == "cores" else v) for k, v in skill.knobs.items() if k in names}
             if move:
                 moves.append({k: _clamp(names[k], v, cores) for k, v in move.items()})
@@ -55,8 +55,7 @@ def _steps(k: KnobSpec, value: Any, cores: int) -> list[Any]:
 def _clamp(k: KnobSpec, value: Any, cores: int) -> Any:
     if k.kind == "categorical":
         return value
-    high = min(k.high, cores) if k.per_core and cores >= 1 else k.high
-    v = min(max(value, k.low), max(k.low, high))
+    v = min(max(value, k.low), k.upper(cores))
     return int(v) if k.kind == "int" else float(v)
 
 

@@ -168,9 +168,9 @@ class Search:
         n = self.budget.finalist_trials
         if not n or not self.budget.rounds or best is None or best.implementer == TUNE or any(r.implementer == TUNE and r.parent == best.commit for r in self.rows):
             return
-        left = self.budget.time_limit_s - (time.monotonic() - self.started)
-        if left < self._trial_s():
-            self.say(f"search: no time left to tune the best's knobs ({max(left, 0):.0f}s left, a trial takes ~{self._trial_s():.0f}s)")
+        left, trial_s = self.budget.time_limit_s - (time.monotonic() - self.started), self._trial_s()
+        if left < trial_s:
+            self.say(f"search: no time left to tune the best's knobs ({max(left, 0):.0f}s left, a trial takes ~{trial_s:.0f}s)")
             return
         self.say(f"search: tuning the best ({best.commit[:12]}, {best.headline_name} {best.headline_value:.2f}): "
                  f"up to {n} knob moves in the {left:.0f}s left")
@@ -382,10 +382,11 @@ class Search:
                 raise
             if spent:
                 return spent
-        left = self.budget.time_limit_s - (time.monotonic() - self.started) - self._reserve_s()
-        if left < self._expected_inner_s():
-            kept = f" (and {self._reserve_s():.0f}s kept for tuning the best)" if self._reserve_s() else ""
-            return f"time limit: {max(left, 0):.0f}s left{kept}, an inner loop takes ~{self._expected_inner_s():.0f}s"
+        reserve, expected = self._reserve_s(), self._expected_inner_s()
+        left = self.budget.time_limit_s - (time.monotonic() - self.started) - reserve
+        if left < expected:
+            kept = f" (and {reserve:.0f}s kept for tuning the best)" if reserve else ""
+            return f"time limit: {max(left, 0):.0f}s left{kept}, an inner loop takes ~{expected:.0f}s"
         return ""
 
     def _expected_inner_s(self) -> float:
