@@ -5,7 +5,9 @@
 2. A matrix, one row per system, one column per target's benchmark: each target's winner,
    plus two fixed rows: "generic", our engine configured as vLLM is by default
    (continuous batching, paged KV cache, prefix caching, default knobs), and "vllm" itself
-   (benchmarks/vllm_peer.py). Each column's rows are measured in interleaved rounds and
+   (benchmarks/vllm_peer.py); with --vllm-fp32 also "vllm-fp32", vLLM at the reference's
+   precision (`--dtype float32`; its default runs a float32 checkpoint in bfloat16 on CPU).
+   Each column's rows are measured in interleaved rounds and
    the median kept; every response is compared with the reference. Finished cells are
    saved (cells.json) and not measured again on a rerun.
 3. The checks of the claim: each winner is best among the winners (or within --noise) on its own target;
@@ -13,7 +15,7 @@
    target, and vLLM on the JSON and code-edit targets where they exist.
 
     python benchmarks/bespoke_matrix.py [--targets tiny-llama-cpu,tiny-llama-prefix,...] [--work DIR]
-        [--rounds N] [--time-limit S] [--max-candidates N] [--trials N] [--repeats 3] [--num-requests N] [--no-vllm]
+        [--rounds N] [--time-limit S] [--max-candidates N] [--trials N] [--repeats 3] [--num-requests N] [--no-vllm] [--vllm-fp32]
 
 Long (a search per target; the budget flags cut it). Progress on stderr, JSON on stdout.
 """
@@ -42,6 +44,7 @@ from vibeserve_ray.target import load_target  # noqa: E402
 CPU_TARGETS = ("tiny-llama-cpu", "tiny-llama-prefix", "tiny-llama-code-edit", "tiny-llama-json", "tiny-llama-chat")
 GENERIC = {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on"}  # vLLM's defaults, in our engine
 MUST_BEAT_VLLM = ("tiny-llama-json", "tiny-llama-code-edit")
+VLLM_ARGS = {"vllm": [], "vllm-fp32": ["--dtype", "float32"]}  # the vLLM rows: `vllm serve` defaults, and at the reference's precision
 
 
 def say(msg: str) -> None:
@@ -59,6 +62,9 @@ def main() -> None:
     ap.add_argument("--num-requests", type=int, help="override each benchmark's request count")
     ap.add_argument("--noise", type=float, default=0.05, help="relative margin within which a winner counts as best on its own target")
     ap.add_argument("--no-vllm", action="store_true", help="leave out the vLLM row")
+    ap.add_argument("--vllm-fp32", action="store_true",
+                    help="add a row for vLLM with --dtype float32: the reference's precision (its default downcasts a float32 "
+                         "checkpoint to bfloat16 on CPU, other math than the reference's and ours)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -71,19 +77,21 @@ def main() -> None:
     rows["generic"] = materialise(load_space(default_space_path()), work / "generic", GENERIC, {})
     if not args.no_vllm:
         rows["vllm"] = None
+        if args.vllm_fp32:
+            rows["vllm-fp32"] = None
 
     cells_file = work / "cells.json"
     cells: dict[str, dict] = json.loads(cells_file.read_text()) if cells_file.is_file() else {}
     with contextlib.ExitStack() as stack:
-        peers: dict[str, str] = {}
+        peers: dict[tuple[str, str], str] = {}  # (vLLM row, model directory) -> base URL
         for col, target in targets.items():
             todo = [row for row in rows if f"{row}|{col}" not in cells]
             runs: dict[str, list] = {row: [] for row in todo}
-            if "vllm" in todo and str(target.model_dir()) not in peers:
+            for row in (r for r in todo if r in VLLM_ARGS and (r, str(target.model_dir())) not in peers):
                 python = ensure_venv(target.spec.hardware.device, DEFAULT_VENV, say=say)
                 peer = stack.enter_context(serve_vllm(python, target.model_dir(), target.served_name, target.spec.hardware.device,
-                                                      work / "vllm" / col, say=say))
-                peers[str(target.model_dir())] = peer.base_url
+                                                      work / row / col, VLLM_ARGS[row], say=say))
+                peers[(row, str(target.model_dir()))] = peer.base_url
             for rep in range(args.repeats if todo else 0):
                 for row in todo:
                     runs[row].append(measure(row, rows[row], target, peers, work / "bench" / col, args.num_requests))
@@ -110,10 +118,10 @@ def search(name: str, run: Path, args: argparse.Namespace) -> Path:
     return run / "best"
 
 
-def measure(row: str, path: Path | None, target, peers: dict[str, str], work: Path, num_requests: int | None) -> dict:
+def measure(row: str, path: Path | None, target, peers: dict[tuple[str, str], str], work: Path, num_requests: int | None) -> dict:
     if path is None:
-        # one vLLM per model, serving it under the first target's name that started it
-        result = bench_url(target, peers[str(target.model_dir())], None, num_requests=num_requests)
+        # one vLLM per row and model, serving it under the first target's name that started it
+        result = bench_url(target, peers[(row, str(target.model_dir()))], None, num_requests=num_requests)
     else:
         result = bench_candidate(target, load_candidate(path), work / row.replace(":", "-"), num_requests=num_requests)
     if not isinstance(result, Measurement):
@@ -137,6 +145,9 @@ def report(targets: dict, rows: dict, cells: dict, noise: float, load_start) -> 
             "beats_generic": mine is not None and value("generic", col) is not None and objective.speedup(mine, value("generic", col)) > 1,
             "ratio_to_vllm": None if mine is None or value("vllm", col) is None else round(objective.speedup(mine, value("vllm", col)), 3),
         }
+        if "vllm-fp32" in rows:
+            fp32 = value("vllm-fp32", col)
+            checks[col]["ratio_to_vllm_fp32"] = None if mine is None or fp32 is None else round(objective.speedup(mine, fp32), 3)
     distinct = {json.dumps(d, sort_keys=True) for d in designs.values()}
     beat_vllm = {col: (checks[col]["ratio_to_vllm"] or 0) > 1 for col in MUST_BEAT_VLLM if col in targets}
     return {
