@@ -20,12 +20,22 @@ from pathlib import Path
 from conftest import TINY_TARGET
 
 
-def small_target(tmp_path: Path, name: str = "t", **search) -> Path:
-    """A copy of the tiny target with its [search] (and optionally [hardware]) edited; no
-    finalist tuning pass unless asked (`finalist_trials=N`)."""
+# 6 of the tiny target's 16 held-out prompts, short and long (5, 56, 133, 196, 228 and 81
+# tokens: they span several KV blocks and prefill chunks): a judging sends a third as many.
+KEPT_PROMPTS = [0, 4, 9, 11, 12, 15]
+
+
+def small_target(tmp_path: Path, name: str = "t", held_out: list[int] | None = KEPT_PROMPTS, **search) -> Path:
+    """A copy of the tiny target with its [search] (and optionally [hardware]) edited, the
+    held-out prompts cut to `held_out` (None: all 16); no finalist tuning pass unless asked
+    (`finalist_trials=N`)."""
     search.setdefault("finalist_trials", 0)
     dest = tmp_path / name
     shutil.copytree(TINY_TARGET, dest)
+    if held_out is not None:
+        prompts = dest / "checker" / "prompts.jsonl"
+        lines = prompts.read_text().splitlines()
+        prompts.write_text("".join(lines[i] + "\n" for i in held_out))
     text = (dest / "target.toml").read_text()
     gpus = search.pop("num_gpus", None)
     if gpus is not None:

@@ -11,17 +11,17 @@ chunks), with the target's own max_tokens, concurrency and sampling seeds.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
-from conftest import TINY_TARGET, run_cli
+import search_helpers
+from conftest import run_cli
+from search_helpers import KEPT_PROMPTS
 from test_checker import PERTURB
 
 from vibeserve_ray.design_space import covering_designs, default_space_path, load_space
 from vibeserve_ray.engine.defaults import DEFAULT_DESIGN
 
 SPACE = load_space(default_space_path())
-KEPT_PROMPTS = [0, 4, 9, 11, 12, 15]  # 5, 56, 133, 196, 228 and 81 tokens
 PHASES = 3  # sequential greedy, concurrent greedy, concurrent seeded sampling
 # Small enough that, under the checker's concurrency, requests queue for a batch slot,
 # prompts are prefilled in several chunks and span many blocks; they only apply where
@@ -45,12 +45,7 @@ def name(design: dict, knobs: list[str]) -> str:
 @pytest.fixture(scope="module")
 def small_target(tmp_path_factory, tiny_models):
     """The tiny target with 6 of its 16 held-out prompts."""
-    dest = tmp_path_factory.mktemp("tiny-llama-cpu-6")
-    shutil.copy(TINY_TARGET / "target.toml", dest / "target.toml")
-    lines = (TINY_TARGET / "checker" / "prompts.jsonl").read_text().splitlines()
-    (dest / "checker").mkdir()
-    (dest / "checker" / "prompts.jsonl").write_text("".join(lines[i] + "\n" for i in KEPT_PROMPTS))
-    return dest
+    return search_helpers.small_target(tmp_path_factory.mktemp("tiny-llama-cpu-6"))
 
 
 def new_candidate(dest, design: dict, knobs: list[str]):

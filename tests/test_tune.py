@@ -138,12 +138,14 @@ def test_the_evolution_keeps_the_tuning_pass_its_time_within_the_search_limit(tm
     assert took < 24 + 6, f"the search ran {took:.0f}s past its 24s limit"
 
 
-def test_the_tuning_pass_starts_no_trial_past_its_deadline(tmp_path, tiny_target):
+def test_the_tuning_pass_starts_no_trial_past_its_deadline(tmp_path, tiny_models):
     import time
 
     from vibeserve_ray.candidate import load_candidate, materialise_seed
     from vibeserve_ray.inner.evaluate import evaluate
+    from vibeserve_ray.target import load_target
 
+    tiny_target = load_target(small_target(tmp_path, num_requests=16, concurrency=4))  # the seed serves one at a time: 64 took a minute
     spec = load_candidate(materialise_seed(tmp_path / "c"))
     active = SPACE.active_knobs(spec.design)
     lines = []
