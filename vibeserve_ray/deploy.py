@@ -267,7 +267,10 @@ def deploy(config: dict, *, detach: bool = False, say: Callable[[str], None] = p
             say(f"deploy: {name!r} is running on the cluster; `serve status` to watch it, `serve shutdown` to stop it")
             return 0
         say("deploy: serving; Ctrl-C to shut the application down")
-        signal.signal(signal.SIGTERM, _interrupt)
+        # SIGINT too: a process started in the background (`cmd &`, nohup) inherits it ignored,
+        # and Python then leaves it so: Ctrl-C or `kill -INT` would be lost and the app left up.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _interrupt)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
