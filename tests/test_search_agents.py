@@ -47,7 +47,8 @@ def _search(target: Path, run: Path, fake: FakeAnthropic, *extra: str, env: dict
 def seeded_run(tmp_path_factory, tiny_models) -> Path:
     """A run whose seed is measured (an offline search with no rounds)."""
     base = tmp_path_factory.mktemp("seeded")
-    target = small_target(base, trials=1, num_requests=16)
+    # concurrency 4: the judge sends the serial seed 1 + 3 x concurrency requests of the benchmark's shapes
+    target = small_target(base, trials=1, num_requests=16, concurrency=4)
     r = subprocess.run([sys.executable, "-m", "vibeserve_ray.cli", "search", str(target), "--run", str(base / "run"), "--rounds", "0",
                         "--implementer", "offline", "--no-remeasure"], cwd=ROOT, capture_output=True, text=True, timeout=900,
                        env={k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC")})
@@ -110,7 +111,7 @@ def _key_nowhere(run: Path, *texts: str, ray_dir: Path | None = None) -> None:
 
 
 def test_scripted_agents_write_engine_code_that_is_judged_measured_and_committed(tmp_path, seeded_run):
-    target = small_target(tmp_path, islands=1, population=2, rounds=1, trials=1, num_requests=16, num_gpus=1)
+    target = small_target(tmp_path, islands=1, population=2, rounds=1, trials=1, num_requests=16, concurrency=4, num_gpus=1)
     run = _copy(seeded_run, tmp_path / "run")
     hypotheses = [{"what": "Square in RMSNorm with one multiply instead of pow", "why": "pow is a generic kernel", "expected_effect": "small",
                    "skills": ["profiling"]},
@@ -166,7 +167,7 @@ def test_scripted_agents_write_engine_code_that_is_judged_measured_and_committed
 
 
 def test_a_refused_key_stops_the_search_at_once_with_one_line(tmp_path, seeded_run):
-    target = small_target(tmp_path, islands=1, population=1, rounds=2, trials=1, num_requests=16)
+    target = small_target(tmp_path, islands=1, population=1, rounds=2, trials=1, num_requests=16, concurrency=4)
     run = _copy(seeded_run, tmp_path / "run")
     with FakeAnthropic({"orchestrator": _orchestrator([{"what": "x", "why": "y", "expected_effect": "z"}])}, key=KEY, revoke_after=0) as fake:
         t0 = time.monotonic()
@@ -181,7 +182,7 @@ def test_a_refused_key_stops_the_search_at_once_with_one_line(tmp_path, seeded_r
 
 
 def test_budget_running_out_mid_search_ends_it_cleanly_with_the_key_in_no_process(tmp_path, seeded_run):
-    target = small_target(tmp_path, islands=1, population=2, rounds=3, trials=1, num_requests=16)
+    target = small_target(tmp_path, islands=1, population=2, rounds=3, trials=1, num_requests=16, concurrency=4)
     toml = target / "target.toml"
     toml.write_text(toml.read_text().replace('backend = "auto"', 'backend = "auto"\nmax_tokens = 1024'))
     run = _copy(seeded_run, tmp_path / "run")
