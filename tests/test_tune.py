@@ -36,19 +36,22 @@ class _T:  # a measured trial, as evaluate keeps it
         self.knobs, self.value, self.slo_passed, self.failure = knobs, value, slo_passed, None
 
 
-def test_each_move_applies_over_the_best_knobs_measured_so_far():
+def test_the_climb_measures_its_start_first_then_each_move_over_the_best_knobs_so_far():
     start = {"spec_k": 4, "num_threads": 2}
-    climb = Climb(start, 100.0, True, Objective("output_throughput", "maximize"),
+    climb = Climb(start, Objective("output_throughput", "maximize"),
                   [{"spec_k": 8}, {"num_threads": 1}, {"spec_k": 4}, {"num_threads": 1}], {"spec_k", "num_threads"})
     trials = []
+    assert (p := climb.next_point(trials)) == start  # the baseline, measured beside the moves
+    trials.append(_T(p, 100.0))
     assert (p := climb.next_point(trials)) == {"spec_k": 8, "num_threads": 2}
     trials.append(_T(p, 120.0))  # better: the next move builds on it
     assert (p := climb.next_point(trials)) == {"spec_k": 8, "num_threads": 1}
     trials.append(_T(p, 90.0))  # worse: the best stays
     assert climb.next_point(trials) is None  # the rest lead back to knobs already measured
-    worse_first = Climb(start, math.nan, False, Objective("mean_e2el_ms", "minimize"), [{"spec_k": 8}, {"num_threads": 1}], {"spec_k", "num_threads"})
-    assert worse_first.next_point([]) == {"spec_k": 8, "num_threads": 2}
-    assert worse_first.next_point([_T({"spec_k": 8, "num_threads": 2}, 900.0)]) == {"spec_k": 8, "num_threads": 1}  # nan incumbent: any measurement leads
+    lower = Climb(start, Objective("mean_e2el_ms", "minimize"), [{"spec_k": 8}, {"num_threads": 1}], {"spec_k", "num_threads"})
+    assert lower.next_point([]) == start
+    assert lower.next_point([_T(start, 900.0)]) == {"spec_k": 8, "num_threads": 2}
+    assert lower.next_point([_T(start, 900.0), _T({"spec_k": 8, "num_threads": 2}, 800.0)]) == {"spec_k": 8, "num_threads": 1}
 
 
 def test_a_search_ends_by_tuning_its_best_once_and_a_resumed_search_does_not_again(tmp_path, tiny_models):
@@ -81,7 +84,7 @@ def test_a_search_ends_by_tuning_its_best_once_and_a_resumed_search_does_not_aga
     assert len(note["trials"]) == 2 and all(t["value"] == t["value"] for t in note["trials"])  # both measured, every response exact
     first_move = knob_moves(json.loads(parent.design), json.loads(parent.knobs), SPACE.active_knobs(json.loads(parent.design)), 2,
                             [s for s in load_skills() if s.applies(target)])[0]
-    assert note["trials"][0]["knobs"] == json.loads(parent.knobs) | first_move
+    assert [t["knobs"] for t in note["trials"]] == [json.loads(parent.knobs), json.loads(parent.knobs) | first_move]  # the baseline, then a move
     assert json.loads(row.knobs) in [t["knobs"] for t in note["trials"]]
     assert any(ln.startswith("search: tuning the best (") for ln in lines)
 
@@ -150,6 +153,36 @@ def test_the_tuning_pass_starts_no_trial_past_its_deadline(tmp_path, tiny_models
     active = SPACE.active_knobs(spec.design)
     lines = []
     outcome = evaluate(tiny_target, spec, tmp_path / "eval", active, spec.knobs, 3, say=lines.append,
-                       moves=[{"num_threads": 1}, {"num_threads": 2}], incumbent=1.0, incumbent_slo=True, deadline=time.time() + 1)
-    assert len(outcome.trials) == 1 and outcome.best is not None, lines  # the first always runs; the second would end late
-    assert outcome.trials[0].knobs["num_threads"] == 1 and "evaluate: 1 trials; another would end past the deadline" in lines
+                       moves=[{"num_threads": 1}, {"num_threads": 2}], deadline=time.time() + 1)
+    assert len(outcome.trials) == 1 and outcome.best is not None, lines  # the first (the baseline) always runs; the second would end late
+    assert outcome.trials[0].knobs == spec.knobs and "evaluate: 1 trials; another would end past the deadline" in lines
+
+
+def _row(commit: str, implementer: str, value: float, knobs: dict, parent: str = "", took: float = 10.0):
+    from vibeserve_ray.search.results import Evaluation
+
+    return Evaluation(commit, commit, commit, parent, 0, 1, implementer, "{}", json.dumps(knobs), "validated", headline_value=value,
+                      started_at=100.0, finished_at=100.0 + took)
+
+
+def test_a_tuning_pass_that_beat_its_parents_own_knobs_supersedes_the_parents_older_figure():
+    from vibeserve_ray.search.record import TUNE, best
+
+    up = Objective("output_throughput", "maximize")
+    seed, parent = _row("s", "seed", 60.0, {}), _row("p", "offline", 300.0, {"num_threads": 2}, "s")
+    moved = _row("t", TUNE, 280.0, {"num_threads": 1}, "p")  # the machine slowed: the parent's knobs measured 250 in the pass
+    assert best([seed, parent, moved], up) is moved
+    stayed = _row("t", TUNE, 280.0, {"num_threads": 2}, "p")  # the parent's knobs were the pass's best: nothing supersedes
+    assert best([seed, parent, stayed], up) is parent
+    other = _row("o", "offline", 320.0, {}, "s")  # a faster design still wins
+    assert best([seed, parent, moved, other], up) is other
+
+
+def test_the_time_an_inner_loop_takes_is_the_candidates_not_the_serial_seeds():
+    from vibeserve_ray.search.controller import TUNE, expected_inner_s
+
+    seed = _row("s", "seed", 60.0, {}, took=300.0)
+    assert expected_inner_s([]) == 0.0 and expected_inner_s([seed]) == 300.0  # nothing else known yet: the seed's
+    children = [_row(c, "offline", 250.0, {}, "s", took=t) for c, t in (("a", 100.0), ("b", 90.0))]
+    assert expected_inner_s([seed, children[0]]) == 100.0  # was 300: the search stopped with room for two more
+    assert expected_inner_s([seed, *children, _row("t", TUNE, 260.0, {}, "a", took=600.0)]) == 100.0

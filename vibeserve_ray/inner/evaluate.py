@@ -195,12 +195,11 @@ def sampler_seed(design: dict[str, str], warm_knobs: dict[str, Any]) -> int:
 
 
 def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: list, warm_knobs: dict[str, Any], n_trials: int,
-             say: Callable[[str], None] = lambda s: None, moves: list[dict[str, Any]] | None = None, incumbent: float = math.nan,
-             incumbent_slo: bool = False, deadline: float = math.inf) -> Outcome:
+             say: Callable[[str], None] = lambda s: None, moves: list[dict[str, Any]] | None = None, deadline: float = math.inf) -> Outcome:
     """Tunes the candidate's active knobs with `n_trials` measurements; the best is written
     back into its candidate.toml. A trial with a response unlike the reference's ends it.
-    With `moves` (the finalist's tuning pass), the trials first try each move over the best
-    knobs so far, starting from `warm_knobs` as measured (`incumbent`, `incumbent_slo`), then TPE's.
+    With `moves` (the finalist's tuning pass), the trials measure `warm_knobs` again, then
+    each move over the best knobs so far, then TPE's.
     No trial starts that would end past `deadline` (unix time) at the pace of the slowest so far."""
     b = target.spec.benchmark
     objective = b.objective
@@ -215,7 +214,7 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
         if enqueue:
             study.enqueue_trial(enqueue, skip_if_exists=True)
     trials: list[Trial] = []
-    climb = Climb(warm_knobs, incumbent, incumbent_slo, objective, list(moves or []), names)
+    climb = Climb(warm_knobs, objective, list(moves or []), names) if moves is not None else None
     slowest, started = 0.0, time.time()
     for n in range(max(1, n_trials)):
         slowest = max(slowest, time.time() - started) if n else 0.0
@@ -223,7 +222,7 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
             say(f"evaluate: {n} trials; another would end past the deadline")
             break
         started = time.time()
-        if (point := climb.next_point(trials)) is not None:
+        if climb is not None and (point := climb.next_point(trials)) is not None:
             study.enqueue_trial(point)
         ot = study.ask()
         knobs = {**spec.knobs, **{k.name: _suggest(ot, k, int(target.spec.hardware.num_cpus)) for k in active_knobs}}

@@ -49,8 +49,6 @@ class InnerTask:
     implementer: str = "offline"
     agents: AgentTask | None = None  # the LLM agents' gateway and settings; None: offline
     tune: bool = False  # the finalist's tuning pass: the parent's code as judged, only its knobs moved
-    parent_value: float = float("nan")  # the parent's headline (and SLO verdict), what the tuning pass must beat
-    parent_slo: bool = False
     deadline: float = float("inf")  # unix time: the tuning pass starts no trial that would end later
 
 
@@ -211,7 +209,7 @@ def _tune(task: InnerTask, ws: Workspace, target, space, say: Callable[[str], No
     say(f"evaluate: {message} ({len(moves)} moves)")
     t0 = time.time()
     outcome = evaluate(target, spec, ws.root / "eval", active, spec.knobs, task.n_trials, say=say, moves=moves,
-                       incumbent=task.parent_value, incumbent_slo=task.parent_slo, deadline=task.deadline)
+                       deadline=task.deadline)
     ws.timings["evaluate_s"] = time.time() - t0
     return _measured(ws, target, message, outcome)
 

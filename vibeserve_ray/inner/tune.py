@@ -8,7 +8,9 @@ the search ends with a pass over the winner's knobs alone: first the settings th
 skills that apply recommend together (e.g. one engine worker per core with one thread
 each), then each knob moved alone (doubled, halved, the other choices), every move
 applied to the best knobs measured so far (a greedy local search; Optuna stores the
-trials like any other).
+trials like any other). The pass measures the finalist's own knobs first: its moves are
+compared with a baseline taken minutes apart at most, not with the evolution's figure
+(a shared machine that slowed mid-search made every move look worse than a stale one).
 """
 
 from __future__ import annotations
@@ -60,12 +62,13 @@ def _clamp(k: KnobSpec, value: Any, cores: int) -> Any:
 
 
 class Climb:
-    """The tuning pass's greedy local search: each move applied to the best knobs measured
-    so far (SLOs met first, then the headline)."""
+    """The tuning pass's greedy local search: `start` measured first, then each move applied
+    to the best knobs measured so far (SLOs met first, then the headline)."""
 
-    def __init__(self, start: dict[str, Any], value: float, slo_passed: bool, objective: Objective, moves: list[Move], names: set[str]):
-        self.best, self.key, self.objective, self.moves, self.names = dict(start), (slo_passed, objective.score(value)), objective, moves, names
-        self.tried = [self._tuned(start)]
+    def __init__(self, start: dict[str, Any], objective: Objective, moves: list[Move], names: set[str]):
+        self.best, self.key, self.objective, self.names = dict(start), (False, math.nan), objective, names
+        self.moves = [{}, *moves]  # the empty move: start itself, the baseline
+        self.tried: list[dict[str, Any]] = []
 
     def next_point(self, trials: list) -> dict[str, Any] | None:
         """The next move's knobs (the tuned ones), or None when the moves are spent."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from vibeserve_ray.agents.ledger import Usage
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.search.record import RUNNING_FILE
+from vibeserve_ray.search.record import best as best_of  # RunView.best is a property
 from vibeserve_ray.search.results import Evaluation, read_results, rows_from_notes
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.search.status import run_objective
@@ -102,11 +103,6 @@ class RunView:
 
 def _measured(row: Evaluation) -> bool:
     return row.validated and not math.isnan(row.headline_value)
-
-
-def best_of(rows, objective: Objective) -> Evaluation | None:
-    valid = [r for r in rows if _measured(r)]
-    return max(valid, key=lambda r: objective.score(r.headline_value)) if valid else None
 
 
 def read_run(run_dir: Path) -> RunView:

@@ -48,8 +48,18 @@ def member(row: Evaluation) -> Member:
                   tuple(Hint.from_dict(h) for h in json.loads(row.hints)), row.failure_phase)
 
 
+TUNE = "tune"  # the implementer of the finalist's tuning pass
+
+
 def best(rows: list[Evaluation], objective: Objective) -> Evaluation | None:
+    """The best validated candidate by its headline. A tuning pass that found knobs faster
+    than its parent's own, both measured in the pass, supersedes the parent: its figure may
+    sit below the parent's older one when the machine slowed between them, but the
+    comparison within the pass is the fair one."""
     valid = [r for r in rows if r.validated and not math.isnan(r.headline_value)]
+    knobs = {r.commit: json.loads(r.knobs or "{}") for r in valid}
+    superseded = {r.parent for r in valid if r.implementer == TUNE and r.parent in knobs and json.loads(r.knobs or "{}") != knobs[r.parent]}
+    valid = [r for r in valid if r.commit not in superseded]
     if not valid:
         return None
     return max(valid, key=lambda r: objective.score(r.headline_value))
