@@ -36,6 +36,27 @@ class _T:  # a measured trial, as evaluate keeps it
         self.knobs, self.value, self.slo_passed, self.failure = knobs, value, slo_passed, None
 
 
+def test_a_design_change_comes_with_the_knobs_its_skill_sets_and_the_offline_implementer_writes_them(tmp_path):
+    from vibeserve_ray.candidate import load_candidate, materialise_seed
+    from vibeserve_ray.inner.implement import apply_design
+    from vibeserve_ray.inner.tune import skill_settings
+    from vibeserve_ray.search.propose import Proposal
+
+    skills = load_skills(space=SPACE)
+    process = dict(PROCESS, step_loop="process")
+    assert skill_settings({"step_loop": "process"}, SPACE.active_knobs(process), 2, skills) == {"engine_workers": 2, "num_threads": 1}
+    assert skill_settings({"step_loop": "process"}, SPACE.active_knobs(process), 8, skills)["engine_workers"] == 4  # the knob's range
+    assert skill_settings({"linear": "onednn"}, SPACE.active_knobs(PROCESS), 2, skills) == {}  # no skill sets knobs with it
+    cand = materialise_seed(tmp_path / "c")
+    before = load_candidate(cand)
+    design = {**before.design, "scheduler": "continuous", "kv_cache": "slab", "step_loop": "process"}
+    message = apply_design(Proposal(design, {"step_loop": "process"}, "step_loop=process (skill engine-process)"), cand,
+                           {"engine_workers": 2, "num_threads": 1})
+    after = load_candidate(cand)
+    assert after.design == design and after.knobs == {**before.knobs, "engine_workers": 2, "num_threads": 1}
+    assert message.endswith("; knobs engine_workers=2, num_threads=1"), message
+
+
 def test_the_climb_measures_its_start_first_then_each_move_over_the_best_knobs_so_far():
     start = {"spec_k": 4, "num_threads": 2}
     climb = Climb(start, Objective("output_throughput", "maximize"),

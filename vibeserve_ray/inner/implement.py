@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from vibeserve_ray.candidate import load_candidate, write_candidate_toml
 from vibeserve_ray.search.propose import Proposal
@@ -20,12 +20,15 @@ if TYPE_CHECKING:  # loaded only where agents run: an offline inner loop starts 
     from vibeserve_ray.target import Target
 
 
-def apply_design(proposal: Proposal, candidate_dir: Path) -> str:
+def apply_design(proposal: Proposal, candidate_dir: Path, knobs: dict[str, Any] | None = None) -> str:
     """The offline implementer: the seed engine implements every option of the design
-    space, so a design change is a rewrite of `[design]`. Returns the commit message."""
+    space, so a design change is a rewrite of `[design]` (and of the `knobs` that go with
+    it). Returns the commit message."""
     spec = load_candidate(candidate_dir)
-    write_candidate_toml(candidate_dir, spec.entrypoint, proposal.design, spec.knobs)
-    return f"offline: {proposal.rationale}"
+    moved = {k: v for k, v in (knobs or {}).items() if spec.knobs.get(k) != v}
+    write_candidate_toml(candidate_dir, spec.entrypoint, proposal.design, {**spec.knobs, **moved})
+    with_knobs = f"; knobs {', '.join(f'{k}={v}' for k, v in sorted(moved.items()))}" if moved else ""
+    return f"offline: {proposal.rationale}{with_knobs}"
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,7 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
                 ws.timings["implement_s"] = time.time() - t0
                 return ws.result(done.verdict, message, failure_phase="implement", failure_reason=done.reason)
         elif task.proposal is not None:
-            message = apply_design(task.proposal, ws.candidate)
+            message = apply_design(task.proposal, ws.candidate, _skill_settings(task.proposal, target, space))
         ws.timings["implement_s"] = time.time() - t0
         spec = load_candidate(ws.candidate)
         problems = space.validate(spec.design, spec.knobs, target.spec.hardware.device)
@@ -192,6 +192,15 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
     except Exception as exc:  # noqa: BLE001 - a bug must be a recorded result, not a crashed search
         tb = traceback.format_exc(limit=5)
         return ws.result("failed", "inner loop error", failure_phase="inner-loop", failure_reason=f"{type(exc).__name__}: {exc}\n{tb}")
+
+
+def _skill_settings(proposal: Proposal, target, space) -> dict[str, Any]:
+    """The knobs the skills behind the proposal's change set with it."""
+    from vibeserve_ray.inner.tune import skill_settings
+    from vibeserve_ray.skills import load_skills
+
+    return skill_settings(proposal.changes, space.active_knobs(proposal.design), int(target.spec.hardware.num_cpus),
+                          [s for s in load_skills() if s.applies(target)])
 
 
 def _tune(task: InnerTask, ws: Workspace, target, space, say: Callable[[str], None]) -> InnerResult:

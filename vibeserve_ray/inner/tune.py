@@ -28,17 +28,28 @@ Move = dict[str, Any]  # knob -> value, applied over the best knobs so far
 def knob_moves(design: dict[str, str], knobs: dict[str, Any], active: list[KnobSpec], cores: int, skills: list[Skill]) -> list[Move]:
     """The moves to try, skills' joint settings first, then one knob at a time (each
     knob's first move before any knob's second)."""
-    names = {k.name: k for k in active}
-    moves: list[Move] = []
-    for skill in skills:
-        if skill.knobs and skill.matches(design):
-            move = {k: (cores if v == "cores" else v) for k, v in skill.knobs.items() if k in names}
-            if move:
-                moves.append({k: _clamp(names[k], v, cores) for k, v in move.items()})
+    moves = [m for skill in skills if skill.matches(design) and (m := _setting(skill, active, cores))]
     singles = [[{k.name: v} for v in _steps(k, knobs.get(k.name, k.default), cores)] for k in active]
     for depth in range(max((len(s) for s in singles), default=0)):
         moves += [s[depth] for s in singles if depth < len(s)]
     return [m for i, m in enumerate(moves) if m not in moves[:i]]
+
+
+def skill_settings(changes: dict[str, str], active: list[KnobSpec], cores: int, skills: list[Skill]) -> Move:
+    """The knobs that the skills behind a design change set with it (the engine-process
+    skill's worker per core, one thread each): a process step loop measured at its
+    default of one worker gains nothing, so the change is measured as the skill means it."""
+    setting: Move = {}
+    for skill in skills:
+        if skill.matches(changes):
+            setting.update(_setting(skill, active, cores))
+    return setting
+
+
+def _setting(skill: Skill, active: list[KnobSpec], cores: int) -> Move:
+    """A skill's joint knob setting, over the active knobs, within their ranges."""
+    names = {k.name: k for k in active}
+    return {k: _clamp(names[k], cores if v == "cores" else v, cores) for k, v in skill.knobs.items() if k in names}
 
 
 def _steps(k: KnobSpec, value: Any, cores: int) -> list[Any]:
