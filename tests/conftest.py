@@ -38,14 +38,15 @@ def tiny_target(tiny_models):
 
 @pytest.fixture(scope="session")
 def watched_search(tmp_path_factory, tiny_models):
-    """One small real search (the seed and one candidate, one Optuna trial each, then the
-    side-by-side re-measure), watched while it runs: tests of the search, the dashboard and
-    the report share it, since a real search is the slowest thing the suite does."""
+    """One small real search (the seed and one candidate, one Optuna trial each, a tuning
+    pass of two trials on the best, then the side-by-side re-measure), watched while it
+    runs: tests of the search, the tuning pass, the dashboard and the report share it,
+    since a real search is the slowest thing the suite does."""
     from search_helpers import small_target, watch_search
 
     tmp = tmp_path_factory.mktemp("watched")
     # concurrency 4: the judge's load-honesty gate sends 1 + 3 x concurrency requests, and the seed serves one at a time
-    target = small_target(tmp, islands=1, population=1, rounds=1, trials=1, num_requests=16, concurrency=4)
+    target = small_target(tmp, islands=1, population=1, rounds=1, trials=1, num_requests=16, concurrency=4, finalist_trials=2)
     return watch_search(target, tmp / "run", ROOT)
 
 

@@ -114,6 +114,7 @@ URLS = re.compile(r"Ray dashboard at (http://\S+); metrics at (http://\S+/metric
 
 @dataclass(frozen=True)
 class WatchedSearch:
+    target: Path
     run: Path
     returncode: int
     stderr: str
@@ -161,4 +162,4 @@ def watch_search(target: Path, run: Path, cwd: Path, timeout_s: float = 900) -> 
             proc.kill()
             proc.wait()
     reader.join(timeout=10)
-    return WatchedSearch(run, proc.returncode, "".join(lines), dashboard, version, metrics, mid)
+    return WatchedSearch(target, run, proc.returncode, "".join(lines), dashboard, version, metrics, mid)

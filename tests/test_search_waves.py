@@ -54,3 +54,24 @@ def test_one_slot_cluster_builds_each_wave_on_the_last(tmp_path, tiny_models):
     assert any(r.parent in ours for r in round1), "no candidate of the round was built on another: every wave started from the seed"
     deepest = max(sum(json.loads(r.design).get(k) != v for k, v in SEED_DESIGN.items()) for r in round1)
     assert deepest >= 2, "the round never went two moves from the seed"
+
+
+def test_parents_are_picked_as_often_as_they_come_close_to_the_best():
+    from collections import Counter
+
+    from vibeserve_ray.search.islands import Island, Member
+    from vibeserve_ray.target import Objective
+
+    island = Island(0, Objective("output_throughput", "maximize"), seed=3)
+    for commit, value in (("seed", 64.0), ("batched", 256.0), ("close", 240.0)):
+        island.add(Member(commit, {}, {}, "validated", value))
+    picks = Counter(island.select_parent().commit for _ in range(2000))
+    assert picks["seed"] < 0.01 * 2000, picks  # 0.25x the best: a tournament of two picked it a quarter of the time
+    assert 0.3 < picks["close"] / picks["batched"] < 1.0, picks  # 0.94x: (0.94)^4 = 0.77 as often as the best
+    latency = Island(0, Objective("mean_e2el_ms", "minimize"), seed=3)
+    for commit, value in (("seed", 4000.0), ("fast", 1000.0)):
+        latency.add(Member(commit, {}, {}, "validated", value))
+    assert Counter(latency.select_parent().commit for _ in range(500))["fast"] > 490
+    zero = Island(0, Objective("output_throughput", "maximize"))
+    zero.add(Member("z", {}, {}, "validated", 0.0))
+    assert zero.select_parent().commit == "z"  # no speedup over a headline of 0: the best itself
