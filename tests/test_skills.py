@@ -212,3 +212,12 @@ def test_offline_implementer_and_backlog_make_the_same_moves(name):
     assert moves == SAME_MOVES[name]
     backlog = {tuple(*t.changes.items()): (t.priority, t.why) for t in seed_backlog(skills, [])}
     assert backlog == {**BACKLOG, **BACKLOG_EXTRA[name]}, json.dumps({str(k): v for k, v in backlog.items()})
+
+
+def test_workload_skills_apply_where_the_requests_carry_what_they_use():
+    applies = {name: {s.name for s in SKILLS if s.applies(load_target(ROOT / "targets" / name))}
+               for name in ("tiny-llama-code-edit", "tiny-llama-json", "tiny-llama-cpu")}
+    assert "prompt-lookup-speculation" in applies["tiny-llama-code-edit"] and "constrained-decoding" not in applies["tiny-llama-code-edit"]
+    # a dataset without predictions has nothing to look up: the JSON search spent a candidate on it
+    assert "constrained-decoding" in applies["tiny-llama-json"] and "prompt-lookup-speculation" not in applies["tiny-llama-json"]
+    assert not {"prompt-lookup-speculation", "constrained-decoding", "prefix-caching"} & applies["tiny-llama-cpu"]

@@ -66,7 +66,7 @@ class Skill:
             return False
         if w.get("shared_prefix") and not (b.synthetic and b.synthetic.shared_prefix_len > 0):
             return False
-        if w.get("predictions") and b.dataset is None:
+        if w.get("predictions") and not _dataset_carries(target, "prediction"):  # a dataset without them (JSON) has nothing to look up
             return False
         if w.get("response_format") and not _dataset_carries(target, "response_format"):
             return False
