@@ -124,6 +124,11 @@ def load_skills(root: Path = SKILLS_DIR, space: DesignSpace | None = None) -> li
     return sorted(skills.values(), key=lambda s: (-s.prior, s.layer, s.name))
 
 
+def applicable(target: Target) -> list[Skill]:
+    """The library's skills whose conditions the target meets, strongest prior first."""
+    return [s for s in load_skills() if s.applies(target)]
+
+
 def _parse(path: Path, layer: str, space: DesignSpace | None) -> Skill:
     file = str(path)
     text = path.read_text()

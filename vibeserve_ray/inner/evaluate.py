@@ -214,7 +214,7 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
         if enqueue:
             study.enqueue_trial(enqueue, skip_if_exists=True)
     trials: list[Trial] = []
-    climb = Climb(warm_knobs, objective, list(moves or []), names) if moves is not None else None
+    climb = Climb(warm_knobs, objective, list(moves), names) if moves is not None else None
     slowest, started = 0.0, time.time()
     for n in range(max(1, n_trials)):
         slowest = max(slowest, time.time() - started) if n else 0.0

@@ -197,10 +197,9 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
 def _skill_settings(proposal: Proposal, target, space) -> dict[str, Any]:
     """The knobs the skills behind the proposal's change set with it."""
     from vibeserve_ray.inner.tune import skill_settings
-    from vibeserve_ray.skills import load_skills
+    from vibeserve_ray.skills import applicable
 
-    return skill_settings(proposal.changes, space.active_knobs(proposal.design), int(target.spec.hardware.num_cpus),
-                          [s for s in load_skills() if s.applies(target)])
+    return skill_settings(proposal.changes, space.active_knobs(proposal.design), int(target.spec.hardware.num_cpus), applicable(target))
 
 
 def _tune(task: InnerTask, ws: Workspace, target, space, say: Callable[[str], None]) -> InnerResult:
@@ -208,12 +207,12 @@ def _tune(task: InnerTask, ws: Workspace, target, space, say: Callable[[str], No
     moves measured with every response checked against the reference."""
     from vibeserve_ray.inner.evaluate import evaluate
     from vibeserve_ray.inner.tune import knob_moves
-    from vibeserve_ray.skills import load_skills
+    from vibeserve_ray.skills import applicable
 
     spec = load_candidate(ws.candidate)
     active = space.active_knobs(spec.design)
     cores = int(target.spec.hardware.num_cpus)
-    moves = knob_moves(spec.design, spec.knobs, active, cores, [s for s in load_skills() if s.applies(target)])
+    moves = knob_moves(spec.design, spec.knobs, active, cores, applicable(target))
     message = f"tune: {task.n_trials} knob moves over {task.parent[:12]}'s"
     say(f"evaluate: {message} ({len(moves)} moves)")
     t0 = time.time()

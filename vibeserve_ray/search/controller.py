@@ -31,7 +31,7 @@ from vibeserve_ray.search.policy import WorkItem, merge_tasks, parse_backlog, pl
 from vibeserve_ray.search.propose import OfflineProposer, Proposal, RandomProposer, design_key
 from vibeserve_ray.search.results import Evaluation
 from vibeserve_ray.search.state import RunRepo
-from vibeserve_ray.skills import load_skills
+from vibeserve_ray.skills import applicable
 from vibeserve_ray.target import Target
 
 
@@ -128,7 +128,7 @@ class Search:
         if implementer == "random":
             self.proposer: OfflineProposer = RandomProposer(space.all_designs(device), seed=rng_seed)
         else:
-            self.proposer = OfflineProposer([s for s in load_skills() if s.applies(target)], seed=rng_seed)
+            self.proposer = OfflineProposer(applicable(target), seed=rng_seed)
 
     # --- the loop ------------------------------------------------------------------------
 

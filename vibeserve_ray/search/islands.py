@@ -3,8 +3,8 @@
 An island holds its members (every candidate evaluated on it) and an elite archive (the
 best validated ones); it picks parents among the elites, weighted by how close each
 comes to the best, takes in migrants (another island's best), and publishes its counters
-as Ray metrics so the dashboard shows per-island progress. The driver rebuilds islands from the results
-table on resume, so an island's memory is never the only copy.
+as Ray metrics so the dashboard shows per-island progress. The driver rebuilds islands
+from the results table on resume, so an island's memory is never the only copy.
 """
 
 from __future__ import annotations
