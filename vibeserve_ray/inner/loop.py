@@ -49,7 +49,7 @@ class InnerTask:
     implementer: str = "offline"
     agents: AgentTask | None = None  # the LLM agents' gateway and settings; None: offline
     tune: bool = False  # the finalist's tuning pass: the parent's code as judged, only its knobs moved
-    deadline: float = float("inf")  # unix time: the tuning pass starts no trial that would end later
+    deadline: float = float("inf")  # unix time: the evaluator starts no trial that would end later
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,8 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
             return ws.result(verdict.verdict, message, failure_phase=verdict.gate, failure_reason=verdict.reason)
 
         t0 = time.time()
-        outcome = evaluate(target, spec, ws.root / "eval", space.active_knobs(spec.design), task.warm_knobs, task.n_trials, say=say)
+        outcome = evaluate(target, spec, ws.root / "eval", space.active_knobs(spec.design), task.warm_knobs, task.n_trials, say=say,
+                           deadline=task.deadline)
         ws.timings["evaluate_s"] = time.time() - t0
         read = None if agents is None else (lambda metrics: _read(agents, ws, target, space, spec.design, metrics, say))
         return _measured(ws, target, message, outcome, read)

@@ -308,9 +308,12 @@ class Search:
             agents = self.agents.task(next((r for r in self.rows if r.commit == parent), None))
             if proposal is not None and proposal.hypothesis is not None:
                 self._hypotheses[eval_id] = proposal.hypothesis
+        # its trials end where the evolution's share of the time does: a slow trial late in
+        # the search ate the tuning pass's reserve (the pass overrides this with its own)
+        evolution_ends = time.time() + self.budget.time_limit_s - (time.monotonic() - self.started) - self._reserve_s()
         return InnerTask(eval_id=eval_id, island=island, round=rnd, parent=parent, parent_tree=self.repo.archive(parent), proposal=proposal,
                          warm_knobs=warm, target_path=self.target_arg, space_path=str(self.space.path), n_trials=self.budget.n_trials,
-                         implementer=self.implementer, agents=agents)
+                         implementer=self.implementer, agents=agents, deadline=evolution_ends)
 
     def _dispatch(self, items: list, rnd: int) -> list[Evaluation]:
         """Runs planned work in its order (every plan already has the islands take turns)."""
