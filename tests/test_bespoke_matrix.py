@@ -45,3 +45,14 @@ def test_matrix_without_the_fp32_row_reports_no_fp32_ratio(tmp_path):
     rows = {"winner:tiny-llama-cpu": _winner(tmp_path, "cpu", {"scheduler": "continuous"}), "vllm": None}
     out = report(targets, rows, _cells({("winner:tiny-llama-cpu", "tiny-llama-cpu"): 600}), noise=0.05, load_start=(0.0, 0.0, 0.0))
     assert out["checks"]["tiny-llama-cpu"] == {"best_on_own_target": True, "beats_generic": False, "ratio_to_vllm": None}
+
+
+def test_vs_vllm_measures_both_precisions_ceiling_on_the_models_own_layers():
+    from benchmarks.vs_vllm import precision_ceiling
+    from vibeserve_ray.engine.config import ModelConfig
+
+    config = ModelConfig.from_dict({"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                    "num_attention_heads": 2, "num_key_value_heads": 1})
+    got = precision_ceiling(config, tokens=8, repeats=2)
+    assert got["float32_gflops_per_core"] > 0 and got["bfloat16_gflops_per_core"] > 0
+    assert got["bfloat16_over_float32"] == round(got["bfloat16_gflops_per_core"] / got["float32_gflops_per_core"], 2)
