@@ -7,7 +7,7 @@ the notes when it is lost. Columns (stable; extend, never rename):
 | --- | --- |
 | eval_id | unique id of the evaluation |
 | commit, tree, parent | the candidate's commit, its tree id (dedupe key), its parent commit ("" for the seed) |
-| island, round | where and when in the search (island -1: re-measurement outside the search) |
+| island, round | where and when in the search (the side-by-side re-measure is in `remeasure.json`, not here) |
 | implementer | offline / anthropic:<model> / seed / tune (the finalist's tuning pass: the parent's code, knobs moved) |
 | design, knobs | JSON of the candidate's design choices and (tuned) knob values |
 | verdict | validated / rejected (judge said no) / failed (crash, hang, memory) / timeout |
