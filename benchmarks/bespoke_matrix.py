@@ -35,9 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.vllm_peer import DEFAULT_VENV, ensure_venv, serve_vllm  # noqa: E402
+from benchmarks.vllm_peer import DEFAULT_VENV, ensure_venv, precision_ceiling, serve_vllm  # noqa: E402
 from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
+from vibeserve_ray.engine.config import ModelConfig  # noqa: E402
 from vibeserve_ray.inner.evaluate import Measurement, bench_candidate, bench_url  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 
@@ -100,7 +101,11 @@ def main() -> None:
                 values = [r["headline"] for r in rs if r["headline"] is not None]
                 cells[f"{row}|{col}"] = {"headline": statistics.median(values) if values else None, "runs": rs}
                 cells_file.write_text(json.dumps(cells, indent=2))
-    print(json.dumps(report(targets, rows, cells, args.noise, load_start), indent=2))
+    out = report(targets, rows, cells, args.noise, load_start)
+    cpu = [t for t in targets.values() if t.spec.hardware.device == "cpu"]
+    if cpu and not args.no_vllm:  # why vLLM's defaults (bfloat16) are out of an exact float32 engine's reach on these cores
+        out["precision_ceiling"] = precision_ceiling(ModelConfig.from_dir(cpu[0].model_dir()))
+    print(json.dumps(out, indent=2))
 
 
 def search(name: str, run: Path, args: argparse.Namespace) -> Path:

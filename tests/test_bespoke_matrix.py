@@ -47,8 +47,8 @@ def test_matrix_without_the_fp32_row_reports_no_fp32_ratio(tmp_path):
     assert out["checks"]["tiny-llama-cpu"] == {"best_on_own_target": True, "beats_generic": False, "ratio_to_vllm": None}
 
 
-def test_vs_vllm_measures_both_precisions_ceiling_on_the_models_own_layers():
-    from benchmarks.vs_vllm import precision_ceiling
+def test_the_precision_ceiling_measures_both_precisions_on_the_models_own_layers():
+    from benchmarks.vllm_peer import precision_ceiling
     from vibeserve_ray.engine.config import ModelConfig
 
     config = ModelConfig.from_dict({"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
