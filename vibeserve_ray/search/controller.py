@@ -212,6 +212,10 @@ class Search:
         most a quarter of the search (a slow seed must not keep the evolution from starting)."""
         return min(self.budget.finalist_trials * self._trial_s(), self.budget.time_limit_s / 4)
 
+    def _evolution_left_s(self, reserve: float) -> float:
+        """Seconds of the time limit left to the evolution, `reserve` kept for the tuning pass."""
+        return self.budget.time_limit_s - (time.monotonic() - self.started) - reserve
+
     def _round(self, islands: list, want: int, rnd: int) -> tuple[list[Evaluation], str]:
         """A round, planned in waves of as many inner loops as the cluster runs at once.
 
@@ -310,7 +314,7 @@ class Search:
                 self._hypotheses[eval_id] = proposal.hypothesis
         # its trials end where the evolution's share of the time does: a slow trial late in
         # the search ate the tuning pass's reserve (the pass overrides this with its own)
-        evolution_ends = time.time() + self.budget.time_limit_s - (time.monotonic() - self.started) - self._reserve_s()
+        evolution_ends = time.time() + self._evolution_left_s(self._reserve_s())
         return InnerTask(eval_id=eval_id, island=island, round=rnd, parent=parent, parent_tree=self.repo.archive(parent), proposal=proposal,
                          warm_knobs=warm, target_path=self.target_arg, space_path=str(self.space.path), n_trials=self.budget.n_trials,
                          implementer=self.implementer, agents=agents, deadline=evolution_ends)
@@ -399,7 +403,7 @@ class Search:
             if spent:
                 return spent
         reserve, expected = self._reserve_s(), self._expected_inner_s()
-        left = self.budget.time_limit_s - (time.monotonic() - self.started) - reserve
+        left = self._evolution_left_s(reserve)
         if left < expected:
             kept = f" (and {reserve:.0f}s kept for tuning the best)" if reserve else ""
             return f"time limit: {max(left, 0):.0f}s left{kept}, an inner loop takes ~{expected:.0f}s"
