@@ -209,7 +209,12 @@ class Search:
 
     def _reserve_s(self) -> float:
         """Time the evolution leaves for the tuning pass: its trials at the best's pace, at
-        most a quarter of the search (a slow seed must not keep the evolution from starting)."""
+        most a quarter of the search. None while the seed is the best: a first candidate is
+        worth more than the seed's knobs (a slow serial seed's reserve plus one inner loop at
+        its pace can exceed what is left of the limit, and the evolution never starts)."""
+        best = record.best(self.rows, self.objective)
+        if best is None or best.implementer == "seed":
+            return 0.0
         return min(self.budget.finalist_trials * self._trial_s(), self.budget.time_limit_s / 4)
 
     def _evolution_left_s(self, reserve: float) -> float:
@@ -312,12 +317,9 @@ class Search:
             agents = self.agents.task(next((r for r in self.rows if r.commit == parent), None))
             if proposal is not None and proposal.hypothesis is not None:
                 self._hypotheses[eval_id] = proposal.hypothesis
-        # its trials end where the evolution's share of the time does: a slow trial late in
-        # the search ate the tuning pass's reserve (the pass overrides this with its own)
-        evolution_ends = time.time() + self._evolution_left_s(self._reserve_s())
         return InnerTask(eval_id=eval_id, island=island, round=rnd, parent=parent, parent_tree=self.repo.archive(parent), proposal=proposal,
                          warm_knobs=warm, target_path=self.target_arg, space_path=str(self.space.path), n_trials=self.budget.n_trials,
-                         implementer=self.implementer, agents=agents, deadline=evolution_ends)
+                         implementer=self.implementer, agents=agents)
 
     def _dispatch(self, items: list, rnd: int) -> list[Evaluation]:
         """Runs planned work in its order (every plan already has the islands take turns)."""
@@ -335,7 +337,8 @@ class Search:
         that would not finish by then (judging by how long inner loops have taken) is not
         started, and one still running then is cancelled and recorded as a timeout. Once
         the agents' budget is spent, no more tasks start; those running finish. A refused
-        key cancels everything at once. The tuning pass (`tuning`) was sized to the time left.
+        key cancels everything at once. The tuning pass (`tuning`) was sized to the time left;
+        a candidate's trials end where the evolution's share does, as it stands when it starts.
         """
         remote, options = ray.remote(self.inner_loop), self._inner_options()
         limit = self.budget.candidate_time_limit_s + (self.agents.session_limit_s() if self.agents else 0.0)
@@ -351,12 +354,16 @@ class Search:
             room = _capacity(options) - len(pending)  # asked once a pass: nodes come and go
             while waiting and room > 0:
                 t = waiting.pop(0)
+                if not tuning:  # its trials end where the evolution's share does, as it stands when the task starts
+                    t = replace(t, deadline=time.time() + self._evolution_left_s(self._reserve_s()))
                 ref = remote.options(**options, name=f"inner:{t.eval_id[:8]}:island-{t.island}").remote(t)
                 pending[ref] = (t, time.monotonic())
                 room -= 1
             if not pending:
                 break
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            if ready:  # all that finished, recorded before anything new starts (it plans on them)
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             for ref in ready:
                 task, _ = pending.pop(ref)
                 try:
