@@ -50,15 +50,20 @@ def save_study(run_dir: Path, name: str, direction: str, trials: list[dict]) -> 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for attempt in range(2):  # a second try: someone else (optuna-dashboard) created the schema at the same moment
         try:
-            study = optuna.create_study(storage=storage_url(run_dir), study_name=name, direction=direction, load_if_exists=True)
-            break
+            _store(run_dir, name, direction, trials)
+            return True
         except (sqlalchemy.exc.SQLAlchemyError, sqlite3.DatabaseError, optuna.exceptions.StorageInternalError):
-            if attempt:
+            if attempt:  # no database any more, even between creating the study and adding its trials
                 set_aside(Path(run_dir) / STUDIES_FILE)
                 return False
-    if study.trials:  # already stored (a resumed driver recording again)
-        return True
-    for t in trials:
+    return False
+
+
+def _store(run_dir: Path, name: str, direction: str, trials: list[dict]) -> None:
+    study = optuna.create_study(storage=storage_url(run_dir), study_name=name, direction=direction, load_if_exists=True)
+    if len(study.trials) >= len(trials):  # already stored (a resumed driver recording again)
+        return
+    for t in trials[len(study.trials):]:  # a first try that stopped part way stored the first ones
         dists = {k: optuna.distributions.json_to_distribution(v) for k, v in t.get("distributions", {}).items()}
         params = {k: t["knobs"][k] for k in dists}
         failed = t["value"] is None or math.isnan(t["value"])
@@ -66,7 +71,6 @@ def save_study(run_dir: Path, name: str, direction: str, trials: list[dict]) -> 
             params=params, distributions=dists, value=None if failed else t["value"],
             state=optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.COMPLETE,
             user_attrs={"slo_passed": bool(t.get("slo_passed")), "knobs": t["knobs"]}))
-    return True
 
 
 def rebuild_studies(run_dir: Path, notes: dict[str, list[dict]], direction: str) -> None:
