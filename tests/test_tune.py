@@ -215,3 +215,29 @@ def test_the_time_an_inner_loop_takes_is_the_candidates_not_the_serial_seeds():
     children = [_row(c, "offline", 250.0, {}, "s", took=t) for c, t in (("a", 100.0), ("b", 90.0))]
     assert expected_inner_s([seed, children[0]]) == 100.0  # was 300: the search stopped with room for two more
     assert expected_inner_s([seed, *children, _row("t", TUNE, 260.0, {}, "a", took=600.0)]) == 100.0
+
+
+def test_a_lost_candidate_is_recorded_with_the_knobs_its_skill_set(tmp_path):
+    """A candidate whose inner loop never returned is kept as what it would have run."""
+    from pathlib import Path
+
+    from vibeserve_ray.candidate import load_candidate, materialise_seed
+    from vibeserve_ray.inner.loop import InnerTask
+    from vibeserve_ray.search.propose import Proposal
+    from vibeserve_ray.search.record import lost_result
+    from vibeserve_ray.search.state import RunRepo, extract_tree
+
+    repo = RunRepo(tmp_path / "repo")
+    seed = materialise_seed(tmp_path / "seed")
+    parent = repo.commit_candidate(seed, None, "seed")
+    before = load_candidate(seed)
+    design = {**before.design, "scheduler": "continuous", "kv_cache": "slab", "step_loop": "process"}
+    task = InnerTask(eval_id="e1", island=0, round=1, parent=parent, parent_tree=repo.archive(parent),
+                     proposal=Proposal(design, {"step_loop": "process"}, "step_loop=process (skill engine-process)"),
+                     warm_knobs=before.knobs, target_path=str(Path(__file__).parents[1] / "targets" / "tiny-llama-cpu"),
+                     space_path=str(default_space_path()), n_trials=1)
+    result = lost_result(repo, task, "no result within 600s", "timeout")
+    assert (result.verdict, result.failure_phase) == ("timeout", "inner-loop")
+    assert result.design == design and result.knobs == {**before.knobs, "engine_workers": 2, "num_threads": 1}
+    assert load_candidate(extract_tree(result.tree, tmp_path / "lost")).knobs == result.knobs
+    assert result.message.endswith("; knobs engine_workers=2, num_threads=1"), result.message

@@ -164,7 +164,7 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
                 ws.timings["implement_s"] = time.time() - t0
                 return ws.result(done.verdict, message, failure_phase="implement", failure_reason=done.reason)
         elif task.proposal is not None:
-            message = apply_design(task.proposal, ws.candidate, _skill_settings(task.proposal, target, space))
+            message = apply_design(task.proposal, ws.candidate, skill_knobs(task.proposal, target, space))
         ws.timings["implement_s"] = time.time() - t0
         spec = load_candidate(ws.candidate)
         problems = space.validate(spec.design, spec.knobs, target.spec.hardware.device)
@@ -195,8 +195,9 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
         return ws.result("failed", "inner loop error", failure_phase="inner-loop", failure_reason=f"{type(exc).__name__}: {exc}\n{tb}")
 
 
-def _skill_settings(proposal: Proposal, target, space) -> dict[str, Any]:
-    """The knobs the skills behind the proposal's change set with it."""
+def skill_knobs(proposal: Proposal, target, space) -> dict[str, Any]:
+    """The knobs the skills behind the proposal's change set with it (the offline
+    implementer writes them with the design; a lost result records them too)."""
     from vibeserve_ray.inner.tune import skill_settings
     from vibeserve_ray.skills import applicable
 

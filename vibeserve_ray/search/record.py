@@ -15,15 +15,16 @@ from pathlib import Path
 
 from vibeserve_ray.agents.ledger import Usage
 from vibeserve_ray.candidate import load_candidate
+from vibeserve_ray.design_space import load_space
 from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.inner.implement import apply_design
-from vibeserve_ray.inner.loop import InnerResult, InnerTask
+from vibeserve_ray.inner.loop import InnerResult, InnerTask, skill_knobs
 from vibeserve_ray.search.islands import Member
 from vibeserve_ray.search.results import (RESULTS_FILE, Evaluation, ResultsUnreadable, append_result, read_results, rebuild_from_notes,
                                           set_aside)
 from vibeserve_ray.search.state import TRANSCRIPTS_BRANCH, RunRepo, extract_tree, pack_dir
 from vibeserve_ray.search.studies import rebuild_studies, save_study, study_name
-from vibeserve_ray.target import Objective, Target
+from vibeserve_ray.target import Objective, Target, load_target
 
 RUNNING_FILE = "running.json"
 
@@ -119,8 +120,8 @@ def lost_result(repo: RunRepo, task: InnerTask, reason: str, verdict: str = "fai
             message = "seed"
         elif task.proposal.hypothesis is not None:  # what the agent wrote is lost with its worker: the parent's tree, and the hypothesis
             message = f"{task.implementer}: {task.proposal.hypothesis.brief()}"
-        else:
-            message = apply_design(task.proposal, cand)
+        else:  # as the offline implementer wrote it, the knobs its skills set included
+            message = apply_design(task.proposal, cand, skill_knobs(task.proposal, load_target(task.target_path), load_space(task.space_path)))
         spec = load_candidate(cand)
         now = time.time()
         return InnerResult(eval_id=task.eval_id, island=task.island, round=task.round, parent=task.parent, tree=pack_dir(cand),
