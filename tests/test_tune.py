@@ -226,6 +226,7 @@ def test_a_lost_candidate_is_recorded_with_the_knobs_its_skill_set(tmp_path):
     from vibeserve_ray.search.propose import Proposal
     from vibeserve_ray.search.record import lost_result
     from vibeserve_ray.search.state import RunRepo, extract_tree
+    from vibeserve_ray.target import load_target
 
     repo = RunRepo(tmp_path / "repo")
     seed = materialise_seed(tmp_path / "seed")
@@ -236,7 +237,7 @@ def test_a_lost_candidate_is_recorded_with_the_knobs_its_skill_set(tmp_path):
                      proposal=Proposal(design, {"step_loop": "process"}, "step_loop=process (skill engine-process)"),
                      warm_knobs=before.knobs, target_path=str(Path(__file__).parents[1] / "targets" / "tiny-llama-cpu"),
                      space_path=str(default_space_path()), n_trials=1)
-    result = lost_result(repo, task, "no result within 600s", "timeout")
+    result = lost_result(repo, task, load_target(task.target_path), SPACE, "no result within 600s", "timeout")
     assert (result.verdict, result.failure_phase) == ("timeout", "inner-loop")
     assert result.design == design and result.knobs == {**before.knobs, "engine_workers": 2, "num_threads": 1}
     assert load_candidate(extract_tree(result.tree, tmp_path / "lost")).knobs == result.knobs

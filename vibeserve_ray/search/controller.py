@@ -369,7 +369,7 @@ class Search:
                 try:
                     result = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - retries exhausted: record, keep searching
-                    result = record.lost_result(self.repo, task, f"{type(exc).__name__}: {exc}")
+                    result = record.lost_result(self.repo, task, self.target, self.space, f"{type(exc).__name__}: {exc}")
                 results.append(record_result(result))
             now = time.monotonic()
             for ref, (task, since) in list(pending.items()):
@@ -378,7 +378,7 @@ class Search:
                     ray.cancel(ref, force=True)
                     pending.pop(ref)
                     why = f"cancelled at the search's time limit ({self.budget.time_limit_s:g}s)" if late else f"no result within {limit:g}s"
-                    results.append(record_result(record.lost_result(self.repo, task, why, "timeout")))
+                    results.append(record_result(record.lost_result(self.repo, task, self.target, self.space, why, "timeout")))
             if set(pending) != before:  # what `status` shows as running, at most a pass (1 s) late
                 self._write_running(pending)
                 self._show(tasks[0][0].round, len(results), len(pending), len(waiting))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vibeserve_ray.agents.ledger import Usage
 from vibeserve_ray.candidate import load_candidate
-from vibeserve_ray.design_space import load_space
+from vibeserve_ray.design_space import DesignSpace
 from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.inner.implement import apply_design
 from vibeserve_ray.inner.loop import InnerResult, InnerTask, skill_knobs
@@ -24,7 +24,7 @@ from vibeserve_ray.search.results import (RESULTS_FILE, Evaluation, ResultsUnrea
                                           set_aside)
 from vibeserve_ray.search.state import TRANSCRIPTS_BRANCH, RunRepo, extract_tree, pack_dir
 from vibeserve_ray.search.studies import rebuild_studies, save_study, study_name
-from vibeserve_ray.target import Objective, Target, load_target
+from vibeserve_ray.target import Objective, Target
 
 RUNNING_FILE = "running.json"
 
@@ -109,7 +109,7 @@ def _agent_columns(usage: dict[str, Usage], session_s: dict[str, float]) -> dict
                 agent_s=sum(session_s.values()), agent_usage=json.dumps(per_role, sort_keys=True))
 
 
-def lost_result(repo: RunRepo, task: InnerTask, reason: str, verdict: str = "failed") -> InnerResult:
+def lost_result(repo: RunRepo, task: InnerTask, target: Target, space: DesignSpace, reason: str, verdict: str = "failed") -> InnerResult:
     """A result for an inner loop that never returned (timed out, or its retries ran out):
     the proposal applied to the parent, so what was attempted is still in git."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +121,7 @@ def lost_result(repo: RunRepo, task: InnerTask, reason: str, verdict: str = "fai
         elif task.proposal.hypothesis is not None:  # what the agent wrote is lost with its worker: the parent's tree, and the hypothesis
             message = f"{task.implementer}: {task.proposal.hypothesis.brief()}"
         else:  # as the offline implementer wrote it, the knobs its skills set included
-            message = apply_design(task.proposal, cand, skill_knobs(task.proposal, load_target(task.target_path), load_space(task.space_path)))
+            message = apply_design(task.proposal, cand, skill_knobs(task.proposal, target, space))
         spec = load_candidate(cand)
         now = time.time()
         return InnerResult(eval_id=task.eval_id, island=task.island, round=task.round, parent=task.parent, tree=pack_dir(cand),
