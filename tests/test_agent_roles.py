@@ -14,7 +14,7 @@ from vibeserve_ray.agents.gateway import Gateway
 from vibeserve_ray.agents.hypothesis import Hypothesis
 from vibeserve_ray.agents.implementer import implement
 from vibeserve_ray.agents.judge import GATE, review, tree_diff
-from vibeserve_ray.agents.ledger import DEFAULT_PRICES, Budget
+from vibeserve_ray.agents.ledger import DEFAULT_PRICES, SpendLimit
 from vibeserve_ray.agents.orchestrator import plan_round, plateaued
 from vibeserve_ray.agents.profiling import op_table
 from vibeserve_ray.agents.session import RoleSettings
@@ -25,7 +25,7 @@ SETTINGS = RoleSettings("claude-sonnet-5-5", 1024, 8, 300)
 
 
 def _transport(fake: FakeAnthropic):
-    g = Gateway(fake.url, DEFAULT_PRICES, Budget(), max_retries=2, timeout_s=30)
+    g = Gateway(fake.url, DEFAULT_PRICES, SpendLimit(), max_retries=2, timeout_s=30)
     g.unlock(ApiKey(value=KEY))
     return g.call
 
