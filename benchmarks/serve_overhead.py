@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vibeserve_ray import deploy  # noqa: E402
 from vibeserve_ray.candidate import resolve_candidate  # noqa: E402
-from vibeserve_ray.inner.evaluate import Endpoint, bench_running, target_workload, warm_up  # noqa: E402
+from vibeserve_ray.inner.evaluate import Endpoint, bench_running, warm_up  # noqa: E402
+from vibeserve_ray.inner.workload import target_workload  # noqa: E402
 from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from vibeserve_ray.candidate import load_candidate, materialise_seed, write_candidate_toml
 from vibeserve_ray.inner.judge.scan import scan_for_bypass
 from vibeserve_ray.search.results import Evaluation, read_results, rebuild_from_notes
-from vibeserve_ray.search.state import RunRepo, extract_tree, pack_dir
+from vibeserve_ray.search.state import RunRepo
+from vibeserve_ray.trees import extract_tree, pack_dir
 
 
 def _candidate(tmp_path, name="c"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from vibeserve_ray.agents.client import KEY_ENV, KEY_FILE_ENV, ApiKey, base_url
+from vibeserve_ray.agents.client import KEY_ENV, KEY_FILE_ENV, ApiKey, api_base_url
 from vibeserve_ray.agents.ledger import DEFAULT_PRICES, Price, SpendLimit
 from vibeserve_ray.agents.session import RoleSettings
 from vibeserve_ray.errors import BadInput
@@ -68,5 +68,5 @@ def choose_implementer(asked: str, backend: str, key: ApiKey, say: Callable[[str
     if asked == "anthropic":
         if not key:
             raise BadInput(KEY_ENV, "key", f"not set; the LLM agents need it (or {KEY_FILE_ENV}, a file holding it)")
-        say(f"search: LLM agents on the Messages API at {base_url()}")
+        say(f"search: LLM agents on the Messages API at {api_base_url()}")
     return asked

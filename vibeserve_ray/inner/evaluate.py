@@ -23,38 +23,17 @@ import zlib
 import aiohttp
 import optuna
 
-from vibeserve_ray.bench import BenchReport, Request, from_jsonl, run_benchmark_async, served_models, synthetic
+from vibeserve_ray.bench import BenchReport, Request, run_benchmark_async, served_models
 from vibeserve_ray.candidate import CandidateSpec, load_candidate, write_candidate_toml
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.inner.hints import Hint, hints_for
 from vibeserve_ray.inner.judge.exact import Exactness, check_responses
 from vibeserve_ray.inner.tune import Climb
+from vibeserve_ray.inner.workload import target_workload
 from vibeserve_ray.runner import CandidateFailed, CandidateFailure, CandidateProcess, Limits, start_candidate
 from vibeserve_ray.target import Target
 
 EXACT_GATE = "exact-responses"  # the failure phase of a measurement whose responses differ from the reference
-
-
-def target_workload(target: Target, num_requests: int | None = None, seed: int | None = None) -> list[Request]:
-    """The target's benchmark requests: its JSONL dataset or its seeded synthetic recipe
-    (`seed`: other requests of the same shapes, as the judge's load-honesty gate sends)."""
-    b = target.spec.benchmark
-    n = num_requests or b.num_requests
-    if b.dataset is not None:
-        return from_jsonl(target.path(b.dataset), n, b.seed if seed is None else seed)
-    config = json.loads((target.model_dir() / "config.json").read_text())
-    special = special_token_ids(target.tokenizer_dir())
-    s = b.synthetic
-    assert s is not None
-    return synthetic(n, s.seed if seed is None else seed, int(config["vocab_size"]), tuple(s.input_len), tuple(s.output_len),
-                     s.shared_prefix_len, special)
-
-
-def special_token_ids(tokenizer_dir: Path) -> list[int]:
-    tok_file = tokenizer_dir / "tokenizer.json"
-    if not tok_file.is_file():
-        return []
-    return [t["id"] for t in json.loads(tok_file.read_text()).get("added_tokens", []) if t.get("special")]
 
 
 # --- one measurement -------------------------------------------------------------------

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vibeserve_ray.candidate import SEED_ENGINE_DIR
+
 ALLOWED_SUFFIXES = {".py", ".toml", ".md", ".txt", ".json", ".cfg", ".cu", ".cuh", ".cpp", ".h", ".c"}
 MAX_FILE_BYTES = 2 * 1024 * 1024
 
@@ -246,8 +248,6 @@ def _lines(path: Path | None) -> set[str]:
 def scan_for_bypass(candidate: Path, parent: Path | None) -> list[ScanFinding]:
     """What the candidate's code may not do, on lines neither the parent nor the seed engine
     (the template every candidate starts from, as `engine/`) already had in that file."""
-    from vibeserve_ray.candidate import SEED_ENGINE_DIR
-
     old = _files(parent) if parent else {}
     findings: list[ScanFinding] = []
     for rel, path in _files(candidate).items():
