@@ -1,6 +1,7 @@
 """The agents of one search, as the driver sees them: the gateway they all call through,
 their settings per role, the Orchestrator's plan each round, and the state that stops
 the search (a refused key at once; a spent budget once the work in flight is done).
+The outer loop's handle, not runtime: it reads the results table and the run repository.
 """
 
 from __future__ import annotations
