@@ -71,6 +71,8 @@ class AgentTask:
 
 @dataclass(frozen=True)
 class InnerTask:
+    """One candidate's inner loop, as the driver dispatches it."""
+
     eval_id: str
     island: int
     round: int
