@@ -212,7 +212,7 @@ def _gates(j: _Judging, target: Target, spec: CandidateSpec, parent_dir: Path | 
     # would add little).
     lone = sorted(rng.sample(range(len(held)), min(len(held), max(MIN_ALONE, round(len(held) * ALONE_SHARE)))))
     alone = asyncio.run(check_phases(proc, target, [held[i] for i in lone], {k: [v[i] for i in lone] for k, v in held_refs.items()},
-                                   say, ("sequential",)))
+                                     say, ("sequential",)))
     if alone.passed:
         say(f"judge: reference outputs for {len(fresh)} fresh prompts")
         refs = {k: held_refs[k] + fresh_refs.result()[k] for k in held_refs}

@@ -20,7 +20,8 @@ from vibeserve_ray.agents.transport import Transport
 
 REVIEW_GATE = "llm-judge"
 DIFF_LIMIT = 60_000  # characters of diff in the first message; the rest is read with the tools
-VERDICT_SCHEMA = schema({"verdict": {"enum": ["pass", "fail"]}, "reasons": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}})
+VERDICT_SCHEMA = schema({"verdict": {"enum": ["pass", "fail"]},
+                         "reasons": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}})
 
 
 @dataclass(frozen=True)
