@@ -53,10 +53,10 @@ def test_trees_travel_as_bytes(tmp_path):
 def test_notes_hold_every_evaluation_and_rebuild_the_table(tmp_path):
     repo = RunRepo(tmp_path / "repo")
     commit = repo.commit_candidate(_candidate(tmp_path), None, "seed")
-    rows = [Evaluation(f"e{i}", commit, repo.tree_id(commit), "", 0, i, "seed", "{}", "{}", "validated", headline_value=float(i), finished_at=i)
-            for i in range(3)]
+    rows = [Evaluation(eval_id=f"e{i}", commit=commit, tree=repo.tree_id(commit), parent="", island=0, round=i, implementer="seed", design={},
+                       knobs={}, verdict="validated", headline_value=float(i), finished_at=i) for i in range(3)]
     for r in rows:
-        repo.add_note(commit, r.to_dict())
+        repo.add_note(commit, r.to_record())
     assert [n["eval_id"] for n in repo.notes(commit)] == ["e0", "e1", "e2"]
     rebuilt = rebuild_from_notes(tmp_path, repo.all_notes())
     key = lambda rs: [(r.eval_id, r.round, r.headline_value, r.verdict) for r in rs]  # noqa: E731 (NaN fields never compare equal)
