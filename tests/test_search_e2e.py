@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import optuna
 
 from conftest import run_cli
+from search_helpers import commits_lost_to_gc
 
 from vibeserve_ray.search.results import read_results
 from vibeserve_ray.search.state import RunRepo
@@ -54,3 +56,10 @@ def test_the_final_remeasure_goes_through_ray_serve_and_deploy_serves_the_knobs_
     assert rm["serve_knobs"] in [v["knobs"] for v in rm["variants"]]
     assert rm["best"]["headline"] == max(v["headline"] for v in rm["variants"])  # output tok/s: higher is better
     assert deploy.choose(str(run), None, None, None).knobs == rm["serve_knobs"]
+
+
+def test_every_commit_the_search_recorded_survives_git_gc(watched_search, tmp_path):
+    assert watched_search.returncode == 0, watched_search.stderr[-4000:]
+    repo = shutil.copytree(watched_search.run / "repo", tmp_path / "repo")  # the shared run stays as the search left it
+    commits = [r.commit for r in read_results(watched_search.run)]
+    assert len(commits) == 3 and commits_lost_to_gc(repo, commits) == []

@@ -1,7 +1,9 @@
 """`RUN/results.parquet`: one row per evaluation, a stable schema for people and tools.
 
 The notes in git are the source of truth; this table is their flat copy, rebuilt from
-the notes when it is lost. Columns (stable; extend, never rename):
+the notes when it is lost. In memory an `Evaluation` is typed (dicts, `Hint`s);
+`to_record` and `from_record` are where its JSON columns are written and read, for the
+table and the notes alike. Columns (stable; extend, never rename):
 
 | column | meaning |
 | --- | --- |
