@@ -4,7 +4,6 @@ best knobs measured so far, after the evolution and within its time limit."""
 from __future__ import annotations
 
 import json
-import math
 
 from search_helpers import small_target
 
