@@ -16,7 +16,7 @@ import torch
 
 from vibeserve_ray.candidate import grammar_compiler, response_grammar
 
-from .batch import Chunk
+from .sequence import Chunk
 
 
 class Grammars:
