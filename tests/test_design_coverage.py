@@ -19,9 +19,9 @@ from search_helpers import KEPT_PROMPTS
 from test_checker import PERTURB
 
 from vibeserve_ray.design_space import covering_designs, default_space_path, load_space
-from vibeserve_ray.engine.defaults import DEFAULT_DESIGN
 
 SPACE = load_space(default_space_path())
+DEFAULT_DESIGN = SPACE.defaults()[0]
 PHASES = 3  # sequential greedy, concurrent greedy, concurrent seeded sampling
 # Small enough that, under the checker's concurrency, requests queue for a batch slot,
 # prompts are prefilled in several chunks and span many blocks; they only apply where
