@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vibeserve_ray.candidate import materialise_seed
 from vibeserve_ray.engine.space import Choice, design_problems, space_path
 from vibeserve_ray.errors import BadInput
 
@@ -181,8 +182,6 @@ def parse_assignments(items: list[str], file: str, section: str) -> dict[str, st
 def materialise(space: DesignSpace, dest: Path, design: Design, knobs: dict[str, Any], device: str = "cpu", source: str = "command line") -> Path:
     """Writes a self-contained candidate for this point of the space (BadInput naming
     `source` and the field if the point is invalid)."""
-    from vibeserve_ray.candidate import materialise_seed
-
     full_design, full_knobs = space.defaults()
     full_design.update(design)
     full_knobs.update(knobs)
