@@ -83,7 +83,7 @@ def test_design_passes_check_greedy_and_sampled(small_target, tmp_path, design, 
 
 def test_perturbed_logit_in_a_batching_design_fails_check(small_target, tmp_path):
     candidate = new_candidate(tmp_path / "cand", EVERYTHING, STRESS_KNOBS)
-    sampler = candidate / "engine" / "sampler.py"
+    sampler = candidate / "engine" / "core" / "sampler.py"
     sampler.write_text(sampler.read_text() + PERTURB)
     result, verdict = check(small_target, candidate, tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]

@@ -16,7 +16,7 @@ from vibeserve_ray.candidate import GenerationRequest, sample_token
 from vibeserve_ray.engine import create_engine
 from vibeserve_ray.engine.layers import onednn_linear
 from vibeserve_ray.engine.layers.rotary import rope_inv_freq
-from vibeserve_ray.engine.models import llama
+from vibeserve_ray.engine.models import FAMILIES, llama, load_family
 
 PROMPTS = [[7], [5, 6, 7, 8, 9, 10, 11], list(range(100, 160))]
 
@@ -191,6 +191,13 @@ def test_unsupported_config_is_rejected(change):
     with pytest.raises(ValueError, match="not supported"):
         llama.LlamaConfig.from_dict(raw)
 
+
+def test_the_family_comes_from_model_type_and_ships_its_design_space(model_dir, tmp_path):
+    assert load_family(model_dir)[0] is FAMILIES["llama"]
+    assert all(family.space().family == family.name for family in FAMILIES.values())
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(ValueError, match="model_type='mamba' is not supported"):
+        load_family(tmp_path)
 
 
 @pytest.mark.skipif(not onednn_linear.available(), reason="this torch has no oneDNN")
