@@ -102,7 +102,7 @@ def test_the_search_and_the_engine_read_one_space_file():
     assert (ROOT / "search_spaces" / "llama.toml").resolve() == default_space_path() == SPACE.path
     assert default_space_path().is_relative_to(ROOT / "vibeserve_ray" / "engine"), "the file travels inside every candidate's engine"
     engine = read_space("llama")
-    assert engine.choices == SPACE.choices and (engine.default_design(), engine.knobs) == SPACE.defaults()
+    assert engine.choices == SPACE.choices and (engine.default_design(), engine.knob_defaults) == SPACE.defaults()
     seed = asdict(EngineConfig.resolve({}, engine, "cpu"))
     assert seed == {**{k: v == "on" if SPACE.choices[k].options == ("off", "on") else v for k, v in DEFAULT_DESIGN.items()}, **DEFAULT_KNOBS}
     assert SPACE.validate(*SPACE.defaults(), device="cpu") == []

@@ -270,7 +270,7 @@ def materialise_seed(dest: str | Path, design: dict[str, str] | None = None, kno
         shutil.rmtree(target)
     shutil.copytree(SEED_ENGINE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     space = read_space(family)
-    write_candidate_toml(dest, SEED_ENTRYPOINT, {**space.default_design(), **(design or {})}, {**space.knobs, **(knobs or {})})
+    write_candidate_toml(dest, SEED_ENTRYPOINT, {**space.default_design(), **(design or {})}, {**space.knob_defaults, **(knobs or {})})
     return dest
 
 

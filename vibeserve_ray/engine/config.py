@@ -72,7 +72,7 @@ class EngineConfig:
         design = {name: asked.get(name, choice.default) for name, choice in space.choices.items()}  # names the space lacks are not this engine's
         if problems := design_problems(space.choices, design, device):
             raise ValueError(problems[0])
-        values = {**design, **{name: knobs.get(name, default) for name, default in space.knobs.items()}}
+        values = {**design, **{name: knobs.get(name, default) for name, default in space.knob_defaults.items()}}
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         if set(types) != set(values):
             raise ValueError(f"the {space.family} design space and EngineConfig disagree on {sorted(set(types) ^ set(values))}")

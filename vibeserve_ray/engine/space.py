@@ -41,7 +41,7 @@ class Choice:
 class Space:
     family: str
     choices: dict[str, Choice]
-    knobs: dict[str, Any]  # knob -> its default
+    knob_defaults: dict[str, Any]
 
     def default_design(self) -> dict[str, str]:
         return {name: choice.default for name, choice in self.choices.items()}
