@@ -85,7 +85,7 @@ def test_bypass_scan_flags_added_cheats_not_the_seed(tmp_path):
     parent = _candidate(tmp_path, "parent")
     assert scan_for_bypass(parent, None) == []  # the seed itself is clean
     child = _candidate(tmp_path, "child")
-    runner = child / "engine" / "model_runner.py"
+    runner = child / "engine" / "core" / "model_runner.py"
     runner.write_text(runner.read_text() + "\nimport socket\nANSWERS = open('targets/tiny-llama-cpu/checker/prompts.jsonl').read()\n")
     reasons = {f.reason for f in scan_for_bypass(child, parent)}
     assert {"network access", "reading benchmark or checker data"} <= reasons
