@@ -51,7 +51,9 @@ class Piece:
 
 
 @dataclass
-class Usage:
+class TokenCounts:
+    """A response's token counts, as its `usage` reports them (counted up while it streams)."""
+
     prompt_tokens: int
     completion_tokens: int = 0
 
