@@ -20,8 +20,8 @@ import yaml
 from conftest import ROOT, TINY_TARGET
 from search_helpers import RayHead, free_port
 
+from vibeserve_ray import cli
 from vibeserve_ray.candidate import load_candidate, materialise_seed
-from vibeserve_ray.deploy import cli as deploy_cli
 from vibeserve_ray.deploy import launch
 from vibeserve_ray.deploy.choice import choose
 from vibeserve_ray.deploy.config import ServeOptions, base_url, serve_config
@@ -379,7 +379,7 @@ def test_a_run_deploys_its_best_validated_candidate_or_the_commit_asked_for(run_
 def test_bad_input_is_one_line_naming_the_field_and_exit_2(run_dir, argv, field, capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     argv = [str(run_dir[0]) if a == "RUN" else a for a in argv]
-    assert deploy_cli.main(["deploy", *argv]) == 2
+    assert cli.main(["deploy", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and field in err[0]
 
@@ -392,7 +392,7 @@ def test_config_only_writes_a_valid_serve_config_with_the_key_name_not_the_key(t
     argv = ["deploy", "--candidate", "seed", "--target", str(TINY_TARGET), "--api-key-env", KEY_ENV, "--min-replicas", "1",
             "--max-replicas", "3", "--max-ongoing-requests", "8", "--knobs", "batch_wait_ms=2.5", "--stream-interval-ms", "20",
             "--config-only", str(out)]
-    assert deploy_cli.main(argv) == 0
+    assert cli.main(argv) == 0
     assert KEY not in out.read_text()
     config = yaml.safe_load(out.read_text())
     ServeDeploySchema.model_validate(config)
@@ -428,7 +428,7 @@ def head(tiny_models):
 
 
 def _cli(head: RayHead, *args: str) -> list[str]:
-    return [sys.executable, "-m", "vibeserve_ray.deploy.cli", "deploy", *args, "--port", str(head.serve_port)]
+    return [sys.executable, "-m", "vibeserve_ray.cli", "deploy", *args, "--port", str(head.serve_port)]
 
 
 def _cli_env(head: RayHead) -> dict:

@@ -1,14 +1,13 @@
 """`vibeserve deploy`: its flags, and the command (choose, write the config or run it).
 
 Exit codes as the rest of the CLI: 0 ok, 1 the application is unhealthy, 2 bad input
-(raised as BadInput; the main CLI prints it as one line).
+(raised as BadInput; the main CLI, `vibeserve_ray.cli`, prints it as one line).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from vibeserve_ray import progress
 from vibeserve_ray.errors import BadInput
@@ -67,23 +66,3 @@ def add_deploy_parser(subparsers) -> None:
                    help="relay streamed tokens in batches at most this often (default 50; 0 sends each at once)")
     progress.add_quiet_flag(p)
     p.set_defaults(func=cmd_deploy)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m vibeserve_ray.deploy.cli deploy ...`: the subcommand on its own."""
-    parser = argparse.ArgumentParser(prog="vibeserve")
-    add_deploy_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    progress.start(args.quiet)
-    try:
-        return args.func(args)
-    except BadInput as exc:
-        progress.stop()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        progress.stop()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

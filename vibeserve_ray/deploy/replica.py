@@ -68,14 +68,16 @@ class _Engine:
         await self.idle.wait()
         await asyncio.to_thread(self.proc.stop)
         engines.discard(self)
+
+
 @serve.deployment(name=DEPLOYMENT_NAME, user_config={"knobs": {}}, max_constructor_retry_count=2, health_check_period_s=5)
 @serve.ingress()
 class VibeServer:
     """One replica: the candidate's engine in its own sandboxed process, behind a proxy.
 
     The engine process is the evaluator's (`runner.start_candidate`: the shared front,
-    allow-listed environment, memory watchdog, scratch space of its own), so the replica runs
-    no candidate code and serves exactly the process that was measured. The replica
+    allow-listed environment, memory watchdog, scratch space of its own), so the replica
+    runs no candidate code and serves exactly the process that was measured. The replica
     checks the API key, relays bytes, counts requests and exports the engine's TTFT and
     tokens/s. The engine is started by the first `reconfigure` (Serve calls it before the
     replica takes traffic; the default user_config makes sure it does), with the config's

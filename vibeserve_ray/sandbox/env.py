@@ -38,7 +38,8 @@ FIXED = {"PYTHONDONTWRITEBYTECODE": "1",  # keeps candidate trees free of __pyca
 # Scratch space, per process: in the sandbox its private /tmp (`inside_env`); unconfined, the
 # runner's work directory (`scratch_env`). No vibeserve_ray variable: the engine and the front read none.
 SCRATCH_DIRS = {"TMPDIR": "tmp", "TORCHINDUCTOR_CACHE_DIR": "torch-cache", "TRITON_CACHE_DIR": "triton-cache"}
-INSIDE = {"HOME": "/tmp", "TMPDIR": "/tmp", "USER": "sandbox", "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor", "TRITON_CACHE_DIR": "/tmp/triton"}
+INSIDE = {"HOME": "/tmp", "TMPDIR": "/tmp", "USER": "sandbox",
+          "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor", "TRITON_CACHE_DIR": "/tmp/triton"}
 BY_WRAPPER = frozenset({"PWD"})  # bubblewrap sets it to the directory it starts the command in
 
 
