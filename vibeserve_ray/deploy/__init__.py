@@ -6,8 +6,8 @@
   `vibeserve deploy` runs, so the two cannot drift apart.
 - `args`: what one replica serves (the config's `args`) and the import path configs name.
 - `replica`: the Serve deployment, one replica holding the candidate's sandboxed engine
-  process; `ingress`: what it puts in front of that process (the API key, SSE relayed in
-  batches, metrics, the OpenAPI schema).
+  process and checking the API key; `ingress`: the rest of what it adds in front of that
+  process (SSE relayed in batches, its own errors and OpenAPI schema, metrics).
 - `launch`: a config run on Ray (embedded, a cluster, or a head started for `--detach`).
 - `remeasure`: the seed and the winner measured side by side through Serve when a search ends.
 - `cli`: `vibeserve deploy`'s flags.
