@@ -323,7 +323,7 @@ def test_a_dead_engine_fails_health_and_serve_replaces_the_replica(served):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_models):
     """A search run as the search writes it: the seed, a faster validated child, a rejected one."""
-    from vibeserve_ray.inner.loop import InnerResult
+    from vibeserve_ray.inner.result import InnerResult
     from vibeserve_ray.search.record import record_result
     from vibeserve_ray.search.state import RunRepo, pack_dir
     from vibeserve_ray.target import load_target

@@ -139,7 +139,7 @@ def test_scripted_agents_write_engine_code_that_is_judged_measured_and_committed
     bad = next(x for x in rows if x is not good)
     # the source edit: committed, validated, measured, with its transcripts beside it
     assert good.verdict == "validated", (good.failure_phase, good.failure_reason)
-    assert good.headline_value > 0 and json.loads(good.hints)[0]["suggest"] == {"scheduler": "continuous"}
+    assert good.headline_value > 0 and good.hints[0].suggest == {"scheduler": "continuous"}
     diff = repo.diff(good.parent, good.commit)
     assert "engine/model.py" in diff and "(x * x).mean" in diff and "candidate.toml" not in diff
     files = repo._git("ls-tree", "-r", "--name-only", TRANSCRIPTS_BRANCH).split()
@@ -158,7 +158,7 @@ def test_scripted_agents_write_engine_code_that_is_judged_measured_and_committed
     assert max(s["started_at"] for s in sessions) < min(s["ended_at"] for s in sessions), "the implementer sessions did not overlap"
     # usage columns and status
     assert good.agent_calls == len(GOOD_EDIT) + len(JUDGE) + len(EVALUATOR) and good.agent_cost_usd > 0 and good.agent_cache_read_tokens > 0
-    assert json.loads(good.agent_usage)["implementer"]["calls"] == len(GOOD_EDIT)
+    assert good.agent_usage["implementer"]["calls"] == len(GOOD_EDIT)
     status = subprocess.run([sys.executable, "-m", "vibeserve_ray.cli", "status", str(run)], cwd=ROOT, capture_output=True, text=True)
     assert "agents: $" in status.stdout and "orchestrator" in status.stdout
     assert "Round 1" in repo.read_planning("BACKLOG.md") and "[x]" in repo.read_planning("BACKLOG.md")
@@ -228,7 +228,7 @@ def test_budget_running_out_mid_search_ends_it_cleanly_with_the_key_in_no_proces
     assert [x.round for x in rows] == [0, 1], "the candidate whose session the budget ended is recorded"
     cand = rows[1]
     assert cand.verdict == "failed" and cand.failure_phase == "implement" and "budget spent" in cand.failure_reason
-    assert cand.agent_calls > 0 and json.loads(cand.agent_usage)["implementer"]["calls"] == cand.agent_calls
+    assert cand.agent_calls > 0 and cand.agent_usage["implementer"]["calls"] == cand.agent_calls
     assert "budget spent" in err
     assert leaks == [], leaks
     assert any(seen_in_driver), "the watch never saw the driver's start-up environment"

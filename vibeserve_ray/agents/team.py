@@ -79,10 +79,10 @@ class AgentTeam:
     def task(self, parent: Evaluation | None) -> AgentTask:
         if parent is None:  # the seed itself, measured in round 0
             return AgentTask(self.gateway, dict(self.config.roles), "(none: this is the seed)", {})
-        metrics = json.loads(parent.metrics)
         words = (f"commit {parent.commit[:12]}: {parent.headline_name} = {parent.headline_value:.2f} ({parent.speedup:.2f}x the seed); "
-                 f"design {parent.design}; knobs {parent.knobs}\nMetrics: {json.dumps(metrics, sort_keys=True)}")
-        return AgentTask(self.gateway, dict(self.config.roles), words, metrics)
+                 f"design {json.dumps(parent.design, sort_keys=True)}; knobs {json.dumps(parent.knobs, sort_keys=True)}\n"
+                 f"Metrics: {json.dumps(parent.metrics, sort_keys=True)}")
+        return AgentTask(self.gateway, dict(self.config.roles), words, dict(parent.metrics))
 
     # --- the Orchestrator ----------------------------------------------------------------
 
@@ -91,8 +91,7 @@ class AgentTeam:
         validated = sorted((r for r in rows if r.validated), key=lambda r: -objective.score(r.headline_value))
         by_round = [max((r.speedup for r in rows if r.round == n and r.validated), default=math.nan)
                     for n in range(max((r.round for r in rows), default=0) + 1)]
-        hints = "\n".join(f"- {r.commit[:12]} ({r.speedup:.2f}x): " + "; ".join(h["text"] for h in json.loads(r.hints)) for r in validated[:3]
-                          if json.loads(r.hints))
+        hints = "\n".join(f"- {r.commit[:12]} ({r.speedup:.2f}x): " + "; ".join(h.text for h in r.hints) for r in validated[:3] if r.hints)
         backlog = repo.read_planning("BACKLOG.md")
         plan = plan_round(rnd, want, repo.read_planning("MEMORY.md"), backlog, results_table(repo, rows, validated), hints,
                           plateaued(by_round), [r.commit for r in validated], self.config.role("orchestrator"), self.transport, self.say)

@@ -68,7 +68,7 @@ def remeasure(target: Target, run_dir: Path, seed: Evaluation, best: Evaluation,
         with tempfile.TemporaryDirectory(prefix="vibeserve-remeasure-") as tmp:
             for name, row in (("seed", seed), ("best", best)):
                 candidate = repo.export(row.commit, Path(tmp) / name)
-                variants = [json.loads(row.knobs)] if name == "seed" else knob_variants(json.loads(row.knobs))
+                variants = [dict(row.knobs)] if name == "seed" else knob_variants(row.knobs)
                 measured = []
                 for knobs in variants:
                     say(f"search: re-measuring the {name} ({row.commit[:12]}) through Ray Serve, knobs {knobs}")

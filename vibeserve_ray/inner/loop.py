@@ -8,13 +8,12 @@ returns an `InnerResult` with a verdict: failures are results, not exceptions.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -22,6 +21,7 @@ from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.inner.implement import apply_design, implement_hypothesis
+from vibeserve_ray.inner.result import InnerResult
 from vibeserve_ray.search.propose import Proposal
 from vibeserve_ray.search.state import extract_tree, pack_dir
 from vibeserve_ray.target import load_target
@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # the judge, the evaluator and the agents are imported where 
     # only starts an inner loop should not pay for optuna's, anthropic's or pyarrow's import
     from vibeserve_ray.agents.session import SessionResult
     from vibeserve_ray.agents.team import AgentTask
-    from vibeserve_ray.inner.evaluate import Trial
     from vibeserve_ray.inner.judge.gates import JudgeVerdict
 
 
@@ -50,39 +49,6 @@ class InnerTask:
     agents: AgentTask | None = None  # the LLM agents' gateway and settings; None: offline
     tune: bool = False  # the finalist's tuning pass: the parent's code as judged, only its knobs moved
     deadline: float = float("inf")  # unix time: the evaluator starts no trial that would end later
-
-
-@dataclass(frozen=True)
-class InnerResult:
-    eval_id: str
-    island: int
-    round: int
-    parent: str
-    tree: bytes  # the candidate as implemented and tuned
-    message: str
-    design: dict[str, str]
-    knobs: dict[str, Any]
-    verdict: str  # validated | rejected | failed
-    failure_phase: str = ""
-    failure_reason: str = ""
-    headline_name: str = ""
-    headline_value: float = float("nan")
-    slo_passed: bool = False
-    metrics: dict[str, Any] = field(default_factory=dict)
-    hints: list[Hint] = field(default_factory=list)
-    trials: list[Trial] = field(default_factory=list)
-    started_at: float = 0.0
-    finished_at: float = 0.0
-    implement_s: float = 0.0
-    judge_s: float = 0.0
-    evaluate_s: float = 0.0
-    node: str = ""
-    attempt: int = 0
-    implementer: str = "offline"
-    transcripts: dict[str, str] = field(default_factory=dict)  # role -> its session's transcript (JSON), committed beside the candidate
-    session_s: dict[str, float] = field(default_factory=dict)  # role -> wall time of its agent session
-    judge_gates: str = "[]"  # JSON: each gate the judge ran, its verdict and seconds
-    sandbox_warning: str = ""  # set when candidate code ran unconfined ([limits] sandbox = "best-effort")
 
 
 InnerLoop = Callable[[InnerTask], InnerResult]
@@ -113,7 +79,7 @@ class Workspace:
         self.timings = {"implement_s": 0.0, "judge_s": 0.0, "evaluate_s": 0.0}
         self.transcripts: dict[str, str] = {}
         self.session_s: dict[str, float] = {}
-        self.judged: dict[str, str] = {}  # the judge's gates and sandbox warning, once it has run
+        self.judged: dict[str, Any] = {}  # the judge's gates and sandbox warning, once it has run
 
     def transcript_path(self, role: str) -> Path:
         return self.root / "transcripts" / f"{role}.json"  # outside the candidate tree
@@ -174,7 +140,7 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
         t0 = time.time()
         say(f"judge: {message}")
         verdict = judge(target, spec, None if task.proposal is None else ws.parent, ws.root / "judge", say=say)
-        ws.judged = {"judge_gates": json.dumps([{"gate": g.gate, "verdict": g.verdict, "seconds": round(g.seconds, 2)} for g in verdict.gates]),
+        ws.judged = {"judge_gates": tuple({"gate": g.gate, "verdict": g.verdict, "seconds": round(g.seconds, 2)} for g in verdict.gates),
                      "sandbox_warning": verdict.sandbox_warning}
         if verdict.passed and agents is not None and task.proposal is not None:
             verdict = _review(agents, ws, message, say)
@@ -236,7 +202,7 @@ def _measured(ws: Workspace, target, message: str, outcome, read: Callable[[dict
     b = outcome.best
     hints = (read(b.metrics) if read else None) or outcome.hints
     return ws.result("validated", message, headline_name=target.spec.benchmark.headline, headline_value=b.value, slo_passed=b.slo_passed,
-                     metrics=b.metrics, hints=hints, trials=outcome.trials)
+                     metrics=b.metrics, hints=tuple(hints), trials=outcome.trials)
 
 
 def _review(agents: AgentTask, ws: Workspace, message: str, say: Callable[[str], None]) -> JudgeVerdict:
