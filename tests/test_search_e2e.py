@@ -43,7 +43,7 @@ def test_small_real_search_finds_a_validated_candidate_and_status_reports_it(wat
 
 
 def test_the_final_remeasure_goes_through_ray_serve_and_deploy_serves_the_knobs_it_chose(watched_search):
-    from vibeserve_ray import deploy
+    from vibeserve_ray.deploy.choice import choose
 
     run = watched_search.run
     assert watched_search.returncode == 0, watched_search.stderr[-4000:]
@@ -55,7 +55,7 @@ def test_the_final_remeasure_goes_through_ray_serve_and_deploy_serves_the_knobs_
     assert rm["variants"][0]["knobs"] == best["knobs"]  # the tuned knobs are always among the finalists
     assert rm["serve_knobs"] in [v["knobs"] for v in rm["variants"]]
     assert rm["best"]["headline"] == max(v["headline"] for v in rm["variants"])  # output tok/s: higher is better
-    assert deploy.choose(str(run), None, None, None).knobs == rm["serve_knobs"]
+    assert choose(str(run), None, None, None).knobs == rm["serve_knobs"]
 
 
 def test_every_commit_the_search_recorded_survives_git_gc(watched_search, tmp_path):

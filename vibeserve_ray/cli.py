@@ -172,7 +172,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         say("search: no validated candidate")
         return 1
     if not args.no_remeasure and summary.seed is not None:
-        from vibeserve_ray.search.remeasure import remeasure
+        from vibeserve_ray.deploy.remeasure import remeasure
 
         remeasure(target, summary.run_dir, summary.seed, summary.best, say)
     print(summary.run_dir / "best")
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", metavar="FILE", help="write here (default RUN/report.html)")
     report.set_defaults(func=cmd_report)
 
-    from vibeserve_ray.deploy_cli import add_deploy_parser
+    from vibeserve_ray.deploy.cli import add_deploy_parser
 
     add_deploy_parser(sub)
     return p
