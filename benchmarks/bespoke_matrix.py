@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.vllm_peer import DEFAULT_VENV, ensure_venv, precision_ceiling, serve_vllm  # noqa: E402
 from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
-from vibeserve_ray.engine.config import ModelConfig  # noqa: E402
+from vibeserve_ray.engine.models.llama import LlamaConfig  # noqa: E402
 from vibeserve_ray.inner.evaluate import Measurement, bench_candidate, bench_url  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 
@@ -104,7 +104,7 @@ def main() -> None:
     out = report(targets, rows, cells, args.noise, load_start)
     cpu = [t for t in targets.values() if t.spec.hardware.device == "cpu"]
     if cpu and not args.no_vllm:  # why vLLM's defaults (bfloat16) are out of an exact float32 engine's reach on these cores
-        out["precision_ceiling"] = precision_ceiling(ModelConfig.from_dir(cpu[0].model_dir()))
+        out["precision_ceiling"] = precision_ceiling(LlamaConfig.from_dir(cpu[0].model_dir()))
     print(json.dumps(out, indent=2))
 
 

@@ -144,13 +144,14 @@ def compare_pair(bench: Bench, configs: dict, repeats: int) -> None:
             bench.measure(name, design, knobs)
 
 
-def summary(bench: Bench, names: list[str], baseline: str, maximize: bool) -> list[dict]:
-    out = []
+def summary(bench: Bench, names: list[str], baseline: str) -> list[dict]:
+    """Each config's median headline and its ratio to the baseline's (> 1 is better, whichever the target's direction)."""
+    out, objective = [], bench.target.spec.benchmark.objective
     for name in names:
         value, base = bench.median(name), bench.median(baseline)
         design, knobs = {**ALONE, **PREFIX, **SPEC}[name]
         out.append({"name": name, "design": design, "knobs": knobs, bench.target.spec.benchmark.headline: round(value, 2),
-                    "runs": [round(v, 2) for v in bench.runs[name]], f"ratio_to_{baseline.replace(' ', '_')}": round(value / base if maximize else base / value, 3)})
+                    "runs": [round(v, 2) for v in bench.runs[name]], f"ratio_to_{baseline.replace(' ', '_')}": round(objective.speedup(value, base), 3)})
     return out
 
 
@@ -208,16 +209,16 @@ def main() -> None:
         "load_average": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
         "throughput": {
             "target": cpu.name, "num_requests": throughput.num_requests, "concurrency": cpu.spec.benchmark.concurrency,
-            "configs": summary(throughput, list(ALONE), "seed", maximize=True),
+            "configs": summary(throughput, list(ALONE), "seed"),
             "transformers_batched": {"output_throughput": round(hf_best, 2),
                                      "runs_by_threads": {str(t): [round(x, 2) for x in v] for t, v in hf.items()},
                                      "note": "batches of `concurrency` requests, left-padded, each run to its longest output; "
                                              "only requested tokens count; the better thread count is the baseline"},
         },
         "prefix": {"target": prefix.name, "num_requests": prefix_bench.num_requests,
-                   "configs": summary(prefix_bench, list(PREFIX), "prefix caching off", maximize=False)},
+                   "configs": summary(prefix_bench, list(PREFIX), "prefix caching off")},
         "speculation": {"target": edit.name, "num_requests": spec_bench.num_requests,
-                        "configs": summary(spec_bench, list(SPEC), "speculation off", maximize=False)},
+                        "configs": summary(spec_bench, list(SPEC), "speculation off")},
         "targets": checks,
         "exactness": exact,
         "passed": all(c["passed"] for c in checks.values()) and all(e["passed"] for e in exact.values()),

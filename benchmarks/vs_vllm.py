@@ -42,7 +42,7 @@ from benchmarks.pyspy_profile import profiling  # noqa: E402
 from benchmarks.vllm_peer import DEFAULT_VENV, ensure_venv, precision_ceiling, serve_vllm  # noqa: E402
 from vibeserve_ray.candidate import load_candidate, resolve_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
-from vibeserve_ray.engine.config import ModelConfig  # noqa: E402
+from vibeserve_ray.engine.models.llama import LlamaConfig  # noqa: E402
 from vibeserve_ray.inner.evaluate import Endpoint, bench_running  # noqa: E402
 from vibeserve_ray.inner.judge.exact import check_responses  # noqa: E402
 from vibeserve_ray.inner.workload import target_workload  # noqa: E402
@@ -152,7 +152,7 @@ def main() -> None:
     if profiles:
         out["profiles"] = profiles
     if device == "cpu":
-        out["precision_ceiling"] = precision_ceiling(ModelConfig.from_dir(target.model_dir()))
+        out["precision_ceiling"] = precision_ceiling(LlamaConfig.from_dir(target.model_dir()))
     print(json.dumps(out, indent=2))
 
 

@@ -81,7 +81,7 @@ TAIL = """\
 
 def serve_config_text() -> str:
     """What `vibeserve deploy CONFIG_ARGS --config-only` writes."""
-    from vibeserve_ray.deploy_cli import main
+    from vibeserve_ray.cli import main
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "serve.yaml"

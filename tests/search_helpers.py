@@ -163,3 +163,18 @@ def watch_search(target: Path, run: Path, cwd: Path, timeout_s: float = 900) -> 
             proc.wait()
     reader.join(timeout=10)
     return WatchedSearch(target, run, proc.returncode, "".join(lines), dashboard, version, metrics, mid)
+
+
+def commits_lost_to_gc(repo: Path, commits: list[str]) -> list[str]:
+    """`git gc --prune=now` in `repo` with its reflogs expired first (objects no ref reaches
+    are deleted), then the commits of `commits` whose object or tree can no longer be read.
+    Reflogs keep a branch's old heads for 90 days, and no clone has them: a commit they
+    alone keep is lost by then."""
+    subprocess.run(["git", "-C", str(repo), "reflog", "expire", "--expire=now", "--all"], check=True, capture_output=True)
+    subprocess.run(["git", "-C", str(repo), "gc", "--prune=now", "--quiet"], check=True, capture_output=True)
+    lost = []
+    for commit in commits:
+        readable = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True).returncode == 0
+        if not readable or subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit], capture_output=True).returncode != 0:
+            lost.append(commit)
+    return lost

@@ -47,7 +47,8 @@ def sleepy_inner_loop(seconds: float, candidate_seconds: float | None = None) ->
 def main(argv: list[str] | None = None) -> int:
     from vibeserve_ray.cli import _portable_path
     from vibeserve_ray.design_space import default_space_path, load_space
-    from vibeserve_ray.search.controller import Budget, Search, connect_ray
+    from vibeserve_ray.search.clock import SearchBudget
+    from vibeserve_ray.search.controller import Search, connect_ray
     from vibeserve_ray.target import load_target
 
     p = argparse.ArgumentParser()
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     summary = Search(target, _portable_path(args.target), Path(args.run), load_space(default_space_path()),
                      # no tuning pass: nothing here is measured, so there are no knobs to tune
-                     replace(Budget.of(target, args.rounds, args.time_limit, max_candidates=args.max_candidates), finalist_trials=0), say=say,
+                     replace(SearchBudget.of(target, args.rounds, args.time_limit, max_candidates=args.max_candidates), finalist_trials=0), say=say,
                      inner_loop=sleepy_inner_loop(args.sleep, args.candidate_sleep)).run()
     return 0 if summary.best is not None else 1
 

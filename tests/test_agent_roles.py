@@ -54,12 +54,12 @@ def test_orchestrator_on_a_plateau_must_pivot_or_say_why_and_name_known_parents(
 def test_judge_fail_is_a_rejection_with_reasons_and_no_verdict_is_one_too(tmp_path):
     materialise_seed(tmp_path / "parent")
     materialise_seed(tmp_path / "candidate")
-    model = tmp_path / "candidate" / "engine" / "model.py"
+    model = tmp_path / "candidate" / "engine" / "models" / "llama.py"
     model.write_text(model.read_text() + "\nCACHED = {}  # outputs of earlier requests, replayed\n")
     diff = tree_diff(tmp_path / "parent", tmp_path / "candidate")
-    assert diff.startswith("diff --git a/engine/model.py b/engine/model.py") and "+CACHED = {}" in diff
-    script = [[tool_use("view", path="/candidate/engine/model.py", view_range=[1, 5])],
-              [tool_use("submit", verdict="fail", reasons=["1. canned outputs: engine/model.py CACHED replays earlier outputs"])]]
+    assert diff.startswith("diff --git a/engine/models/llama.py b/engine/models/llama.py") and "+CACHED = {}" in diff
+    script = [[tool_use("view", path="/candidate/engine/models/llama.py", view_range=[1, 5])],
+              [tool_use("submit", verdict="fail", reasons=["1. canned outputs: engine/models/llama.py CACHED replays earlier outputs"])]]
     with FakeAnthropic({"judge": script}, key=KEY) as fake:
         verdict = review_diff(diff, "added a cache", tmp_path / "candidate", SETTINGS, _transport(fake), "e1")
         silent = review_diff(diff, "", tmp_path / "candidate", RoleSettings("claude-sonnet-5-5", 1024, 1, 300), _transport(fake), "e2")

@@ -49,9 +49,9 @@ def test_matrix_without_the_fp32_row_reports_no_fp32_ratio(tmp_path):
 
 def test_the_precision_ceiling_measures_both_precisions_on_the_models_own_layers():
     from benchmarks.vllm_peer import precision_ceiling
-    from vibeserve_ray.engine.config import ModelConfig
+    from vibeserve_ray.engine.models.llama import LlamaConfig
 
-    config = ModelConfig.from_dict({"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+    config = LlamaConfig.from_dict({"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                                     "num_attention_heads": 2, "num_key_value_heads": 1})
     got = precision_ceiling(config, tokens=8, repeats=2)
     assert got["float32_gflops_per_core"] > 0 and got["bfloat16_gflops_per_core"] > 0

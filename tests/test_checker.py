@@ -41,7 +41,7 @@ def test_seed_passes_on_the_swapped_weights(tiny_target):
 
 def test_perturbed_logit_fails_showing_first_mismatch(tmp_path, tiny_target):
     cand = materialise_seed(tmp_path / "perturbed")
-    sampler = cand / "engine" / "sampler.py"
+    sampler = cand / "engine" / "core" / "sampler.py"
     sampler.write_text(sampler.read_text() + PERTURB)
     result = run_cli("check", str(TINY_TARGET), "--candidate", str(cand), "--json", str(tmp_path / "v.json"))
     assert result.returncode == 1, result.stdout + result.stderr

@@ -20,10 +20,15 @@ import yaml
 from conftest import ROOT, TINY_TARGET
 from search_helpers import RayHead, free_port
 
-from vibeserve_ray import deploy, deploy_cli
+from vibeserve_ray import cli
 from vibeserve_ray.candidate import load_candidate, materialise_seed
+from vibeserve_ray.deploy import launch
+from vibeserve_ray.deploy.choice import choose
+from vibeserve_ray.deploy.config import ServeOptions, base_url, serve_config
+from vibeserve_ray.deploy.ingress import relay
 from vibeserve_ray.inner.judge.checker import compare, load_prompts, tokenize_prompts
 from vibeserve_ray.reference import reference_outputs
+from vibeserve_ray.sandbox.env import may_see
 from vibeserve_ray.tinymodel import cache_dir
 
 KEY_ENV, KEY = "VIBESERVE_TEST_KEY", "s3cret-value"
@@ -60,18 +65,18 @@ def reference(tiny_target):
 
 @pytest.fixture(scope="module")
 def served(tiny_models):
-    """The seed deployed by `deploy.deploy` (the CLI's own path) on one local Ray for the module."""
+    """The seed deployed by `launch.run` (the CLI's own path) on one local Ray for the module."""
     import ray
     from ray import serve
 
     os.environ[KEY_ENV] = KEY  # replicas inherit it from the local Ray this process starts
     ray.init(address="local", num_cpus=2, include_dashboard=False, _system_config={"metrics_report_interval_ms": 1000})
-    chosen = deploy.choose(None, None, "seed", str(TINY_TARGET))
-    opts = deploy.ServeOptions(port=free_port(), api_key_env=KEY_ENV, max_ongoing_requests=ONGOING, max_queued_requests=QUEUED)
-    config = deploy.serve_config(chosen, opts)
+    chosen = choose(None, None, "seed", str(TINY_TARGET))
+    opts = ServeOptions(port=free_port(), api_key_env=KEY_ENV, max_ongoing_requests=ONGOING, max_queued_requests=QUEUED)
+    config = serve_config(chosen, opts)
     try:
-        assert deploy.deploy(config, detach=True, say=lambda line: None) == 0
-        yield deploy.base_url(config)
+        assert launch.run(config, detach=True, say=lambda line: None) == 0
+        yield base_url(config)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -148,8 +153,6 @@ def test_streamed_tokens_are_relayed_in_batches(served):
 def test_relay_sends_the_first_two_chunks_at_once_then_at_most_one_batch_per_interval():
     """`relay` on a real loopback stream of 12 events, one every 10 ms."""
     from aiohttp import web
-
-    from vibeserve_ray.serve.deployment import relay
 
     async def events(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -283,12 +286,14 @@ def _replica() -> dict:
     return serve.get_app_handle(MODEL).describe.remote().result(timeout_s=60)
 
 
-def test_the_engine_runs_in_its_own_process_without_the_key(served):
+def test_the_engine_runs_in_its_own_process_with_the_allow_list_not_the_key(served):
     info = _replica()
     assert info["engine_pid"] and info["engine_pid"] != info["pid"]
     environ = Path(f"/proc/{info['engine_pid']}/environ").read_bytes().split(b"\0")
     assert not [v for v in environ if KEY.encode() in v], "the API key reached the candidate's process"
     assert not [v for v in environ if v.startswith(KEY_ENV.encode() + b"=")]
+    names = [v.split(b"=", 1)[0].decode() for v in environ if v]
+    assert names and not [n for n in names if not may_see(n)], "the engine's environment is more than the sandbox's allow-list"
 
 
 def test_a_dead_engine_fails_health_and_serve_replaces_the_replica(served):
@@ -318,7 +323,7 @@ def test_a_dead_engine_fails_health_and_serve_replaces_the_replica(served):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_models):
     """A search run as the search writes it: the seed, a faster validated child, a rejected one."""
-    from vibeserve_ray.inner.loop import InnerResult
+    from vibeserve_ray.inner.result import InnerResult
     from vibeserve_ray.search.record import record_result
     from vibeserve_ray.search.state import RunRepo
     from vibeserve_ray.trees import pack_dir
@@ -341,13 +346,13 @@ def run_dir(tmp_path_factory, tiny_models):
 
 def test_a_run_deploys_its_best_validated_candidate_or_the_commit_asked_for(run_dir):
     run, commits = run_dir
-    best = deploy.choose(str(run), None, None, None)
+    best = choose(str(run), None, None, None)
     assert best.knobs["batch_wait_ms"] == 1.0 and commits[1][:12] in best.label
     assert Path(best.candidate) == (run / "deploy" / commits[1]).resolve()
-    seed = deploy.choose(str(run), commits[0][:10], None, None)
+    seed = choose(str(run), commits[0][:10], None, None)
     assert seed.knobs["batch_wait_ms"] == 5.0 and "NOT validated" not in seed.label
-    assert "NOT validated: rejected" in deploy.choose(str(run), commits[2], None, None).label
-    app = deploy.serve_config(best, deploy.ServeOptions())["applications"][0]
+    assert "NOT validated: rejected" in choose(str(run), commits[2], None, None).label
+    app = serve_config(best, ServeOptions())["applications"][0]
     assert app["runtime_env"]["working_dir"] == "local://" + best.candidate and app["args"]["candidate"] == "."
     assert app["deployments"][0]["user_config"]["knobs"]["batch_wait_ms"] == 1.0
 
@@ -375,7 +380,7 @@ def test_a_run_deploys_its_best_validated_candidate_or_the_commit_asked_for(run_
 def test_bad_input_is_one_line_naming_the_field_and_exit_2(run_dir, argv, field, capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     argv = [str(run_dir[0]) if a == "RUN" else a for a in argv]
-    assert deploy_cli.main(["deploy", *argv]) == 2
+    assert cli.main(["deploy", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and field in err[0]
 
@@ -388,12 +393,12 @@ def test_config_only_writes_a_valid_serve_config_with_the_key_name_not_the_key(t
     argv = ["deploy", "--candidate", "seed", "--target", str(TINY_TARGET), "--api-key-env", KEY_ENV, "--min-replicas", "1",
             "--max-replicas", "3", "--max-ongoing-requests", "8", "--knobs", "batch_wait_ms=2.5", "--stream-interval-ms", "20",
             "--config-only", str(out)]
-    assert deploy_cli.main(argv) == 0
+    assert cli.main(argv) == 0
     assert KEY not in out.read_text()
     config = yaml.safe_load(out.read_text())
     ServeDeploySchema.model_validate(config)
     app = config["applications"][0]
-    assert app["import_path"] == "vibeserve_ray.serve.deployment:app_builder"
+    assert app["import_path"] == "vibeserve_ray.deploy.replica:app_builder"
     assert app["runtime_env"]["env_vars"] == {"VIBESERVE_API_KEY_ENV": KEY_ENV}
     d = app["deployments"][0]
     assert d["autoscaling_config"]["min_replicas"] == 1 and d["autoscaling_config"]["max_replicas"] == 3
@@ -424,7 +429,7 @@ def head(tiny_models):
 
 
 def _cli(head: RayHead, *args: str) -> list[str]:
-    return [sys.executable, "-m", "vibeserve_ray.deploy_cli", "deploy", *args, "--port", str(head.serve_port)]
+    return [sys.executable, "-m", "vibeserve_ray.cli", "deploy", *args, "--port", str(head.serve_port)]
 
 
 def _cli_env(head: RayHead) -> dict:

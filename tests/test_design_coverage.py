@@ -19,9 +19,9 @@ from search_helpers import KEPT_PROMPTS
 from test_checker import PERTURB
 
 from vibeserve_ray.design_space import covering_designs, default_space_path, load_space
-from vibeserve_ray.engine.defaults import DEFAULT_DESIGN
 
 SPACE = load_space(default_space_path())
+DEFAULT_DESIGN = SPACE.defaults()[0]
 PHASES = 3  # sequential greedy, concurrent greedy, concurrent seeded sampling
 # Small enough that, under the checker's concurrency, requests queue for a batch slot,
 # prompts are prefilled in several chunks and span many blocks; they only apply where
@@ -83,7 +83,7 @@ def test_design_passes_check_greedy_and_sampled(small_target, tmp_path, design, 
 
 def test_perturbed_logit_in_a_batching_design_fails_check(small_target, tmp_path):
     candidate = new_candidate(tmp_path / "cand", EVERYTHING, STRESS_KNOBS)
-    sampler = candidate / "engine" / "sampler.py"
+    sampler = candidate / "engine" / "core" / "sampler.py"
     sampler.write_text(sampler.read_text() + PERTURB)
     result, verdict = check(small_target, candidate, tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]

@@ -7,16 +7,21 @@ from __future__ import annotations
 import itertools
 import re
 import tomllib
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 from conftest import edit, run_cli
 
 from vibeserve_ray.design_space import covering_designs, default_space_path, load_space, materialise, parse_assignments
-from vibeserve_ray.engine.defaults import DEFAULT_DESIGN, DEFAULT_KNOBS, DESIGN_OPTIONS
+from vibeserve_ray.engine.config import EngineConfig
+from vibeserve_ray.engine.space import read_space
 from vibeserve_ray.errors import BadInput
 
+ROOT = Path(__file__).resolve().parent.parent
 GOOD = default_space_path().read_text()
 SPACE = load_space(default_space_path())
+DEFAULT_DESIGN, DEFAULT_KNOBS = SPACE.defaults()
 
 
 def whole(text: str):
@@ -93,9 +98,13 @@ def test_real_space_loads_typed():
     assert SPACE.knobs["block_size"].choices == (8, 16, 32) and SPACE.knobs["max_model_len"].tune is False
 
 
-def test_space_defaults_are_the_seed_engine():
-    assert SPACE.defaults() == (DEFAULT_DESIGN, DEFAULT_KNOBS)
-    assert {name: choice.options for name, choice in SPACE.choices.items()} == DESIGN_OPTIONS, "the space lists what the engine implements"
+def test_the_search_and_the_engine_read_one_space_file():
+    assert (ROOT / "search_spaces" / "llama.toml").resolve() == default_space_path() == SPACE.path
+    assert default_space_path().is_relative_to(ROOT / "vibeserve_ray" / "engine"), "the file travels inside every candidate's engine"
+    engine = read_space("llama")
+    assert engine.choices == SPACE.choices and (engine.default_design(), engine.knob_defaults) == SPACE.defaults()
+    seed = asdict(EngineConfig.resolve({}, engine, "cpu"))
+    assert seed == {**{k: v == "on" if SPACE.choices[k].options == ("off", "on") else v for k, v in DEFAULT_DESIGN.items()}, **DEFAULT_KNOBS}
     assert SPACE.validate(*SPACE.defaults(), device="cpu") == []
 
 
@@ -291,9 +300,10 @@ def test_candidate_new_writes_a_self_contained_candidate(tmp_path):
     assert data["engine"]["entrypoint"] == "engine:create_engine"
     assert data["design"] == {**DEFAULT_DESIGN, "scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on"}
     assert data["knobs"] == {**DEFAULT_KNOBS, "max_num_seqs": 8, "block_size": 32, "batch_wait_ms": 2.5}
-    # its own copy of every engine module, importing nothing of ours but the candidate contract
-    sources = {p.name: p.read_text() for p in (dest / "engine").glob("*.py")}
-    assert {"__init__.py", "scheduler.py", "kv_cache.py", "block_pool.py", "speculation.py"} <= set(sources)
+    # its own copy of every engine module and of its space, importing nothing of ours but the candidate contract
+    sources = {p.relative_to(dest / "engine").as_posix(): p.read_text() for p in (dest / "engine").rglob("*.py")}
+    assert {"__init__.py", "core/scheduler.py", "core/kv_cache.py", "core/block_pool.py", "core/speculation.py", "models/llama.py"} <= set(sources)
+    assert (dest / "engine" / "models" / "llama.toml").read_text() == GOOD
     for name, text in sources.items():
         ours = set(re.findall(r"^\s*(?:from|import) (vibeserve_ray[\w.]*)", text, re.M))
         assert ours <= {"vibeserve_ray.candidate"}, (name, ours)

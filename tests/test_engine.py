@@ -13,9 +13,10 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from vibeserve_ray.candidate import GenerationRequest, sample_token
-from vibeserve_ray.engine import create_engine, onednn_linear
-from vibeserve_ray.engine.config import ModelConfig
-from vibeserve_ray.engine.rotary import rope_inv_freq
+from vibeserve_ray.engine import create_engine
+from vibeserve_ray.engine.layers import onednn_linear
+from vibeserve_ray.engine.layers.rotary import rope_inv_freq
+from vibeserve_ray.engine.models import FAMILIES, llama, load_family
 
 PROMPTS = [[7], [5, 6, 7, 8, 9, 10, 11], list(range(100, 160))]
 
@@ -178,7 +179,8 @@ def test_legacy_config_keys_give_transformers_inv_freq(rope):
     raw = {**json.loads(hf.to_json_string()), "rope_theta": 500000.0, "rope_scaling": rope}
     raw.pop("rope_parameters")
     want = LlamaRotaryEmbedding(hf).inv_freq
-    assert torch.equal(rope_inv_freq(ModelConfig.from_dict(raw)), want)
+    config = llama.LlamaConfig.from_dict(raw)
+    assert torch.equal(rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling), want)
 
 
 @pytest.mark.parametrize(
@@ -187,8 +189,15 @@ def test_legacy_config_keys_give_transformers_inv_freq(rope):
 def test_unsupported_config_is_rejected(change):
     raw = {**json.loads(LlamaConfig(hidden_size=128, num_attention_heads=4).to_json_string()), **change}
     with pytest.raises(ValueError, match="not supported"):
-        ModelConfig.from_dict(raw)
+        llama.LlamaConfig.from_dict(raw)
 
+
+def test_the_family_comes_from_model_type_and_ships_its_design_space(model_dir, tmp_path):
+    assert load_family(model_dir)[0] is FAMILIES["llama"]
+    assert all(family.space().family == family.name for family in FAMILIES.values())
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(ValueError, match="model_type='mamba' is not supported"):
+        load_family(tmp_path)
 
 
 @pytest.mark.skipif(not onednn_linear.available(), reason="this torch has no oneDNN")

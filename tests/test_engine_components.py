@@ -16,10 +16,11 @@ import torch
 from test_engine import PROMPTS, collect, hf_greedy, hf_sampled, run
 from vibeserve_ray.candidate import GenerationRequest
 from vibeserve_ray.engine import create_engine
-from vibeserve_ray.engine.block_pool import BlockPool
 from vibeserve_ray.engine.config import EngineConfig
-from vibeserve_ray.engine.sequence import Sequence
-from vibeserve_ray.engine.speculation import propose
+from vibeserve_ray.engine.core.block_pool import BlockPool
+from vibeserve_ray.engine.core.sequence import Sequence
+from vibeserve_ray.engine.core.speculation import propose
+from vibeserve_ray.engine.space import read_space
 
 SHARED = list(range(200, 240))  # a 40-token shared prefix (2.5 blocks of 16)
 MIXED = [
@@ -195,7 +196,7 @@ def test_request_too_long_for_the_slab_is_refused(model_dir):
 @pytest.mark.parametrize("design,match", [
     ({"scheduler": "continuous"}, "kv_cache"),
     ({"prefix_cache": "on", "kv_cache": "slab"}, "paged"),
-    ({"attention": "flashinfer"}, "CUDA"),
+    ({"attention": "flashinfer"}, "design.attention = 'flashinfer' runs only on cuda"),
     ({"scheduler": "round-robin"}, "design.scheduler"),
 ])
 def test_unsupported_design_fails_at_start_with_the_choice_named(model_dir, design, match):
@@ -210,10 +211,36 @@ def test_engine_reads_its_design_from_the_candidate_toml(tmp_path):
     import subprocess
     import sys
 
-    code = "import sys; sys.path.insert(0, sys.argv[1]); from engine.config import EngineConfig; c = EngineConfig.resolve({}); print(c.scheduler, c.kv_cache)"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from engine.config import EngineConfig; from engine.space import read_space; "
+            "c = EngineConfig.resolve({}, read_space('llama'), 'cpu'); print(c.scheduler, c.kv_cache)")
     out = subprocess.run([sys.executable, "-c", code, str(cand)], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["continuous", "paged"]
-    assert EngineConfig.resolve({}).scheduler == "serial"  # the package itself: the seed
+    assert EngineConfig.resolve({}, read_space("llama"), "cpu").scheduler == "serial"  # the package itself: the seed
+
+
+def test_engine_takes_options_defaults_and_rules_from_its_own_space_file(tmp_path):
+    """A candidate's engine reads the copy of the space it carries: an edit there is all it takes."""
+    import subprocess
+    import sys
+
+    from vibeserve_ray.candidate import materialise_seed
+
+    cand = materialise_seed(tmp_path / "c")
+    space = cand / "engine" / "models" / "llama.toml"
+    text = space.read_text()
+    for old, new in [('options = ["sdpa", "eager", "flashinfer"]', 'options = ["sdpa", "flashinfer"]\nrequires.sdpa = { compile = ["off"] }'),
+                     ("high = 64\ndefault = 16", "high = 64\ndefault = 3")]:
+        assert old in text
+        text = text.replace(old, new)
+    space.write_text(text)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from engine.config import EngineConfig; from engine.space import read_space\n"
+            "def resolve(design):\n"
+            "    try: return EngineConfig.resolve({'design': design}, read_space('llama'), 'cpu').max_num_seqs\n"
+            "    except ValueError as e: return str(e)\n"
+            "for d in ({}, {'attention': 'eager'}, {'compile': 'on'}): print(resolve(d))")
+    out = subprocess.run([sys.executable, "-c", code, str(cand)], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["3", "design.attention = 'eager': expected one of sdpa, flashinfer",
+                   "design.attention = 'sdpa' requires compile in [off], got 'on'"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -17,7 +17,7 @@ import sysconfig
 from pathlib import Path
 
 from vibeserve_ray.design_space import default_space_path, load_space, materialise
-from vibeserve_ray.runner import scratch_env, scrubbed_env
+from vibeserve_ray.sandbox.env import candidate_env, scratch_env
 
 ALL_ON = {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on", "compile": "on", "speculation": "prompt_lookup"}
 
@@ -51,7 +51,7 @@ def test_an_engine_with_every_component_on_touches_only_its_own_files(tmp_path, 
     candidate = materialise(load_space(default_space_path()), tmp_path / "cand", ALL_ON, {}, source="files").resolve()
     sandbox = (tmp_path / "sandbox").resolve()
     out = tmp_path / "opened.json"
-    env = scrubbed_env(scratch_env(sandbox))
+    env = candidate_env(scratch_env(sandbox))
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(candidate), str(model_dir), str(out)], cwd=sandbox, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

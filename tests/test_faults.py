@@ -31,7 +31,8 @@ from vibeserve_ray.inner.evaluate import Trial, evaluate
 from vibeserve_ray.inner.loop import InnerLoop, Workspace, _ray_context, run_inner_loop
 from vibeserve_ray.inner.task import InnerTask
 from vibeserve_ray.runner import Limits, start_candidate
-from vibeserve_ray.search.controller import Budget, Search
+from vibeserve_ray.search.clock import SearchBudget
+from vibeserve_ray.search.controller import Search
 from vibeserve_ray.search.results import RESULTS_FILE, ResultsUnreadable, read_results
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.search.studies import STUDIES_FILE, storage_url
@@ -127,7 +128,7 @@ def test_search_survives_every_fault_and_loses_nothing(tmp_path, tiny_models, lo
         (state / "todo" / f"{i}-{name}").touch()
 
     summary = Search(load_target(target_dir), str(target_dir), run_dir, load_space(default_space_path()),
-                     Budget(rounds=1, time_limit_s=900, max_candidates=None, candidate_time_limit_s=300, n_trials=1), say=print,
+                     SearchBudget(rounds=1, time_limit_s=900, max_candidates=None, candidate_time_limit_s=300, n_trials=1), say=print,
                      inner_loop=faulty_inner_loop(state, run_dir, target_dir)).run()
 
     assert not list((state / "todo").iterdir()), "every fault was injected"

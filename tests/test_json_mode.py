@@ -225,7 +225,7 @@ def test_check_and_bench_of_the_json_target_compare_with_the_constrained_referen
 def test_check_fails_an_engine_that_ignores_response_format(tmp_path, tiny_models, small_json_target):
     cand = tmp_path / "unmasked"
     assert run_cli("candidate", "new", str(cand)).returncode == 0
-    engine = cand / "engine" / "llm_engine.py"
+    engine = cand / "engine" / "core" / "llm_engine.py"
     engine.write_text(engine.read_text().replace("if request.response_format is not None:", "if False:"))
     check = run_cli("check", str(small_json_target), "--candidate", str(cand))
     assert check.returncode == 1 and "FAIL" in check.stdout and "sequential greedy" in check.stdout, check.stdout

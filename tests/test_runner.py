@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 
@@ -12,7 +11,7 @@ import psutil
 import pytest
 
 from vibeserve_ray.candidate import load_candidate
-from vibeserve_ray.runner import CandidateFailed, Limits, scrubbed_env, start_candidate
+from vibeserve_ray.runner import CandidateFailed, Limits, start_candidate
 
 
 def _start(target, path, tmp_path, **limits):
@@ -76,26 +75,3 @@ def test_memory_hog_is_killed_at_its_limit(tiny_target, test_candidate, tmp_path
         assert "1500 MiB" in failure.reason
         assert time.monotonic() - t0 < 30
     assert _gone(pid)
-
-
-def test_candidate_never_sees_secrets(tiny_target, test_candidate, tmp_path, monkeypatch):
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-secret")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:1")
-    monkeypatch.setenv("HF_TOKEN", "hf-secret")
-    monkeypatch.setenv("SOME_SERVICE_API_KEY", "x")
-    monkeypatch.setenv("HARMLESS_SETTING", "kept")
-    with _start(tiny_target, test_candidate("env_spy"), tmp_path) as proc:
-        [line] = [x for x in proc.log_path.read_text().splitlines() if x.startswith("ENV ")]
-        seen = json.loads(line.removeprefix("ENV "))
-        assert proc.failure() is None
-    assert "HARMLESS_SETTING" in seen
-    assert not {"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "HF_TOKEN", "SOME_SERVICE_API_KEY"} & set(seen)
-    assert "sk-secret" not in json.dumps(seen)
-
-
-def test_scrubbed_env_patterns(monkeypatch):
-    monkeypatch.setenv("GITHUB_TOKEN", "t")
-    monkeypatch.setenv("OPENAI_API_KEY", "k")
-    monkeypatch.setenv("PATH_LIKE_THING", "ok")
-    env = scrubbed_env()
-    assert "GITHUB_TOKEN" not in env and "OPENAI_API_KEY" not in env and env["PATH_LIKE_THING"] == "ok"

@@ -98,7 +98,8 @@ def test_lost_node_is_retried_elsewhere_and_the_search_completes(tmp_path, tiny_
     from ray.cluster_utils import Cluster
 
     from vibeserve_ray.design_space import default_space_path, load_space
-    from vibeserve_ray.search.controller import Budget, Search
+    from vibeserve_ray.search.clock import SearchBudget
+    from vibeserve_ray.search.controller import Search
     from vibeserve_ray.target import load_target
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -108,7 +109,7 @@ def test_lost_node_is_retried_elsewhere_and_the_search_completes(tmp_path, tiny_
         target_dir = small_target(tmp_path, islands=1, population=1, rounds=1)
         run = tmp_path / "run"
         search = Search(load_target(target_dir), str(target_dir), run, load_space(default_space_path()),
-                        Budget(rounds=1, time_limit_s=600, max_candidates=None, candidate_time_limit_s=300, n_trials=1),
+                        SearchBudget(rounds=1, time_limit_s=600, max_candidates=None, candidate_time_limit_s=300, n_trials=1),
                         say=lambda s: None, inner_loop=sleepy_inner_loop(8))
         out = {}
         thread = threading.Thread(target=lambda: out.setdefault("summary", search.run()), daemon=True)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import optuna
 
 from conftest import run_cli
+from search_helpers import commits_lost_to_gc
 
 from vibeserve_ray.search.results import read_results
 from vibeserve_ray.search.state import RunRepo
@@ -25,7 +27,7 @@ def test_small_real_search_finds_a_validated_candidate_and_status_reports_it(wat
     assert repo.parent(child.commit) == seed.commit
     notes = repo.notes(child.commit)
     assert notes[0]["verdict"] == child.verdict and "trials" in notes[0]
-    assert json.loads(seed.hints), "the evaluator left hints for the next round"
+    assert seed.hints, "the evaluator left hints for the next round"
     study = optuna.load_study(storage=storage_url(run), study_name=f"island-{child.island}:{child.commit[:12]}")
     assert [t.params for t in study.trials] == [{k: v for k, v in notes[0]["trials"][0]["knobs"].items() if k in study.trials[0].params}]
     assert study.trials[0].params, "the study holds the candidate's tuned knobs"
@@ -41,7 +43,7 @@ def test_small_real_search_finds_a_validated_candidate_and_status_reports_it(wat
 
 
 def test_the_final_remeasure_goes_through_ray_serve_and_deploy_serves_the_knobs_it_chose(watched_search):
-    from vibeserve_ray import deploy
+    from vibeserve_ray.deploy.choice import choose
 
     run = watched_search.run
     assert watched_search.returncode == 0, watched_search.stderr[-4000:]
@@ -53,4 +55,11 @@ def test_the_final_remeasure_goes_through_ray_serve_and_deploy_serves_the_knobs_
     assert rm["variants"][0]["knobs"] == best["knobs"]  # the tuned knobs are always among the finalists
     assert rm["serve_knobs"] in [v["knobs"] for v in rm["variants"]]
     assert rm["best"]["headline"] == max(v["headline"] for v in rm["variants"])  # output tok/s: higher is better
-    assert deploy.choose(str(run), None, None, None).knobs == rm["serve_knobs"]
+    assert choose(str(run), None, None, None).knobs == rm["serve_knobs"]
+
+
+def test_every_commit_the_search_recorded_survives_git_gc(watched_search, tmp_path):
+    assert watched_search.returncode == 0, watched_search.stderr[-4000:]
+    repo = shutil.copytree(watched_search.run / "repo", tmp_path / "repo")  # the shared run stays as the search left it
+    commits = [r.commit for r in read_results(watched_search.run)]
+    assert len(commits) == 3 and commits_lost_to_gc(repo, commits) == []

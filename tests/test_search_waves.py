@@ -8,7 +8,6 @@ the proposal and scores a design by how many changes it holds (every move helps)
 
 from __future__ import annotations
 
-import json
 import sys
 
 import ray
@@ -19,7 +18,8 @@ from vibeserve_ray.design_space import default_space_path, load_space
 from vibeserve_ray.inner.implement import apply_design
 from vibeserve_ray.inner.loop import Workspace
 from vibeserve_ray.inner.task import InnerTask
-from vibeserve_ray.search.controller import Budget, Search
+from vibeserve_ray.search.clock import SearchBudget
+from vibeserve_ray.search.controller import Search
 from vibeserve_ray.search.results import read_results
 from vibeserve_ray.target import load_target
 
@@ -42,7 +42,7 @@ def test_one_slot_cluster_builds_each_wave_on_the_last(tmp_path, tiny_models):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         Search(load_target(target_dir), str(target_dir), run, load_space(default_space_path()),
-               Budget(rounds=1, time_limit_s=600, max_candidates=None, candidate_time_limit_s=120, n_trials=1), say=print,
+               SearchBudget(rounds=1, time_limit_s=600, max_candidates=None, candidate_time_limit_s=120, n_trials=1), say=print,
                inner_loop=deeper_is_better).run()
     finally:
         ray.shutdown()
@@ -53,7 +53,7 @@ def test_one_slot_cluster_builds_each_wave_on_the_last(tmp_path, tiny_models):
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "one slot: the inner loops ran one after another"
     ours = {r.commit for r in round1}
     assert any(r.parent in ours for r in round1), "no candidate of the round was built on another: every wave started from the seed"
-    deepest = max(sum(json.loads(r.design).get(k) != v for k, v in SEED_DESIGN.items()) for r in round1)
+    deepest = max(sum(r.design.get(k) != v for k, v in SEED_DESIGN.items()) for r in round1)
     assert deepest >= 2, "the round never went two moves from the seed"
 
 

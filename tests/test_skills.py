@@ -48,8 +48,9 @@ def test_applies_to_names_real_choices_and_options():
 
 def _engine_classes() -> dict[str, type]:
     classes = {}
-    for path in (ROOT / "vibeserve_ray" / "engine").glob("*.py"):
-        module = importlib.import_module(f"vibeserve_ray.engine.{path.stem}")  # flashinfer is imported only when used
+    for path in (ROOT / "vibeserve_ray" / "engine").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        module = importlib.import_module(name)  # flashinfer is imported only when used
         classes.update({n: c for n, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__})
     return classes
 

@@ -4,7 +4,6 @@ best knobs measured so far, after the evolution and within its time limit."""
 from __future__ import annotations
 
 import json
-import math
 
 from search_helpers import small_target
 
@@ -80,20 +79,22 @@ def test_a_search_ends_by_tuning_its_best_once_and_a_resumed_search_does_not_aga
 
     import ray
 
-    from vibeserve_ray.search.controller import TUNE, Budget, Search
+    from vibeserve_ray.search.clock import SearchBudget
+    from vibeserve_ray.search.controller import Search
+    from vibeserve_ray.search.record import TUNE
     from vibeserve_ray.search.results import read_results
     from vibeserve_ray.search.state import RunRepo
     from vibeserve_ray.target import load_target
 
     assert watched_search.returncode == 0, watched_search.stderr[-4000:]
     target = load_target(watched_search.target)
-    assert Budget.of(target).finalist_trials == 2
+    assert SearchBudget.of(target).finalist_trials == 2
     assert "search: tuning the best (" in watched_search.stderr
     run = tmp_path / "run"
     shutil.copytree(watched_search.run, run)  # the shared run stays as the search left it
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        Search(target, str(watched_search.target), run, SPACE, Budget.of(target), say=print).run()  # a resume of a finished search
+        Search(target, str(watched_search.target), run, SPACE, SearchBudget.of(target), say=print).run()  # a resume of a finished search
     finally:
         ray.shutdown()
     rows = read_results(run)
@@ -106,10 +107,10 @@ def test_a_search_ends_by_tuning_its_best_once_and_a_resumed_search_does_not_aga
     assert row.parent == parent.commit and row.design == parent.design and row.verdict == "validated", row.failure_reason
     [note] = RunRepo(run / "repo").notes(row.commit)
     assert len(note["trials"]) == 2 and all(t["value"] == t["value"] for t in note["trials"])  # both measured, every response exact
-    first_move = knob_moves(json.loads(parent.design), json.loads(parent.knobs), SPACE.active_knobs(json.loads(parent.design)), 2,
+    first_move = knob_moves(parent.design, parent.knobs, SPACE.active_knobs(parent.design), 2,
                             [s for s in load_skills() if s.applies(target)])[0]
-    assert [t["knobs"] for t in note["trials"]] == [json.loads(parent.knobs), json.loads(parent.knobs) | first_move]  # the baseline, then a move
-    assert json.loads(row.knobs) in [t["knobs"] for t in note["trials"]]
+    assert [t["knobs"] for t in note["trials"]] == [parent.knobs, parent.knobs | first_move]  # the baseline, then a move
+    assert row.knobs in [t["knobs"] for t in note["trials"]]
 
 
 def _timed_inner_loop(task):
@@ -139,13 +140,15 @@ def test_the_evolution_keeps_the_tuning_pass_its_time_within_the_search_limit(tm
 
     import ray
 
-    from vibeserve_ray.search.controller import TUNE, Budget, Search
+    from vibeserve_ray.search.clock import SearchBudget
+    from vibeserve_ray.search.controller import Search
+    from vibeserve_ray.search.record import TUNE
     from vibeserve_ray.search.results import read_results
     from vibeserve_ray.target import load_target
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
     target_dir = small_target(tmp_path, islands=1, population=4, rounds=20)
-    budget = Budget(rounds=20, time_limit_s=24, max_candidates=None, candidate_time_limit_s=60, n_trials=1, finalist_trials=3)
+    budget = SearchBudget(rounds=20, time_limit_s=24, max_candidates=None, candidate_time_limit_s=60, n_trials=1, finalist_trials=3)
     run = tmp_path / "run"
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -156,14 +159,14 @@ def test_the_evolution_keeps_the_tuning_pass_its_time_within_the_search_limit(tm
         ray.shutdown()
     rows = read_results(run)
     [tuned] = [r for r in rows if r.implementer == TUNE]
-    assert json.loads(tuned.metrics)["trials"] == 3, "the evolution ate the time kept for the tuning pass"
-    assert json.loads(tuned.metrics)["deadline"] <= t0 + 24, "the tuning pass may run past the search's limit"
+    assert tuned.metrics["trials"] == 3, "the evolution ate the time kept for the tuning pass"
+    assert tuned.metrics["deadline"] <= t0 + 24, "the tuning pass may run past the search's limit"
     assert len(rows) >= 5 and max(r.finished_at for r in rows if r.implementer != TUNE) <= tuned.started_at
     # a candidate's own trials stop where the evolution's share ends (the reserve: 3 s at the
     # best's pace); the first candidates, started while the seed was the best, keep none
     searched = sorted((r for r in rows if r.implementer != TUNE), key=lambda r: r.started_at)
     first_better = next(r for r in searched if r.implementer != "seed" and r.headline_value > 1.0)
-    late = [(r.implementer, json.loads(r.metrics)["deadline"] - t0) for r in searched if r.started_at > first_better.finished_at + 0.5]
+    late = [(r.implementer, r.metrics["deadline"] - t0) for r in searched if r.started_at > first_better.finished_at + 0.5]
     assert late and all(at <= 24 - 3 + 1 for _, at in late), late
     # kept: 3 of the best's own measurements (3 s), not of the poor designs' (12 s)
     assert tuned.started_at - t0 >= 24 - 3 - 4, f"the evolution stopped {tuned.started_at - t0:.0f}s in, keeping far more than the pass needs"
@@ -190,8 +193,8 @@ def test_the_tuning_pass_starts_no_trial_past_its_deadline(tmp_path, tiny_models
 def _row(commit: str, implementer: str, value: float, knobs: dict, parent: str = "", took: float = 10.0):
     from vibeserve_ray.search.results import Evaluation
 
-    return Evaluation(commit, commit, commit, parent, 0, 1, implementer, "{}", json.dumps(knobs), "validated", headline_value=value,
-                      started_at=100.0, finished_at=100.0 + took)
+    return Evaluation(eval_id=commit, commit=commit, tree=commit, parent=parent, island=0, round=1, implementer=implementer, design={},
+                      knobs=knobs, verdict="validated", headline_value=value, started_at=100.0, finished_at=100.0 + took)
 
 
 def test_a_tuning_pass_that_beat_its_parents_own_knobs_supersedes_the_parents_older_figure():
@@ -208,7 +211,8 @@ def test_a_tuning_pass_that_beat_its_parents_own_knobs_supersedes_the_parents_ol
 
 
 def test_the_time_an_inner_loop_takes_is_the_candidates_not_the_serial_seeds():
-    from vibeserve_ray.search.controller import TUNE, expected_inner_s
+    from vibeserve_ray.search.clock import expected_inner_s
+    from vibeserve_ray.search.record import TUNE
 
     seed = _row("s", "seed", 60.0, {}, took=300.0)
     assert expected_inner_s([]) == 0.0 and expected_inner_s([seed]) == 300.0  # nothing else known yet: the seed's

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Protocol
 
+from vibeserve_ray.engine.space import read_space
 from vibeserve_ray.errors import BadInput
 
 CANDIDATE_FILE = "candidate.toml"
@@ -259,17 +260,17 @@ def write_candidate_toml(path: Path, entrypoint: str, design: dict[str, str], kn
 SEED_ENTRYPOINT = "engine:create_engine"
 
 
-def materialise_seed(dest: str | Path, design: dict[str, str] | None = None, knobs: dict[str, Any] | None = None) -> Path:
-    """Copies the seed engine template into `dest` as a self-contained candidate."""
+def materialise_seed(dest: str | Path, design: dict[str, str] | None = None, knobs: dict[str, Any] | None = None, family: str = "llama") -> Path:
+    """Copies the seed engine template into `dest` as a self-contained candidate (its
+    family's design space travels inside it), `design` and `knobs` over the space's defaults."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / "engine"
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(SEED_ENGINE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    from vibeserve_ray.engine.defaults import DEFAULT_DESIGN, DEFAULT_KNOBS
-
-    write_candidate_toml(dest, SEED_ENTRYPOINT, {**DEFAULT_DESIGN, **(design or {})}, {**DEFAULT_KNOBS, **(knobs or {})})
+    space = read_space(family)
+    write_candidate_toml(dest, SEED_ENTRYPOINT, {**space.default_design(), **(design or {})}, {**space.knob_defaults, **(knobs or {})})
     return dest
 
 

@@ -143,14 +143,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     from vibeserve_ray.agents.client import api_base_url, take_key_from_env
     from vibeserve_ray.agents.settings import agent_config, choose_implementer, parse_models
     from vibeserve_ray.design_space import default_space_path, load_space
-    from vibeserve_ray.search.controller import Budget, Search, connect_ray
+    from vibeserve_ray.search.clock import SearchBudget
+    from vibeserve_ray.search.controller import Search, connect_ray
     from vibeserve_ray.target import load_target
 
     key = take_key_from_env()  # before Ray starts: a local raylet and every worker inherit this process's environment
     target = load_target(args.target)
     sandbox_warning(target)
     space = load_space(args.space or default_space_path())
-    budget = Budget.of(target, args.rounds, args.time_limit, args.max_candidates, args.trials)
+    budget = SearchBudget.of(target, args.rounds, args.time_limit, args.max_candidates, args.trials)
     models = parse_models(args.model)
     if args.budget_usd is not None and args.budget_usd < 0:
         raise BadInput("command line", "--budget-usd", f"{args.budget_usd:g} is negative (0 means no limit)")
@@ -171,7 +172,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         say("search: no validated candidate")
         return 1
     if not args.no_remeasure and summary.seed is not None:
-        from vibeserve_ray.search.remeasure import remeasure
+        from vibeserve_ray.deploy.remeasure import remeasure
 
         remeasure(target, summary.run_dir, summary.seed, summary.best, say)
     print(summary.run_dir / "best")
@@ -302,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", metavar="FILE", help="write here (default RUN/report.html)")
     report.set_defaults(func=cmd_report)
 
-    from vibeserve_ray.deploy_cli import add_deploy_parser
+    from vibeserve_ray.deploy.cli import add_deploy_parser
 
     add_deploy_parser(sub)
     return p

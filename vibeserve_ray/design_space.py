@@ -5,6 +5,13 @@ Design choices are named options the engine template implements; knobs are numbe
 (`requires`), which only run on some devices (`devices`), and which knobs matter for
 which options (`applies_when`). The search moves through this space; `vibeserve
 candidate new` writes any point of it as a candidate directory.
+
+This is the search's view of the one file the engine reads too: each family's space
+ships inside the engine template (`vibeserve_ray/engine/models/<family>.toml`, linked
+from `search_spaces/`), so every candidate carries the space its code implements. Here
+the file's shape is checked with messages naming the field, and the knobs' ranges are
+read for tuning; the choices and the rule that checks a design against them are the
+engine's own (`vibeserve_ray/engine/space.py`, which imports no torch).
 """
 
 from __future__ import annotations
@@ -15,22 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vibeserve_ray.candidate import materialise_seed
+from vibeserve_ray.engine.space import Choice, design_problems, space_path
 from vibeserve_ray.errors import BadInput
 
 Design = dict[str, str]
-
-
-@dataclass(frozen=True)
-class Choice:
-    name: str
-    options: tuple[str, ...]
-    doc: str = ""
-    requires: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)  # option -> {choice: allowed}
-    devices: dict[str, tuple[str, ...]] = field(default_factory=dict)  # option -> device types
-
-    @property
-    def default(self) -> str:
-        return self.options[0]
 
 
 @dataclass(frozen=True)
@@ -86,7 +82,7 @@ class DesignSpace:
 
     def validate(self, design: Design, knobs: dict[str, Any], device: str) -> list[str]:
         """Every way this point breaks the space, as sentences naming the field; [] if valid."""
-        problems = self._design_problems(design, _device_type(device))
+        problems = design_problems(self.choices, design, device)
         for name, value in knobs.items():
             if name not in self.knobs:
                 problems.append(f"knobs.{name}: unknown knob (known: {', '.join(self.knobs)})")
@@ -94,27 +90,8 @@ class DesignSpace:
                 problems.append(f"knobs.{name} = {value!r}: {why}")
         return problems
 
-    def _design_problems(self, design: Design, device: str) -> list[str]:
-        problems = []
-        for name, option in design.items():
-            if name not in self.choices:
-                problems.append(f"design.{name}: unknown choice (known: {', '.join(self.choices)})")
-            elif option not in self.choices[name].options:
-                problems.append(f"design.{name} = {option!r}: expected one of {', '.join(self.choices[name].options)}")
-        if problems:
-            return problems
-        full = {**self.defaults()[0], **design}
-        for name, option in full.items():
-            choice = self.choices[name]
-            for other, allowed in choice.requires.get(option, {}).items():
-                if full[other] not in allowed:
-                    problems.append(f"design.{name} = {option!r} requires {other} in [{', '.join(allowed)}], got {full[other]!r}")
-            if option in choice.devices and device not in choice.devices[option]:
-                problems.append(f"design.{name} = {option!r} runs only on {', '.join(choice.devices[option])}, not {device}")
-        return problems
-
     def is_valid(self, design: Design, device: str) -> bool:
-        return not self._design_problems(design, _device_type(device))
+        return not design_problems(self.choices, design, device)
 
     def active_knobs(self, design: Design) -> list[KnobSpec]:
         """The knobs worth tuning for this design."""
@@ -205,8 +182,6 @@ def parse_assignments(items: list[str], file: str, section: str) -> dict[str, st
 def materialise(space: DesignSpace, dest: Path, design: Design, knobs: dict[str, Any], device: str = "cpu", source: str = "command line") -> Path:
     """Writes a self-contained candidate for this point of the space (BadInput naming
     `source` and the field if the point is invalid)."""
-    from vibeserve_ray.candidate import materialise_seed
-
     full_design, full_knobs = space.defaults()
     full_design.update(design)
     full_knobs.update(knobs)
@@ -214,11 +189,11 @@ def materialise(space: DesignSpace, dest: Path, design: Design, knobs: dict[str,
     if problems:
         field_name = problems[0].split(" ")[0].split(":")[0]
         raise BadInput(source, field_name, problems[0][len(field_name):].lstrip(" :="))
-    return materialise_seed(dest, full_design, full_knobs)
+    return materialise_seed(dest, full_design, full_knobs, family=space.family)
 
 
 def default_space_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "search_spaces" / "llama.toml"
+    return space_path("llama")
 
 
 def _device_type(device: str) -> str:

@@ -1,9 +1,9 @@
 """Runs an untrusted candidate: a subprocess behind the shared HTTP front, with limits.
 
 The process runs in the sandbox (`vibeserve_ray.sandbox`: no network, only the candidate,
-the model and the Python environment to read, rlimits) in its own session (so its whole
-group can be killed), with an environment scrubbed of secrets, a start-up timeout, and a
-watchdog that kills it past its memory limit. Its front accepts on a loopback socket
+the model and the Python environment to read, only allow-listed environment variables,
+rlimits) in its own session (so its whole group can be killed), with a start-up
+timeout, and a watchdog that kills it past its memory limit. Its front accepts on a loopback socket
 this process listens on and passes in, so `base_url` is known before it starts and
 serves plain aiohttp clients. Whatever goes wrong becomes a `CandidateFailure` (phase,
 reason, log tail): a recorded result, never a hung or crashed caller.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -28,8 +27,8 @@ import psutil
 
 from vibeserve_ray.candidate import CandidateSpec
 from vibeserve_ray.sandbox import Rlimits, SandboxUnavailable, View, confine
+from vibeserve_ray.sandbox.env import scratch_env
 
-SECRET_ENV = re.compile(r"(_API_KEY|_TOKEN|_SECRET|_PASSWORD)$|^ANTHROPIC_|^AWS_SECRET|^OPENAI_", re.IGNORECASE)
 LOG_TAIL_BYTES = 4000
 
 
@@ -73,29 +72,6 @@ class CandidateFailed(Exception):
         self.failure = failure
 
 
-def scrubbed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The parent's environment without anything that looks like a credential."""
-    env = {k: v for k, v in os.environ.items() if not SECRET_ENV.search(k)}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep candidate trees free of __pycache__
-    env["PYTHONUNBUFFERED"] = "1"
-    # The package must be importable in the child even when run from a source checkout.
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.update(extra or {})
-    return env
-
-
-def scratch_env(workdir: Path) -> dict[str, str]:
-    """Scratch space of a candidate process inside its sandbox directory: temporary files
-    and torch.compile's caches stay out of /tmp and the home directory."""
-    dirs = {"TMPDIR": "tmp", "TORCHINDUCTOR_CACHE_DIR": "torch-cache", "TRITON_CACHE_DIR": "triton-cache"}
-    env = {}
-    for var, name in dirs.items():
-        (Path(workdir) / name).mkdir(parents=True, exist_ok=True)
-        env[var] = str((Path(workdir) / name).resolve())
-    return env
-
-
 class CandidateProcess:
     """A running candidate server. Use as a context manager; `stop()` is idempotent."""
 
@@ -115,7 +91,7 @@ class CandidateProcess:
             cmd += ["--profile", str(profile_dir.resolve())]
         view = View(readable=(spec.path, model_dir, tokenizer_dir), writable=(profile_dir,) if profile_dir else (), device=device)
         try:
-            self._box = confine(cmd, scrubbed_env(scratch_env(workdir)), view, limits.rlimits(), limits.sandbox, workdir / "sandbox-root")
+            self._box = confine(cmd, scratch_env(workdir), view, limits.rlimits(), limits.sandbox, workdir / "sandbox-root")
         except SandboxUnavailable as exc:
             listener.close()
             raise CandidateFailed(CandidateFailure("sandbox", str(exc))) from None

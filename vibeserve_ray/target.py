@@ -38,6 +38,11 @@ class Objective:
     def better(self, a: float, b: float) -> bool:
         return self.score(a) > self.score(b)
 
+    @property
+    def better_is(self) -> str:
+        """Which way is better, in a word: "higher" or "lower"."""
+        return "higher" if self.direction == "maximize" else "lower"
+
     def speedup(self, value: float, base: float) -> float:
         """How many times better `value` is than `base` (> 1 is better, either direction)."""
         if math.isnan(value) or math.isnan(base) or value == 0 or base == 0:

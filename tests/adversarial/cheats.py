@@ -28,7 +28,7 @@ import hashlib
 
 from vibeserve_ray.candidate import TokenOut
 
-from .llm_engine import create_engine as honest_engine
+from .entrypoint import create_engine as honest_engine
 
 
 def key(ids):
@@ -288,6 +288,21 @@ class Engine(Cheat):
             yield out
 '''
 
+ENV_CREDENTIAL = '''
+import os
+
+
+class Engine(Cheat):
+    """Reads a credential from the environment, to reach a database of answers with it."""
+
+    def setup(self):
+        self.database = os.environ.get("DATABASE_URL", "")
+
+    async def generate(self, request):
+        async for out in self.honest(request):
+            yield out
+'''
+
 CHECKER_FILE = '''
 import json
 from pathlib import Path
@@ -323,9 +338,10 @@ CHEATS = [
           wrapped("Ignores the weights it is given.", FIRST_CHECKPOINT, _first_answers)),
     Cheat("a cache in /tmp for later processes", "scan", "outside the candidate", wrapped("Caches in /tmp.", TMP_CACHE)),
     Cheat("a network call", "scan", "network access", wrapped("Calls out.", NETWORK)),
+    Cheat("a credential read from the environment", "scan", "environment variable outside", wrapped("Reads a credential.", ENV_CREDENTIAL)),
     Cheat("a write into the model directory", "scan", "writing into the model directory", wrapped("Writes by the weights.", WRITES_MODEL)),
     Cheat("a smaller model swapped in (two layers dropped)", "reference-equality", "held-out #",
-          patched("engine/loader.py", "    return model.eval()", "    del model.model.layers[-2:]  # a smaller, faster model\n    return model.eval()")),
+          patched("engine/models/loader.py", "    return model.eval()", "    del model.model.layers[-2:]  # a smaller, faster model\n    return model.eval()")),
     Cheat("a dynamic import of a forbidden module", "scan", "dynamic import with a computed name", wrapped("Imports by a computed name.", DYNAMIC_IMPORT)),
     Cheat("a copy of the checker's prompts in the tree", "protected-data", "a copy of held-out prompt",
           lambda ctx: {"engine/phrases.json": json.dumps([line for line in ctx.prompt_lines.splitlines()])}),

@@ -153,7 +153,9 @@ class Trial:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Evaluated:
+    """What the evaluate step ends with: the best trial, every trial, and the hints."""
+
     best: Trial | None
     trials: list[Trial]
     hints: list[Hint]
@@ -174,7 +176,7 @@ def sampler_seed(design: dict[str, str], warm_knobs: dict[str, Any]) -> int:
 
 
 def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: list, warm_knobs: dict[str, Any], n_trials: int,
-             say: Callable[[str], None] = lambda s: None, moves: list[dict[str, Any]] | None = None, deadline: float = math.inf) -> Outcome:
+             say: Callable[[str], None] = lambda s: None, moves: list[dict[str, Any]] | None = None, deadline: float = math.inf) -> Evaluated:
     """Tunes the candidate's active knobs with `n_trials` measurements; the best is written
     back into its candidate.toml. A trial with a response unlike the reference's ends it.
     With `moves` (the finalist's tuning pass), the trials measure `warm_knobs` again, then
@@ -220,7 +222,7 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
             study.tell(ot, state=optuna.trial.TrialState.FAIL)
             trials.append(Trial(knobs, math.nan, distributions=dists))
             write_candidate_toml(spec.path, spec.entrypoint, spec.design, spec.knobs)
-            return Outcome(None, trials, [], CandidateFailure(EXACT_GATE, f"trial {n + 1}: {result.exactness.summary()}"))
+            return Evaluated(None, trials, [], CandidateFailure(EXACT_GATE, f"trial {n + 1}: {result.exactness.summary()}"))
         violations = [v.value / v.bound - 1 if v.kind == "max" else 1 - v.value / v.bound for v in report.slo_violations]
         ot.set_constraint("slo", max(violations, default=0.0))  # > 0: infeasible, by how far the worst SLO is missed
         study.tell(ot, report.headline_value)
@@ -230,7 +232,7 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
     measured = [t for t in trials if t.failure is None]
     if not measured:
         write_candidate_toml(spec.path, spec.entrypoint, spec.design, spec.knobs)
-        return Outcome(None, trials, [], trials[-1].failure)
+        return Evaluated(None, trials, [], trials[-1].failure)
     best = max(measured, key=lambda t: (t.slo_passed, objective.score(t.value)))
     write_candidate_toml(spec.path, spec.entrypoint, spec.design, best.knobs)
-    return Outcome(best, trials, hints_for(target, spec.design, best.metrics, target_workload(target)))
+    return Evaluated(best, trials, hints_for(target, spec.design, best.metrics, target_workload(target)))

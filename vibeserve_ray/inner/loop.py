@@ -8,13 +8,11 @@ returns an `InnerResult` with a verdict: failures are results, not exceptions.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,50 +21,18 @@ from vibeserve_ray.agents.transport import via_actor
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.design_space import DesignSpace, load_space
 from vibeserve_ray.errors import BadInput
-from vibeserve_ray.inner.evaluate import EXACT_GATE, Outcome, Trial, evaluate
+from vibeserve_ray.inner.evaluate import EXACT_GATE, Evaluated, evaluate
 from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.inner.implement import apply_design, candidate_tools, implement_hypothesis, skill_knobs
 from vibeserve_ray.inner.judge.gates import JudgeVerdict, judge
 from vibeserve_ray.inner.judge.review import REVIEW_GATE, review_diff, tree_diff
 from vibeserve_ray.inner.read import read_measurement
+from vibeserve_ray.inner.result import InnerResult
 from vibeserve_ray.inner.task import AgentTask, InnerTask
 from vibeserve_ray.inner.tune import knob_moves
 from vibeserve_ray.skills import applicable
 from vibeserve_ray.target import Target, load_target
 from vibeserve_ray.trees import extract_tree, pack_dir
-
-
-@dataclass(frozen=True)
-class InnerResult:
-    eval_id: str
-    island: int
-    round: int
-    parent: str
-    tree: bytes  # the candidate as implemented and tuned
-    message: str
-    design: dict[str, str]
-    knobs: dict[str, Any]
-    verdict: str  # validated | rejected | failed
-    failure_phase: str = ""
-    failure_reason: str = ""
-    headline_name: str = ""
-    headline_value: float = float("nan")
-    slo_passed: bool = False
-    metrics: dict[str, Any] = field(default_factory=dict)
-    hints: list[Hint] = field(default_factory=list)
-    trials: list[Trial] = field(default_factory=list)
-    started_at: float = 0.0
-    finished_at: float = 0.0
-    implement_s: float = 0.0
-    judge_s: float = 0.0
-    evaluate_s: float = 0.0
-    node: str = ""
-    attempt: int = 0
-    implementer: str = "offline"
-    transcripts: dict[str, str] = field(default_factory=dict)  # role -> its session's transcript (JSON), committed beside the candidate
-    session_s: dict[str, float] = field(default_factory=dict)  # role -> wall time of its agent session
-    judge_gates: str = "[]"  # JSON: each gate the judge ran, its verdict and seconds
-    sandbox_warning: str = ""  # set when candidate code ran unconfined ([limits] sandbox = "best-effort")
 
 
 InnerLoop = Callable[[InnerTask], InnerResult]
@@ -97,7 +63,7 @@ class Workspace:
         self.timings = {"implement_s": 0.0, "judge_s": 0.0, "evaluate_s": 0.0}
         self.transcripts: dict[str, str] = {}
         self.session_s: dict[str, float] = {}
-        self.judged: dict[str, str] = {}  # the judge's gates and sandbox warning, once it has run
+        self.judged: dict[str, Any] = {}  # the judge's gates and sandbox warning, once it has run
 
     def transcript_path(self, role: str) -> Path:
         return self.root / "transcripts" / f"{role}.json"  # outside the candidate tree
@@ -154,7 +120,7 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
         t0 = time.time()
         say(f"judge: {message}")
         verdict = judge(target, spec, None if task.proposal is None else ws.parent, ws.root / "judge", say=say)
-        ws.judged = {"judge_gates": json.dumps([{"gate": g.gate, "verdict": g.verdict, "seconds": round(g.seconds, 2)} for g in verdict.gates]),
+        ws.judged = {"judge_gates": tuple({"gate": g.gate, "verdict": g.verdict, "seconds": round(g.seconds, 2)} for g in verdict.gates),
                      "sandbox_warning": verdict.sandbox_warning}
         if verdict.passed and agents is not None and task.proposal is not None:
             verdict = _review(agents, ws, message, say)
@@ -191,7 +157,7 @@ def _tune(task: InnerTask, ws: Workspace, target: Target, space: DesignSpace, sa
     return _measured(ws, target, message, outcome)
 
 
-def _measured(ws: Workspace, target: Target, message: str, outcome: Outcome, read: Callable[[dict], list[Hint]] | None = None) -> InnerResult:
+def _measured(ws: Workspace, target: Target, message: str, outcome: Evaluated, read: Callable[[dict], list[Hint]] | None = None) -> InnerResult:
     """The evaluator's outcome as the result: its best trial, or why none counts (a response
     unlike the reference's rejects the candidate). `read`: the Evaluator agent's hints."""
     if outcome.best is None:
@@ -201,7 +167,7 @@ def _measured(ws: Workspace, target: Target, message: str, outcome: Outcome, rea
     b = outcome.best
     hints = (read(b.metrics) if read else None) or outcome.hints
     return ws.result("validated", message, headline_name=target.spec.benchmark.headline, headline_value=b.value, slo_passed=b.slo_passed,
-                     metrics=b.metrics, hints=hints, trials=outcome.trials)
+                     metrics=b.metrics, hints=tuple(hints), trials=outcome.trials)
 
 
 def _review(agents: AgentTask, ws: Workspace, message: str, say: Callable[[str], None]) -> JudgeVerdict:

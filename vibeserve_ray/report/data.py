@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
+
 from vibeserve_ray.agents.ledger import Usage
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.search.record import RUNNING_FILE
@@ -47,7 +49,9 @@ class LineageStep:
 
 
 @dataclass(frozen=True)
-class Trial:
+class KnobTrial:
+    """One Optuna trial of a knob study, as the report draws it."""
+
     params: dict
     value: float  # NaN: the trial failed
 
@@ -58,7 +62,7 @@ class KnobStudy:
     where there are enough of them."""
 
     studies: tuple[str, ...]
-    trials: tuple[Trial, ...]
+    trials: tuple[KnobTrial, ...]
     importances: dict[str, float]
 
 
@@ -159,23 +163,19 @@ def _knob_study(run_dir: Path, rows: list[Evaluation], best: Evaluation) -> Knob
     storage = open_studies(run_dir)
     if storage is None:
         return None
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     existing = set(optuna.get_all_study_names(storage))
     names = sorted({study_name(r.island, r.commit) for r in rows if r.design == best.design} & existing)
     trials = [t for name in names for t in optuna.load_study(study_name=name, storage=storage).trials]
     if not trials:
         return None
-    return KnobStudy(tuple(names), tuple(Trial(dict(t.params), math.nan if t.value is None else float(t.value)) for t in trials),
+    return KnobStudy(tuple(names), tuple(KnobTrial(dict(t.params), math.nan if t.value is None else float(t.value)) for t in trials),
                      _importances(trials, best, storage, names))
 
 
-def _importances(trials: list, best: Evaluation, storage: "optuna.storages.BaseStorage", names: list[str]) -> dict[str, float]:
+def _importances(trials: list, best: Evaluation, storage: optuna.storages.BaseStorage, names: list[str]) -> dict[str, float]:
     """fANOVA importances over the pooled trials; empty when they cannot say (fewer than
     two completed trials, or no knob that varied)."""
-    import optuna
-
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     varied = {k for k in done[0].params if len({repr(t.params.get(k)) for t in done}) > 1} if done else set()
     if len(done) < 2 or not varied:
@@ -198,7 +198,7 @@ def _agents(meta: dict, rows: list[Evaluation]) -> dict[str, Usage]:
     else:
         by_role = {}
         for r in rows:
-            for role, u in json.loads(r.agent_usage or "{}").items():
+            for role, u in r.agent_usage.items():
                 by_role[role] = by_role.get(role, Usage()) + Usage.from_dict(u)
     return {role: u for role, u in sorted(by_role.items()) if u.calls}
 

@@ -7,7 +7,6 @@ from disk with no network, and can be made again at any time while the search ru
 from __future__ import annotations
 
 import datetime
-import json
 import math
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def render(view: RunView) -> str:
     env.filters.update(num=_num, ratio=_ratio, short=lambda c: c[:12], clock=_clock)
     best = view.best
     counts = {v: sum(r.verdict == v for r in view.rows) for v in ("validated", "rejected", "failed", "timeout")}
-    seed = next((json.loads(r.design) for r in view.rows if r.implementer == "seed"), {})
+    seed = next((r.design for r in view.rows if r.implementer == "seed"), {})
     return env.from_string(TEMPLATE).render(
         v=view, best=best, counts=counts, plots=all_plots(view), leaderboard=[_entry(r, seed) for r in view.ranked()],
         failures=[r for r in view.rows if not r.validated], state="stopped: " + view.stopped_because if view.stopped_because else "running (or interrupted)",
@@ -43,9 +42,9 @@ def render(view: RunView) -> str:
 
 def _entry(r: Evaluation, seed: dict) -> dict:
     """A leaderboard row as the template shows it; the design as its changes to the seed's."""
-    changed = {k: v for k, v in json.loads(r.design).items() if seed.get(k) != v}
+    changed = {k: v for k, v in r.design.items() if seed.get(k) != v}
     return {"row": r, "design": " ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "as the seed",
-            "knobs": " ".join(f"{k}={v}" for k, v in sorted(json.loads(r.knobs).items())),
+            "knobs": " ".join(f"{k}={v}" for k, v in sorted(r.knobs.items())),
             "why": f"{r.failure_phase}: {r.failure_reason[:160]}" if r.failure_phase else ""}
 
 

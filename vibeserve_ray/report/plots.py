@@ -8,7 +8,6 @@ several share one page, and every group of data marks carries an id starting `da
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass
 
@@ -51,7 +50,7 @@ def headline_over_time(view: RunView) -> Plot:
     now = max(xs[-1], ((view.read_at if view.stopped_because is None else max(r.finished_at for r in view.rows)) - t0) / 60)
     ax.step(xs + [now], ys + [ys[-1]], where="post", color="black", linewidth=1.5, label="best so far", gid="data-best-so-far")
     ax.set_xlabel("minutes since the search started")
-    ax.set_ylabel(f"{view.objective.metric} ({'higher' if view.objective.direction == 'maximize' else 'lower'} is better)")
+    ax.set_ylabel(f"{view.objective.metric} ({view.objective.better_is} is better)")
     ax.legend(loc="best", fontsize=8)
     return Plot("headline", title, _svg(fig, "headline"), len(valid))
 
@@ -62,7 +61,7 @@ def throughput_vs_latency(view: RunView) -> Plot:
     title = "Throughput vs p99 latency"
     pts = []
     for r in view.rows:
-        m = json.loads(r.metrics or "{}") if r.validated else {}
+        m = r.metrics if r.validated else {}
         if isinstance(m.get(THROUGHPUT), (int, float)) and isinstance(m.get(LATENCY), (int, float)):
             pts.append((m[LATENCY], m[THROUGHPUT], r))
     if not pts:

@@ -6,9 +6,9 @@ loopback included: its HTTP front accepts on a listening socket the caller made 
 passed in), its own pid namespace (killing its root kills all it forked), a filesystem
 holding only the system libraries, the Python environment, the package and the paths
 the caller names (the candidate tree and the model, read-only), a private size-limited
-/tmp, no capabilities, and limits on processes (a pids cgroup where one can be made,
-and RLIMIT_NPROC), open files, CPU time and bytes per file, its log included. Memory is
-the runner's RSS watchdog.
+/tmp, no capabilities, only the allow-listed environment variables (`env`), and limits
+on processes (a pids cgroup where one can be made, and RLIMIT_NPROC), open files, CPU
+time and bytes per file, its log included. Memory is the runner's RSS watchdog.
 
 Built on bubblewrap where it works, else on util-linux `unshare` plus `enter`. Where
 neither works, policy "required" refuses to run candidate code; "best-effort" runs it
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vibeserve_ray.sandbox import cgroup
-from vibeserve_ray.sandbox.backends import BACKENDS, FORCE_ENV, Capability, child_env, doctor_lines, probe, wrapper
+from vibeserve_ray.sandbox.backends import BACKENDS, FORCE_ENV, Capability, doctor_lines, probe, wrapper
+from vibeserve_ray.sandbox.env import candidate_env, inside_env
 from vibeserve_ray.sandbox.view import Rlimits, View
 
 __all__ = ["BACKENDS", "FORCE_ENV", "POLICIES", "UNCONFINED", "Capability", "Confined", "Rlimits", "SandboxUnavailable", "View",
@@ -72,22 +73,16 @@ class Confined:
         cgroup.remove(self.cgroup)
 
 
-def inside_env(env: dict[str, str]) -> dict[str, str]:
-    """Scratch space inside the sandbox: everything temporary goes to its private /tmp."""
-    return {**child_env(env), "HOME": "/tmp", "TMPDIR": "/tmp", "USER": "sandbox", "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor",
-            "TRITON_CACHE_DIR": "/tmp/triton"}
-
-
 def confine(argv: list[str], env: dict[str, str], view: View, rlimits: Rlimits, policy: str, stage: Path) -> Confined:
     """`argv` wrapped to run in the sandbox (`stage`: a directory of the caller's that the
-    unshare backend mounts its root on). SandboxUnavailable when policy is 'required'
-    and nothing confines on this machine."""
+    unshare backend mounts its root on), in the allow-listed environment plus `env`.
+    SandboxUnavailable when policy is 'required' and nothing confines on this machine."""
     cap = probe()
     if cap.backend:
         argv = wrapper(cap.backend, cap.userns, view, rlimits, stage) + argv
-        return Confined(argv, inside_env(env), rlimits, cap.backend, cgroup=cgroup.create(rlimits.processes))
+        return Confined(argv, inside_env(candidate_env(env)), rlimits, cap.backend, cgroup=cgroup.create(rlimits.processes))
     if policy == "best-effort":
-        return Confined(argv, env, rlimits, "", UNCONFINED)
+        return Confined(argv, candidate_env(env), rlimits, "", UNCONFINED)
     raise SandboxUnavailable(f"no sandbox for candidate code on this machine ({cap.missing()}); install bubblewrap "
                              '(apt-get install bubblewrap) or set [limits] sandbox = "best-effort" in the target')
 
@@ -103,11 +98,9 @@ def ensure(policy: str) -> str:
 def run(argv: list[str], view: View, rlimits: Rlimits = Rlimits(), policy: str = "required", timeout_s: float = 60,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Runs a command in the sandbox and waits: the agents' tools (their workspace in
-    `view.writable`). Its whole process tree is killed at the timeout (returncode -9)."""
-    from vibeserve_ray.runner import scrubbed_env
-
+    `view.writable`), in the allow-listed environment plus `env`. Its whole process tree is killed at the timeout (returncode -9)."""
     stage = Path(tempfile.mkdtemp(prefix="vibeserve-sandbox-"))
-    box = confine(argv, scrubbed_env(env), view, rlimits, policy, stage / "root")
+    box = confine(argv, env or {}, view, rlimits, policy, stage / "root")
     try:
         proc = subprocess.Popen(box.argv, env=box.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, preexec_fn=box.preexec)

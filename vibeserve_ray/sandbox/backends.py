@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vibeserve_ray.sandbox import cgroup
-from vibeserve_ray.sandbox.view import SHM_BYTES, Rlimits, View, package_dir
+from vibeserve_ray.sandbox.env import candidate_env
+from vibeserve_ray.sandbox.view import SHM_BYTES, Rlimits, View
 
 BACKENDS = ("bwrap", "unshare")
 FORCE_ENV = "VIBESERVE_SANDBOX_BACKEND"  # bwrap | unshare | none: use this one (tests, benchmarks, a broken bwrap)
@@ -68,18 +69,12 @@ def wrapper(backend: str, userns: bool, view: View, rlimits: Rlimits, stage: Pat
     return bwrap_argv(view, rlimits, userns) if backend == "bwrap" else unshare_argv(view, rlimits, userns, stage)
 
 
-def child_env(env: dict[str, str]) -> dict[str, str]:
-    """`env` with the package importable (the unshare backend's second stage, the worker)."""
-    root = str(package_dir().parent)
-    return {**env, "PYTHONPATH": root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")}
-
-
 def _works(backend: str, userns: bool) -> str:
     """'' when the backend confines /bin/true and it exits 0, else its error's last line."""
     with tempfile.TemporaryDirectory(prefix="vibeserve-sandbox-probe-") as tmp:
         argv = wrapper(backend, userns, View(), Rlimits(), Path(tmp) / "root") + ["/bin/true"]
         try:
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=child_env(dict(os.environ)))
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=candidate_env())
         except (OSError, subprocess.TimeoutExpired) as exc:
             return str(exc)
     return "" if r.returncode == 0 else (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]

@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 
 import ray
+from ray.util import metrics
 
 from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.target import Objective
@@ -87,20 +88,14 @@ class Island:
 
     def start_round(self, rnd: int) -> None:
         """The round this island is working on, as a metric (`vibeserve_round`)."""
-        if self._ensure_metrics():
-            self._metrics["current"].set(rnd, tags={"island": str(self.index)})
+        self._ensure_metrics()["current"].set(rnd, tags={"island": str(self.index)})
 
     def mark_round(self, rnd: int) -> None:
         """The round this island has finished, as a metric beside its counts."""
-        if self._ensure_metrics():
-            self._metrics["round"].set(rnd, tags={"island": str(self.index)})
+        self._ensure_metrics()["round"].set(rnd, tags={"island": str(self.index)})
 
-    def _ensure_metrics(self) -> bool:
-        """Ray metrics, exported to the dashboard's Prometheus endpoint (False outside Ray)."""
-        try:
-            from ray.util import metrics
-        except ImportError:
-            return False
+    def _ensure_metrics(self) -> dict:
+        """Ray metrics, exported to the dashboard's Prometheus endpoint; made on first use."""
         if self._metrics is None:
             tags = ("island",)
             self._metrics = {
@@ -113,22 +108,20 @@ class Island:
                 "round": metrics.Gauge("vibeserve_search_round", "Last round the island finished", tag_keys=tags),
                 "current": metrics.Gauge("vibeserve_round", "Round the island is working on", tag_keys=tags),
             }
-        return True
+        return self._metrics
 
     def _publish(self, member: Member) -> None:
-        if not self._ensure_metrics():
-            return
-        tag = {"island": str(self.index)}
-        self._metrics["evaluated"].inc(1, tags=tag)
+        m, tag = self._ensure_metrics(), {"island": str(self.index)}
+        m["evaluated"].inc(1, tags=tag)
         if member.verdict in ("failed", "timeout"):
-            self._metrics["failed"].inc(1, tags=tag)
+            m["failed"].inc(1, tags=tag)
         elif member.verdict == "rejected":
-            self._metrics["rejected"].inc(1, tags=tag)
+            m["rejected"].inc(1, tags=tag)
         if member.verdict != "validated":
-            self._metrics["stopped"].inc(1, tags=tag | {"gate": member.gate or "unknown", "verdict": member.verdict})
+            m["stopped"].inc(1, tags=tag | {"gate": member.gate or "unknown", "verdict": member.verdict})
         best = self.best()
         if best is not None:
-            self._metrics["best"].set(best.headline, tags=tag)
+            m["best"].set(best.headline, tags=tag)
 
 
 @ray.remote(num_cpus=0)

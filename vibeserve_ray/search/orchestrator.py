@@ -10,7 +10,6 @@ is refused and the agent asked again.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -98,8 +97,7 @@ def plan(rnd: int, want: int, repo: RunRepo, rows: list[Evaluation], objective: 
     validated = sorted((r for r in rows if r.validated), key=lambda r: -objective.score(r.headline_value))
     by_round = [max((r.speedup for r in rows if r.round == n and r.validated), default=math.nan)
                 for n in range(max((r.round for r in rows), default=0) + 1)]
-    hints = "\n".join(f"- {r.commit[:12]} ({r.speedup:.2f}x): " + "; ".join(h["text"] for h in json.loads(r.hints)) for r in validated[:3]
-                      if json.loads(r.hints))
+    hints = "\n".join(f"- {r.commit[:12]} ({r.speedup:.2f}x): " + "; ".join(h.text for h in r.hints) for r in validated[:3] if r.hints)
     backlog = repo.read_planning("BACKLOG.md")
     planned = plan_round(rnd, want, repo.read_planning("MEMORY.md"), backlog, results_table(repo, rows, validated), hints,
                          plateaued(by_round), [r.commit for r in validated], settings, transport, say)

@@ -8,8 +8,11 @@ and applies them to the best candidate so far.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
+
+import ray
 
 from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.inner.task import Proposal, design_key
@@ -27,8 +30,6 @@ class WorkItem:
 
 def plan_evolution(islands: list, owed: list[int], proposer: OfflineProposer, tried: set[str], neighbours) -> list[WorkItem]:
     """Up to `owed[i]` children for island i, never a design tried before."""
-    import ray
-
     items = []
     parents = ray.get([isl.select_parent.remote() for isl in islands])
     for index, (isl, first) in enumerate(zip(islands, parents)):
@@ -42,6 +43,15 @@ def plan_evolution(islands: list, owed: list[int], proposer: OfflineProposer, tr
             tried.add(proposal.key())
             items.append(WorkItem(index, parent, proposal))
     return items
+
+
+def islands_take_turns(items: list[WorkItem], owed: list[int]) -> list[WorkItem]:
+    """Interleaves the round's work by island, the island owed most children first, so a
+    cluster smaller than a round (or a time limit) still explores from every island."""
+    by_island: dict[int, list[WorkItem]] = {}
+    for it in sorted(items, key=lambda it: -owed[it.island]):
+        by_island.setdefault(it.island, []).append(it)
+    return [it for turn in itertools.zip_longest(*by_island.values()) for it in turn if it is not None]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Recording results: commit, note, table row, in that order, so a crash loses nothing.
+"""Recording results: commit, tag, note, table row, in that order, so a crash loses nothing.
 
 The git note is written before the table row: on restart `reconcile` re-adds any row
 the notes have and the table lacks, so results.parquet and git always agree.
@@ -10,15 +10,13 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from vibeserve_ray.agents.ledger import Usage
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.design_space import DesignSpace
-from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.inner.implement import apply_design, skill_knobs
-from vibeserve_ray.inner.loop import InnerResult
+from vibeserve_ray.inner.result import InnerResult
 from vibeserve_ray.inner.task import InnerTask
 from vibeserve_ray.search.islands import Member
 from vibeserve_ray.search.results import (RESULTS_FILE, Evaluation, ResultsUnreadable, append_result, read_results, rebuild_from_notes,
@@ -46,9 +44,18 @@ def reconcile(run_dir: Path, repo: RunRepo) -> list[Evaluation]:
     return rows
 
 
+def keep_candidates(repo: RunRepo, rows: list[Evaluation]) -> None:
+    """Tags every recorded candidate's commit that has no tag yet: a run recorded before
+    each candidate was tagged keeps its commits from `git gc` once resumed. The driver's
+    alone (a reader tagging at the same moment could fail the driver's tag)."""
+    tagged = repo.candidate_tags()
+    missing = {r.eval_id: r.commit for r in rows if r.eval_id not in tagged}
+    if missing:
+        repo.tag_candidates(missing)
+
+
 def member(row: Evaluation) -> Member:
-    return Member(row.commit, json.loads(row.design), json.loads(row.knobs), row.verdict, row.headline_value,
-                  tuple(Hint.from_dict(h) for h in json.loads(row.hints)), row.failure_phase)
+    return Member(row.commit, row.design, row.knobs, row.verdict, row.headline_value, row.hints, row.failure_phase)
 
 
 TUNE = "tune"  # the implementer of the finalist's tuning pass
@@ -60,8 +67,8 @@ def best(rows: list[Evaluation], objective: Objective) -> Evaluation | None:
     sit below the parent's older one when the machine slowed between them, but the
     comparison within the pass is the fair one."""
     valid = [r for r in rows if r.validated and not math.isnan(r.headline_value)]
-    knobs = {r.commit: json.loads(r.knobs or "{}") for r in valid}
-    superseded = {r.parent for r in valid if r.implementer == TUNE and r.parent in knobs and json.loads(r.knobs or "{}") != knobs[r.parent]}
+    knobs = {r.commit: r.knobs for r in valid}
+    superseded = {r.parent for r in valid if r.implementer == TUNE and r.parent in knobs and r.knobs != knobs[r.parent]}
     valid = [r for r in valid if r.commit not in superseded]
     if not valid:
         return None
@@ -70,8 +77,8 @@ def best(rows: list[Evaluation], objective: Objective) -> Evaluation | None:
 
 def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[Evaluation], target: Target,
                   commit_override: str | None = None, usage: dict[str, Usage] | None = None) -> Evaluation:
-    """Commits the candidate (parent = where it came from) and its agents' transcripts, notes
-    the evaluation, appends the row. `usage`: what its agents' calls cost, by role (the gateway's ledger)."""
+    """Commits the candidate (parent = where it came from), tags it, commits its agents'
+    transcripts, notes the evaluation, appends the row. `usage`: what its agents' calls cost, by role (the gateway's ledger)."""
     with tempfile.TemporaryDirectory() as tmp:
         tree_dir = extract_tree(result.tree, Path(tmp) / "c")
         if commit_override:
@@ -79,23 +86,21 @@ def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[
         else:
             message = f"{result.message}\n\nverdict: {result.verdict}" + (f" ({result.failure_phase}: {result.failure_reason[:200]})" if result.failure_phase else "")
             commit = repo.commit_candidate(tree_dir, result.parent, message, branch=f"island-{result.island}")
+    repo.tag_candidates({result.eval_id: commit})  # kept from `git gc` whatever becomes of its branch
     if result.transcripts:
         repo.write_files(TRANSCRIPTS_BRANCH, {f"{commit}/{role}.json": text for role, text in result.transcripts.items()},
                          f"transcripts of {commit[:12]}")
     objective = target.spec.benchmark.objective
     seed = next((r for r in rows if r.implementer == "seed"), None)
     seed_value = seed.headline_value if seed else result.headline_value
-    same = {f.name: getattr(result, f.name) for f in fields(Evaluation) if hasattr(result, f.name)}  # the fields both share
-    row = Evaluation(**same | dict(
+    row = Evaluation(**result.outcome() | dict(
         commit=commit, tree=repo.tree_id(commit), parent=result.parent if not commit_override else "",
         implementer="seed" if commit_override else result.implementer,
-        design=json.dumps(result.design, sort_keys=True), knobs=json.dumps(result.knobs, sort_keys=True),
         failure_reason=result.failure_reason[:2000], headline_value=float(result.headline_value),
-        speedup=objective.speedup(result.headline_value, seed_value), metrics=json.dumps(result.metrics, sort_keys=True),
-        hints=json.dumps([h.to_dict() for h in result.hints]),
+        speedup=objective.speedup(result.headline_value, seed_value),
     ) | _agent_columns(usage or {}, result.session_s))
     trials = [t.to_dict() for t in result.trials]
-    repo.add_note(commit, row.to_dict() | {"trials": trials})
+    repo.add_note(commit, row.to_record() | {"trials": trials})
     if not append_result(run_dir, row, known=len(rows)):  # the table was lost or damaged: the notes have every row, this one too
         rebuild_from_notes(run_dir, repo.all_notes())
     if trials and not save_study(run_dir, study_name(row.island, commit), objective.direction, trials):
@@ -108,7 +113,7 @@ def _agent_columns(usage: dict[str, Usage], session_s: dict[str, float]) -> dict
     per_role = {role: u.to_dict() | {"session_s": round(session_s.get(role, 0.0), 3)} for role, u in sorted(usage.items())}
     return dict(agent_calls=total.calls, agent_input_tokens=total.input_tokens, agent_cache_write_tokens=total.cache_write_tokens,
                 agent_cache_read_tokens=total.cache_read_tokens, agent_output_tokens=total.output_tokens, agent_cost_usd=total.cost_usd,
-                agent_s=sum(session_s.values()), agent_usage=json.dumps(per_role, sort_keys=True))
+                agent_s=sum(session_s.values()), agent_usage=per_role)
 
 
 def lost_result(repo: RunRepo, task: InnerTask, target: Target, space: DesignSpace, reason: str, verdict: str = "failed") -> InnerResult:

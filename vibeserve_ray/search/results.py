@@ -1,7 +1,9 @@
 """`RUN/results.parquet`: one row per evaluation, a stable schema for people and tools.
 
 The notes in git are the source of truth; this table is their flat copy, rebuilt from
-the notes when it is lost. Columns (stable; extend, never rename):
+the notes when it is lost. In memory an `Evaluation` is typed (dicts, `Hint`s);
+`to_record` and `from_record` are where its JSON columns are written and read, for the
+table and the notes alike. Columns (stable; extend, never rename):
 
 | column | meaning |
 | --- | --- |
@@ -33,42 +35,26 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vibeserve_ray.inner.hints import Hint
+from vibeserve_ray.inner.result import Outcome
+
 RESULTS_FILE = "results.parquet"
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    eval_id: str
+@dataclass(frozen=True, kw_only=True)
+class Evaluation(Outcome):
+    """One row: the inner loop's outcome as recorded, with its commit and what it cost."""
+
     commit: str
-    tree: str
-    parent: str
-    island: int
-    round: int
-    implementer: str
-    design: str
-    knobs: str
-    verdict: str
-    failure_phase: str = ""
-    failure_reason: str = ""
-    headline_name: str = ""
-    headline_value: float = math.nan
+    tree: str  # the commit's tree id: two candidates with one tree are the same code
     speedup: float = math.nan
-    slo_passed: bool = False
-    metrics: str = "{}"
-    hints: str = "[]"
-    started_at: float = 0.0
-    finished_at: float = 0.0
-    implement_s: float = 0.0
-    judge_s: float = 0.0
-    evaluate_s: float = 0.0
-    node: str = ""
-    attempt: int = 0
     agent_calls: int = 0
     agent_input_tokens: int = 0
     agent_cache_write_tokens: int = 0
@@ -76,23 +62,52 @@ class Evaluation:
     agent_output_tokens: int = 0
     agent_cost_usd: float = 0.0
     agent_s: float = 0.0
-    agent_usage: str = "{}"
-    judge_gates: str = "[]"
-    sandbox_warning: str = ""
+    agent_usage: dict[str, dict[str, float]] = field(default_factory=dict)  # role -> its calls, tokens, cost_usd, seconds, session_s
 
-    @property
-    def validated(self) -> bool:
-        return self.verdict == "validated"
+    def to_record(self) -> dict[str, Any]:
+        """The row as the table and the notes store it: flat, its structured fields as JSON."""
+        return {name: _CODECS[name][0](getattr(self, name)) if name in _CODECS else getattr(self, name) for name in SCHEMA.names}
 
-    def design_dict(self) -> dict:
-        return json.loads(self.design)
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Evaluation":
+        """A stored row (a table row or a note), any version: columns it lacks take their
+        defaults, keys that are no column (a note's trials) are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: _CODECS[k][1](v) if k in _CODECS else v for k, v in record.items() if k in known})
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+def _dumps(sort_keys: bool) -> Callable[[Any], str]:
+    return lambda value: json.dumps(value, sort_keys=sort_keys)
 
 
-_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
-SCHEMA = pa.schema([(f.name, _TYPES[{"int": int, "float": float, "str": str, "bool": bool}[f.type]]) for f in fields(Evaluation)])
+def _loads(empty: str, then: Callable[[Any], Any] = lambda x: x) -> Callable[[str], Any]:
+    return lambda text: then(json.loads(text or empty))  # "" was written by hand-made rows of old tests and tools
+
+
+# column -> (to its JSON text, back): the encodings are part of the table's contract
+_CODECS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
+    "design": (_dumps(True), _loads("{}")),
+    "knobs": (_dumps(True), _loads("{}")),
+    "metrics": (_dumps(True), _loads("{}")),
+    "hints": (lambda hints: json.dumps([h.to_dict() for h in hints]), _loads("[]", lambda xs: tuple(Hint.from_dict(h) for h in xs))),
+    "agent_usage": (_dumps(True), _loads("{}")),
+    "judge_gates": (lambda gates: json.dumps(list(gates)), _loads("[]", tuple)),
+}
+
+# The table's columns in their order, with their types: a contract (extend, never rename).
+SCHEMA = pa.schema([
+    ("eval_id", pa.string()), ("commit", pa.string()), ("tree", pa.string()), ("parent", pa.string()),
+    ("island", pa.int64()), ("round", pa.int64()), ("implementer", pa.string()),
+    ("design", pa.string()), ("knobs", pa.string()), ("verdict", pa.string()),
+    ("failure_phase", pa.string()), ("failure_reason", pa.string()),
+    ("headline_name", pa.string()), ("headline_value", pa.float64()), ("speedup", pa.float64()), ("slo_passed", pa.bool_()),
+    ("metrics", pa.string()), ("hints", pa.string()), ("started_at", pa.float64()), ("finished_at", pa.float64()),
+    ("implement_s", pa.float64()), ("judge_s", pa.float64()), ("evaluate_s", pa.float64()), ("node", pa.string()), ("attempt", pa.int64()),
+    ("agent_calls", pa.int64()), ("agent_input_tokens", pa.int64()), ("agent_cache_write_tokens", pa.int64()),
+    ("agent_cache_read_tokens", pa.int64()), ("agent_output_tokens", pa.int64()), ("agent_cost_usd", pa.float64()), ("agent_s", pa.float64()),
+    ("agent_usage", pa.string()), ("judge_gates", pa.string()), ("sandbox_warning", pa.string()),
+])
+assert set(SCHEMA.names) == {f.name for f in fields(Evaluation)}, "a field of Evaluation that is no column (or the reverse)"
 
 
 class ResultsUnreadable(Exception):
@@ -107,14 +122,13 @@ def read_results(run_dir: Path) -> list[Evaluation]:
         table = pq.read_table(file)
     except (pa.ArrowException, OSError) as exc:
         raise ResultsUnreadable(f"{file}: {exc}") from exc
-    names = {f.name for f in fields(Evaluation)}
-    return [Evaluation(**{k: v for k, v in row.items() if k in names}) for row in table.to_pylist()]
+    return [Evaluation.from_record(row) for row in table.to_pylist()]
 
 
 def write_results(run_dir: Path, rows: list[Evaluation]) -> None:
     """Writes the whole table atomically (small tables; the notes are the log)."""
     file = Path(run_dir) / RESULTS_FILE
-    table = pa.Table.from_pylist([r.to_dict() for r in rows], schema=SCHEMA)
+    table = pa.Table.from_pylist([r.to_record() for r in rows], schema=SCHEMA)
     tmp = file.with_suffix(".parquet.tmp")
     pq.write_table(table, tmp)
     tmp.replace(file)
@@ -146,8 +160,7 @@ def append_result(run_dir: Path, row: Evaluation, known: int = 0) -> bool:
 
 def rows_from_notes(notes: dict[str, list[dict]]) -> list[Evaluation]:
     """The evaluations the notes in git hold, in the order they finished."""
-    names = {f.name for f in fields(Evaluation)}
-    rows = [Evaluation(**{k: v for k, v in rec.items() if k in names}) for recs in notes.values() for rec in recs]
+    rows = [Evaluation.from_record(rec) for recs in notes.values() for rec in recs]
     rows.sort(key=lambda r: (r.finished_at, r.eval_id))
     return rows
 

@@ -3,7 +3,11 @@
 `RUN/repo` holds one commit per candidate whose tree is exactly the candidate
 directory and whose parent is the candidate it came from; `island-<i>` branches point
 at each island's latest candidate; notes under `refs/notes/evaluations` carry each
-evaluation's verdict, metrics, knobs and hints. The outer loop's planning state
+evaluation's verdict, metrics, knobs and hints. Every evaluated commit also has a tag,
+`candidates/<eval_id>`: a rejected candidate, or a validated one its island moved on
+from, is on no branch, and a note does not keep the commit it annotates, so without the
+tag `git gc` or a clone would drop a commit results.parquet names (tags, unlike other
+refs, travel with a clone). The outer loop's planning state
 (MEMORY.md, BACKLOG.md) lives on its own `planning` branch and the agents' transcripts on
 `transcripts` (keyed by the candidate commit), so candidate trees stay exactly the
 candidates. Trees are written with a throwaway index, never a checkout,
@@ -23,6 +27,7 @@ import git
 
 NOTES_REF = "evaluations"
 PLANNING_BRANCH = "planning"
+CANDIDATE_TAGS = "refs/tags/candidates/"  # + eval_id: the commit that evaluation recorded
 TRANSCRIPTS_BRANCH = "transcripts"  # agent sessions: <candidate commit>/<role>.json, rounds/<n>/orchestrator.json
 AUTHOR_ENV = {
     "GIT_AUTHOR_NAME": "vibeserve",
@@ -67,6 +72,20 @@ class RunRepo:
         if branch:
             self._git("update-ref", f"refs/heads/{branch}", commit)
         return commit
+
+    def tag_candidates(self, commits: dict[str, str]) -> None:
+        """Tags each evaluation's commit (eval_id -> commit) as `candidates/<eval_id>`, in one
+        transaction; a commit git no longer has is skipped (nothing brings it back)."""
+        listing = self._git("cat-file", "--batch-check=%(objectname) %(objecttype)", input="".join(f"{c}\n" for c in commits.values()))
+        present = {line.split()[0] for line in listing.splitlines() if line.endswith(" commit")}
+        todo = "".join(f"update {CANDIDATE_TAGS}{e} {c}\n" for e, c in commits.items() if c in present)
+        if todo:
+            self._git("update-ref", "--stdin", input=todo)
+
+    def candidate_tags(self) -> dict[str, str]:
+        """eval_id -> the commit its tag names, for every tagged evaluation."""
+        listing = self._git("for-each-ref", "--format=%(refname) %(objectname)", CANDIDATE_TAGS)
+        return {ref[len(CANDIDATE_TAGS):]: commit for ref, commit in (line.split() for line in listing.splitlines())}
 
     def tree_id(self, commit: str) -> str:
         return self._git("rev-parse", f"{commit}^{{tree}}")

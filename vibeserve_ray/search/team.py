@@ -60,10 +60,10 @@ class AgentTeam:
     def task(self, parent: Evaluation | None) -> AgentTask:
         if parent is None:  # the seed itself, measured in round 0
             return AgentTask(self.gateway, dict(self.config.roles), "(none: this is the seed)", {})
-        metrics = json.loads(parent.metrics)
         words = (f"commit {parent.commit[:12]}: {parent.headline_name} = {parent.headline_value:.2f} ({parent.speedup:.2f}x the seed); "
-                 f"design {parent.design}; knobs {parent.knobs}\nMetrics: {json.dumps(metrics, sort_keys=True)}")
-        return AgentTask(self.gateway, dict(self.config.roles), words, metrics)
+                 f"design {json.dumps(parent.design, sort_keys=True)}; knobs {json.dumps(parent.knobs, sort_keys=True)}\n"
+                 f"Metrics: {json.dumps(parent.metrics, sort_keys=True)}")
+        return AgentTask(self.gateway, dict(self.config.roles), words, dict(parent.metrics))
 
     # --- the Orchestrator ----------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from vibeserve_ray.serve.front import OpenAIFront, Piece, RequestError, Usage, new_id
+from vibeserve_ray.serve.front import OpenAIFront, Piece, RequestError, TokenCounts, new_id
 from vibeserve_ray.serve.protocol import (
     UNSUPPORTED, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, ErrorResponse, Health, ModelList,
     error_body, text_of,
@@ -40,7 +40,7 @@ def error_type(status: int) -> str:
 def build_app(front: OpenAIFront | None = None) -> FastAPI:
     app = FastAPI(title="vibeserve_ray", summary="OpenAI-compatible API of a vibeserve_ray candidate", docs_url=None, redoc_url=None)
     app.state.front = front
-    app.openapi = lambda: openapi_schema(app)
+    app.openapi = lambda: front_schema(app)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -104,7 +104,7 @@ def build_app(front: OpenAIFront | None = None) -> FastAPI:
             if piece is not None:
                 whole.add(piece)
         body_out = chunk(whole)
-        body_out["usage"] = Usage(len(prompt_ids), len(generated.token_ids)).to_dict()
+        body_out["usage"] = TokenCounts(len(prompt_ids), len(generated.token_ids)).to_dict()
         if body.return_token_ids:
             body_out["choices"][0]["token_ids"] = generated.token_ids
             body_out["prompt_token_ids"] = prompt_ids
@@ -150,7 +150,7 @@ def build_app(front: OpenAIFront | None = None) -> FastAPI:
             "created": created,
             "model": front.served_name,
             "choices": [choice],
-            "usage": Usage(len(prompt_ids), len(whole.token_ids)).to_dict(),
+            "usage": TokenCounts(len(prompt_ids), len(whole.token_ids)).to_dict(),
         }
 
     return app
@@ -183,7 +183,7 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     return f"{param}: {err.get('msg')}", param
 
 
-def openapi_schema(app: FastAPI) -> dict:
+def front_schema(app: FastAPI) -> dict:
     """FastAPI's schema, with our 400 error body where it documents a 422 of its own."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
@@ -218,7 +218,7 @@ async def _started(pieces: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
 
 async def _events(pieces: AsyncIterator[Piece], first: list[dict], to_chunk, head: dict, prompt_tokens: int, body) -> AsyncIterator[str]:
     """SSE for a stream: leading chunks, one per piece, usage if asked, then [DONE]."""
-    usage = Usage(prompt_tokens)
+    usage = TokenCounts(prompt_tokens)
     for c in first:
         yield _sse(c)
     async for piece in _guarded(pieces):

@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+from jinja2 import TemplateError
+
 from vibeserve_ray.candidate import (PROMPT_LOGPROBS, RESPONSE_FORMAT, TOP_LOGPROBS, Engine, GenerationRequest, RequestRefused, TokenOut,
                                      capabilities, response_grammar)
+from vibeserve_ray.serve.protocol import text_of
 
 
 class RequestError(ValueError):
@@ -51,7 +54,9 @@ class Piece:
 
 
 @dataclass
-class Usage:
+class TokenCounts:
+    """A response's token counts, as its `usage` reports them (counted up while it streams)."""
+
     prompt_tokens: int
     completion_tokens: int = 0
 
@@ -115,6 +120,8 @@ class OpenAIFront:
     """The text side of every candidate's engine process, in evaluation and behind Serve."""
 
     def __init__(self, engine: Engine, tokenizer_dir: str | Path, served_name: str):
+        # transformers takes seconds to import: only where a front is built, not in a Serve
+        # replica, which imports the app for its schema alone
         from transformers import AutoTokenizer
 
         self.engine = engine
@@ -151,8 +158,6 @@ class OpenAIFront:
         return ids
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
-        from jinja2 import TemplateError
-
         try:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except TemplateError as exc:  # the model's template refuses this conversation (roles out of order, ...)
@@ -163,8 +168,6 @@ class OpenAIFront:
         if prediction is None:
             return None
         if not isinstance(prediction, list):
-            from vibeserve_ray.serve.protocol import text_of
-
             return self.tokenizer.encode(text_of(prediction.content), add_special_tokens=False)
         if any(t >= self.vocab_size for t in prediction):
             raise RequestError(f"prediction has token ids outside the vocabulary (size {self.vocab_size})", param="prediction")

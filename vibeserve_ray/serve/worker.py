@@ -24,7 +24,11 @@ import time
 from collections import deque
 from typing import Any, AsyncIterator
 
-from vibeserve_ray.candidate import GenerationRequest, TokenOut, capabilities
+import uvicorn
+
+from vibeserve_ray.candidate import GenerationRequest, TokenOut, capabilities, import_entrypoint, load_candidate
+from vibeserve_ray.serve.app import build_app
+from vibeserve_ray.serve.front import OpenAIFront
 
 STATS_PATH = "/stats"
 PROFILE_PATH = "/profile"  # only with --profile: stops the profiler and writes PROFILE_TRACE in the --profile directory
@@ -85,12 +89,6 @@ def main() -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from vibeserve_ray.candidate import import_entrypoint, load_candidate
-    from vibeserve_ray.serve.app import build_app
-    from vibeserve_ray.serve.front import OpenAIFront
-
     spec = load_candidate(args.candidate)
     profiler = _start_profiler() if args.profile else None  # before the engine starts its threads, or they are not seen
     create_engine = import_entrypoint(spec)
@@ -116,6 +114,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def _start_profiler():
     """torch.profiler over every thread created from now on (the engine steps in its own)."""
+    # torch only when profiling: the front does not use it, and a candidate's engine need not
     import torch
     from torch._C._profiler import _ExperimentalConfig
     from torch.profiler import ProfilerActivity, profile

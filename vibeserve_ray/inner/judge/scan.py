@@ -2,12 +2,14 @@
 
 A candidate could pass the checker by cheating: calling out over the network, spawning
 processes, reaching C through ctypes, importing the reference or the harness, hiding
-an import behind a computed name, or reading paths outside its tree and the model (the
-checker's prompts, cached reference answers, another process's files). The sandbox
-blocks most of these at run time; the scan names them before anything runs, each with
-file:line, so a rejected candidate says what it tried. Python is parsed (ast), so a
-string or a comment mentioning a module is not an import; the few C/CUDA sources a
-candidate may carry have no parser here and get a short list of patterns.
+an import behind a computed name, reading paths outside its tree and the model (the
+checker's prompts, cached reference answers, another process's files), or reading an
+environment variable outside the sandbox's allow-list (`sandbox.env`: a credential the
+host might hold). The sandbox blocks most of these at run time; the scan names them
+before anything runs, each with file:line, so a rejected candidate says what it tried.
+Python is parsed (ast), so a string or a comment mentioning a module is not an import;
+the few C/CUDA sources a candidate may carry have no parser here and get a short list
+of patterns.
 
 Findings on lines the parent (or the seed engine) already had in that file are dropped:
 the seed's own code is never flagged (its engine-worker processes talk over a socket
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vibeserve_ray.candidate import SEED_ENGINE_DIR
+from vibeserve_ray.sandbox.env import may_see
 
 ALLOWED_SUFFIXES = {".py", ".toml", ".md", ".txt", ".json", ".cfg", ".cu", ".cuh", ".cpp", ".h", ".c"}
 MAX_FILE_BYTES = 2 * 1024 * 1024
@@ -38,7 +41,7 @@ NETWORK_CALLS = {"open_connection", "create_connection", "start_server", "create
 SPAWN_CALLS = {"system", "popen", "spawnl", "spawnle", "spawnlp", "spawnv", "spawnve", "spawnvp", "execv", "execve", "execl", "execle",
                "execlp", "execvp", "execvpe", "posix_spawn", "posix_spawnp", "startfile"}
 DYNAMIC_IMPORTS = {"import_module", "__import__", "spec_from_file_location", "load_module", "find_spec"}
-SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|HOME|VIBESERVE)", re.IGNORECASE)
+ENV_REASON = "reading an environment variable outside what candidate code may see"
 DATA_HINTS = re.compile(r"targets/|checker|prompts\.jsonl|\.jsonl\b|/reference/|\.cache/vibeserve|VIBESERVE_CACHE|dataset", re.IGNORECASE)
 ABSOLUTE_PATH = re.compile(r"^(/(tmp|root|home|etc|proc|sys|var|run|dev/shm|mnt|opt|srv|work|data)(/|$)|~)")
 WRITE_CALLS = {"write_text", "write_bytes", "save", "save_file", "save_pretrained", "copy", "copyfile", "copytree", "move", "rename",
@@ -159,9 +162,8 @@ class _Visitor(ast.NodeVisitor):
         elif name in ("Path.home", "pathlib.Path.home") or attr in ("expanduser", "gethomedir"):
             self.flag(node, "reading paths outside the candidate and the model")
         elif (attr == "get" and _is_environ(node.func)) or name in ("os.getenv", "getenv"):
-            key = node.args[0] if node.args else None
-            if not (isinstance(key, ast.Constant) and isinstance(key.value, str) and not SECRET_ENV.search(key.value)):
-                self.flag(node, "reading the environment's credentials or paths")
+            if not _visible_name(node.args[0] if node.args else None):
+                self.flag(node, ENV_REASON)
         if self._writes_model(node, name, attr):
             self.flag(node, "writing into the model directory")
         self.generic_visit(node)
@@ -200,15 +202,15 @@ def _call_name(func: ast.AST) -> str:
     return ".".join(reversed(parts))
 
 
+def _visible_name(key: ast.AST | None) -> bool:
+    """A literal name of a variable candidate code may see (a computed one could be any)."""
+    return isinstance(key, ast.Constant) and isinstance(key.value, str) and may_see(key.value)
+
+
 def _environ_reads(tree: ast.AST) -> list[tuple[int, str]]:
-    """os.environ["NAME"] with a secret-looking or computed NAME."""
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Subscript) and _call_name(node.value) in ("os.environ", "environ"):
-            key = node.slice
-            if not (isinstance(key, ast.Constant) and isinstance(key.value, str) and not SECRET_ENV.search(key.value)):
-                out.append((node.lineno, "reading the environment's credentials or paths"))
-    return out
+    """os.environ["NAME"] with a NAME outside what candidate code may see, or a computed one."""
+    return [(node.lineno, ENV_REASON) for node in ast.walk(tree)
+            if isinstance(node, ast.Subscript) and _call_name(node.value) in ("os.environ", "environ") and not _visible_name(node.slice)]
 
 
 def scan_python(source: str, depth: int) -> list[tuple[int, str]]:

@@ -1,4 +1,5 @@
-"""A request's mutable state while the engine serves it (nano-vllm's Sequence)."""
+"""A request's mutable state while the engine serves it (nano-vllm's Sequence), and the
+chunk of it one step feeds the model (what the scheduler hands the model runner)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,36 @@ class Sequence:
         if self.num_completion_tokens >= self.request.max_tokens or self.grammar_done:
             return True
         return self.num_completion_tokens > 0 and self.token_ids[-1] in self.request.stop_token_ids
+
+
+@dataclass
+class Chunk:
+    """Tokens of one sequence fed in this step: part of its prompt (chunked prefill), the
+    whole prompt, or its last token, plus any draft tokens to verify."""
+
+    seq: Sequence
+    start: int  # position of the first token fed (= seq.num_cached)
+    token_ids: list[int]  # real tokens (prompt or last sampled)
+    draft: list[int] = field(default_factory=list)  # speculative tokens after them
+
+    @property
+    def length(self) -> int:
+        return len(self.token_ids) + len(self.draft)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    @property
+    def num_logits(self) -> int:
+        """Rows that need logits: none for a partial prefill; the last real token and each draft otherwise."""
+        return 1 + len(self.draft) if self.start + len(self.token_ids) == len(self.seq.token_ids) else 0
+
+    @property
+    def scored(self) -> range | None:
+        """Positions of the prompt tokens whose logprobs this chunk gives, when the request
+        asks for them (`prompt_logprobs`): the row of each prompt token fed scores the
+        prompt token after it."""
+        if not self.seq.request.prompt_logprobs:
+            return None
+        return range(self.start + 1, min(self.start + len(self.token_ids), self.seq.num_prompt_tokens - 1) + 1)

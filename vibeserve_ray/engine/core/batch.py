@@ -1,4 +1,4 @@
-"""One forward step's work: chunks of tokens from several sequences, flattened.
+"""One forward step's work: chunks of tokens from several sequences (sequence.Chunk), flattened.
 
 Every linear layer runs once over all the step's tokens (where batching pays on any
 device); only attention needs to know where one sequence ends and the next begins,
@@ -7,46 +7,11 @@ and `ForwardBatch.attend` is where it learns it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from .attention import AttentionBackend
+from ..layers.attention import AttentionBackend
 from .kv_cache import KVCache
-from .sequence import Sequence
-
-
-@dataclass
-class Chunk:
-    """Tokens of one sequence fed in this step: part of its prompt (chunked prefill), the
-    whole prompt, or its last token, plus any draft tokens to verify."""
-
-    seq: Sequence
-    start: int  # position of the first token fed (= seq.num_cached)
-    token_ids: list[int]  # real tokens (prompt or last sampled)
-    draft: list[int] = field(default_factory=list)  # speculative tokens after them
-
-    @property
-    def length(self) -> int:
-        return len(self.token_ids) + len(self.draft)
-
-    @property
-    def end(self) -> int:
-        return self.start + self.length
-
-    @property
-    def num_logits(self) -> int:
-        """Rows that need logits: none for a partial prefill; the last real token and each draft otherwise."""
-        return 1 + len(self.draft) if self.start + len(self.token_ids) == len(self.seq.token_ids) else 0
-
-    @property
-    def scored(self) -> range | None:
-        """Positions of the prompt tokens whose logprobs this chunk gives, when the request
-        asks for them (`prompt_logprobs`): the row of each prompt token fed scores the
-        prompt token after it."""
-        if not self.seq.request.prompt_logprobs:
-            return None
-        return range(self.start + 1, min(self.start + len(self.token_ids), self.seq.num_prompt_tokens - 1) + 1)
+from .sequence import Chunk
 
 
 class ForwardBatch:

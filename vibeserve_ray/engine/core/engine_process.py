@@ -28,13 +28,15 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 from itertools import count
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 from vibeserve_ray.candidate import PROMPT_LOGPROBS, RESPONSE_FORMAT, TOP_LOGPROBS, GenerationRequest, RequestRefused, TokenOut
 
-from .config import EngineConfig, ModelConfig
+from ..config import EngineConfig
+from ..models import load_family
 from .llm_engine import FINISHED, LLMEngine, check_request
 from .sequence import Sequence, Status
 
@@ -80,8 +82,8 @@ class ProcessEngine:
 
     def __init__(self, model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None):
         knobs = dict(knobs or {})
-        self.engine_config = EngineConfig.resolve(knobs)
-        self.config = ModelConfig.from_dir(model_dir)
+        family, self.config = load_family(model_dir)
+        self.engine_config = EngineConfig.resolve(knobs, family.space(), device)
         worker_knobs = knobs | {"design": {**knobs.get("design", {}), "step_loop": "thread"}}
         self.workers = [_Worker(i, model_dir, device, worker_knobs) for i in range(self.engine_config.engine_workers)]
         for w in self.workers:  # loading in parallel, waiting in turn
@@ -288,8 +290,6 @@ if __name__ == "__main__":
     # with num_threads = 2 made 14-26 tok/s where the thread design made 135-244; with
     # num_threads = 1, 107-109 (its OpenMP team waits for a partner that other work
     # preempts): give each worker one thread.
-    import threading
-
     args = (socket.socket(fileno=int(sys.argv[1])), sys.argv[2], sys.argv[3])
     loop = threading.Thread(target=serve_worker, args=args, name="engine-step")
     loop.start()

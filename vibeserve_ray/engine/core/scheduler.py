@@ -19,11 +19,10 @@ from collections import deque
 
 from vibeserve_ray.candidate import TokenOut
 
+from ..config import EngineConfig
 from . import speculation
-from .batch import Chunk
-from .config import EngineConfig
 from .kv_cache import KVCache
-from .sequence import Sequence, Status
+from .sequence import Chunk, Sequence, Status
 
 
 class Scheduler:

@@ -1,4 +1,4 @@
-"""The search's last step: the seed and the winner measured again, through the path that serves them.
+"""After the search: the seed and the winner measured again, through the path that serves them.
 
 The evaluator tunes knobs on the direct path (the candidate's engine process behind its
 front, alone on the node). `vibeserve deploy` serves the same engine process behind a Ray
@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ray import serve
+
+from vibeserve_ray.deploy.config import Chosen, ServeOptions, base_url, serve_config
+from vibeserve_ray.deploy.launch import application
 from vibeserve_ray.errors import BadInput
+from vibeserve_ray.inner.evaluate import bench_url
 from vibeserve_ray.search.results import Evaluation
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.target import Target
@@ -54,8 +59,6 @@ def knob_variants(knobs: dict[str, Any]) -> list[dict[str, Any]]:
 def remeasure(target: Target, run_dir: Path, seed: Evaluation, best: Evaluation, say: Callable[[str], None]) -> dict[str, Any]:
     """Measures the seed and the winner's knob variants through Serve on the connected Ray;
     writes and returns RUN/remeasure.json."""
-    from ray import serve
-
     repo = RunRepo(run_dir / "repo")
     objective = target.spec.benchmark.objective
     serve_was_running = bool(serve.status().proxies)
@@ -65,7 +68,7 @@ def remeasure(target: Target, run_dir: Path, seed: Evaluation, best: Evaluation,
         with tempfile.TemporaryDirectory(prefix="vibeserve-remeasure-") as tmp:
             for name, row in (("seed", seed), ("best", best)):
                 candidate = repo.export(row.commit, Path(tmp) / name)
-                variants = [json.loads(row.knobs)] if name == "seed" else knob_variants(json.loads(row.knobs))
+                variants = [dict(row.knobs)] if name == "seed" else knob_variants(row.knobs)
                 measured = []
                 for knobs in variants:
                     say(f"search: re-measuring the {name} ({row.commit[:12]}) through Ray Serve, knobs {knobs}")
@@ -93,18 +96,13 @@ def remeasure(target: Target, run_dir: Path, seed: Evaluation, best: Evaluation,
 
 def _measure_served(target: Target, candidate: Path, knobs: dict[str, Any], port: int) -> Served:
     """One deployment of `candidate` with `knobs`, as `vibeserve deploy` makes it, benchmarked."""
-    from ray import serve
-
-    from vibeserve_ray import deploy
-    from vibeserve_ray.inner.evaluate import bench_url
-
-    chosen = deploy.Chosen(str(candidate.resolve()), knobs, target, str(candidate))
-    config = deploy.serve_config(chosen, deploy.ServeOptions(port=port))
-    _, app = deploy.application(config)
+    chosen = Chosen(str(candidate.resolve()), knobs, target, str(candidate))
+    config = serve_config(chosen, ServeOptions(port=port))
+    _, app = application(config)
     try:
         serve.start(http_options=config["http_options"])
         serve.run(app, name=APP_NAME, route_prefix="/")
-        measured = bench_url(target, deploy.base_url(config), target.served_name)
+        measured = bench_url(target, base_url(config), target.served_name)
     except (RuntimeError, BadInput) as exc:  # an unhealthy deployment, or a proxy that never answered
         return Served(knobs, None, failure=f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}")
     finally:

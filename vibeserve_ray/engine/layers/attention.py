@@ -3,8 +3,11 @@
 - `sdpa`: torch's `scaled_dot_product_attention` (fused kernels on CPU and GPU).
 - `eager`: the same math written out (matmul, mask, softmax, matmul): slower, but
   plain enough to read and to modify.
-- `flashinfer`: FlashInfer's kernels on CUDA (flashinfer_attention.py); the extension
-  point for GPU kernels, selected only where the device is a GPU.
+- `flashinfer`: FlashInfer's kernels on CUDA, the extension point for GPU kernels (the
+  space allows it only on cuda). flashinfer (the `gpu` extra) is imported when the
+  backend is made, never on a CPU. Contexts arrive in the caches' [kv_heads, len, d]
+  layout, FlashInfer's "HND". Decodes run one request per kernel here; the batched
+  paged-KV wrappers (BatchDecodeWithPagedKVCacheWrapper) are the next step to take.
 
 A backend takes a chunk's queries [q_len, heads, d] against its whole context
 [kv_heads, ctx_len, d] (the queries are the last q_len positions, causal), and a batch
@@ -76,15 +79,26 @@ class EagerAttention(AttentionBackend):
         return self._attend(q[:, :, None], k, v, mask[:, :, None])[:, :, 0]
 
 
-def make_attention(name: str, device: torch.device) -> AttentionBackend:
-    if name == "sdpa":
-        return SdpaAttention()
-    if name == "eager":
-        return EagerAttention()
-    if name == "flashinfer":
-        if device.type != "cuda":
-            raise ValueError(f"design.attention = 'flashinfer' needs a CUDA device, got {device}")
-        from .flashinfer_attention import FlashInferAttention
+class FlashInferAttention(AttentionBackend):
+    def __init__(self) -> None:
+        import flashinfer  # optional (the gpu extra), CUDA only: imported here so a CPU engine never needs it
 
-        return FlashInferAttention()
-    raise ValueError(f"design.attention = {name!r}: unknown backend")
+        self.fi = flashinfer
+
+    def prefill(self, q, k, v):
+        if q.shape[0] == 1:
+            return self.fi.single_decode_with_kv_cache(q[0], k, v, kv_layout="HND")[None]
+        return self.fi.single_prefill_with_kv_cache(q, k, v, causal=True, kv_layout="HND")
+
+    def decode(self, q, k, v, mask):
+        lengths = mask[:, 0, 0].sum(-1).tolist()
+        return torch.stack([self.fi.single_decode_with_kv_cache(q[i], k[i, :, :n], v[i, :, :n], kv_layout="HND")
+                            for i, n in enumerate(lengths)])
+
+
+BACKENDS = {"sdpa": SdpaAttention, "eager": EagerAttention, "flashinfer": FlashInferAttention}
+
+
+def make_attention(name: str) -> AttentionBackend:
+    """The backend of `design.attention` (which devices may run it is the space's rule)."""
+    return BACKENDS[name]()

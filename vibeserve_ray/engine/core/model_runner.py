@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from vibeserve_ray.candidate import TokenOut
 
-from .attention import AttentionBackend
-from .batch import Chunk, ForwardBatch
+from ..layers.attention import AttentionBackend
+from .batch import ForwardBatch
 from .kv_cache import KVCache
-from .model import LlamaForCausalLM
 from .sampler import Sampler
+from .sequence import Chunk
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, cache: KVCache, attention: AttentionBackend, device: torch.device):
+    def __init__(self, model: nn.Module, cache: KVCache, attention: AttentionBackend, device: torch.device):
         self.model = model
         self.cache = cache
         self.attention = attention

@@ -1,13 +1,13 @@
-"""The `deploy` subcommand: argument parsing for `vibeserve_ray.deploy`.
+"""`vibeserve deploy`: its flags, and the command (choose, write the config or run it).
 
 Exit codes as the rest of the CLI: 0 ok, 1 the application is unhealthy, 2 bad input
-(raised as BadInput; the main CLI prints it as one line).
+(raised as BadInput; the main CLI, `vibeserve_ray.cli`, prints it as one line).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 
 from vibeserve_ray import progress
 from vibeserve_ray.errors import BadInput
@@ -18,31 +18,30 @@ def say(line: str) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from vibeserve_ray import deploy
+    # Ray Serve loads when the command runs, not whenever the main CLI builds its parser.
+    from vibeserve_ray.deploy import choice, config, launch
 
-    opts = deploy.ServeOptions(
+    opts = config.ServeOptions(
         host=args.host, port=args.port, api_key_env=args.api_key_env,
         max_ongoing_requests=args.max_ongoing_requests, max_queued_requests=args.max_queued_requests,
         min_replicas=args.min_replicas, max_replicas=args.max_replicas, stream_interval_ms=args.stream_interval_ms,
     )
     opts.validate()
-    chosen = deploy.choose(args.run, args.commit, args.candidate, args.target)
+    chosen = choice.choose(args.run, args.commit, args.candidate, args.target)
     knobs = [x for group in args.knobs for x in group]
     if knobs:
-        chosen = deploy.with_knobs(chosen, knobs)
-    config = deploy.serve_config(chosen, opts)
+        chosen = choice.with_knobs(chosen, knobs)
+    serve_config = config.serve_config(chosen, opts)
     if args.config_only:
-        written = deploy.write_config(config, args.config_only)
+        written = config.write_config(serve_config, args.config_only)
         say(f"deploy: wrote {written} ({chosen.label}); run it with `serve deploy {args.config_only}`")
         return 0
     # Checked here, not in the replica, where a missing key could only fail the deployment.
-    import os
-
     if opts.api_key_env and not os.environ.get("RAY_ADDRESS") and not os.environ.get(opts.api_key_env):
         raise BadInput("environment", opts.api_key_env,
                        "not set (named by --api-key-env; with RAY_ADDRESS the cluster's environment holds it)")
     say(f"deploy: {chosen.label} on target {chosen.target.name}")
-    return deploy.deploy(config, detach=args.detach, say=say)
+    return launch.run(serve_config, detach=args.detach, say=say)
 
 
 def add_deploy_parser(subparsers) -> None:
@@ -67,23 +66,3 @@ def add_deploy_parser(subparsers) -> None:
                    help="relay streamed tokens in batches at most this often (default 50; 0 sends each at once)")
     progress.add_quiet_flag(p)
     p.set_defaults(func=cmd_deploy)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m vibeserve_ray.deploy_cli deploy ...`: the subcommand on its own."""
-    parser = argparse.ArgumentParser(prog="vibeserve")
-    add_deploy_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    progress.start(args.quiet)
-    try:
-        return args.func(args)
-    except BadInput as exc:
-        progress.stop()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        progress.stop()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

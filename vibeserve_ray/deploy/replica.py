@@ -5,23 +5,20 @@ did: the same sandboxed engine process behind the same front (`runner.start_cand
 so routes, validation, errors and streaming are the ones measured in evaluation. The
 replica's ingress checks the API key and relays requests to that process over loopback.
 Knobs arrive through `user_config`, so `reconfigure` can swap in a new engine process
-without restarting the replica. Serve config files name
-`vibeserve_ray.serve.deployment:app_builder` as their import path.
+without restarting the replica. Serve config files name `app_builder` (`args.IMPORT_PATH`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any, AsyncIterator, Literal
+from typing import AsyncIterator
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 from starlette.applications import Starlette
@@ -31,153 +28,22 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from vibeserve_ray.candidate import load_candidate, materialise_seed
-from vibeserve_ray.errors import BadInput
+from vibeserve_ray.deploy.args import API_KEY_ENV_VAR, DEPLOYMENT_NAME, ServeArgs, parse_args
+from vibeserve_ray.deploy.ingress import CountRequests, Metrics, error_response, http_error, relay, replica_schema
 from vibeserve_ray.runner import CandidateFailed, CandidateFailure, CandidateProcess, Limits, start_candidate
-from vibeserve_ray.serve.app import build_app, error_type
-from vibeserve_ray.serve.protocol import error_body
 from vibeserve_ray.serve.worker import STATS_PATH
 
-DEPLOYMENT_NAME = "vibeserve"
-IMPORT_PATH = "vibeserve_ray.serve.deployment:app_builder"
-# Names the environment variable that holds the API key: configs carry the name, never the key.
-API_KEY_ENV_VAR = "VIBESERVE_API_KEY_ENV"
-ROUTES = ("/health", "/openapi.json", "/v1/models", "/v1/completions", "/v1/chat/completions")
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
-
-
-class ServeArgs(BaseModel):
-    """What to serve (the `args` of a Serve config): portable values, no secrets.
-
-    `candidate` is a directory (relative ones resolve in the replica's working_dir, where
-    the config's runtime_env puts the candidate tree) or `seed`. The model is an HF
-    directory on every node, or a generator recipe made on the node on first use.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    candidate: str = "."
-    served_name: str
-    device: Literal["cpu", "cuda"] = "cpu"
-    model_path: str | None = None
-    tokenizer_path: str | None = None
-    generator: Literal["tiny-llama"] | None = None
-    generator_seed: int = 0
-    memory_mb: int = Limits.memory_mb  # the engine process's limit (the target's [limits])
-    startup_timeout_s: float = Limits.startup_timeout_s
-    sandbox: Literal["required", "best-effort"] = "required"  # the target's [limits] sandbox
-    # Streamed tokens are relayed in batches at most this often (0: every chunk at once).
-    stream_interval_ms: Annotated[float, Field(ge=0, le=1000)] = 50.0
-
-    def model_dirs(self) -> tuple[Path, Path]:
-        if self.generator == "tiny-llama":
-            from vibeserve_ray.tinymodel import make_tiny
-
-            model = make_tiny(self.generator_seed)
-        elif self.model_path:
-            model = Path(self.model_path)
-        else:
-            raise BadInput("serve config", "args.model_path", "give model_path or generator")
-        return model, Path(self.tokenizer_path) if self.tokenizer_path else model
-
-
-def parse_args(args: dict | ServeArgs) -> ServeArgs:
-    if isinstance(args, ServeArgs):
-        return args
-    try:
-        return ServeArgs.model_validate(args)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise BadInput("serve config", "args." + ".".join(str(p) for p in err["loc"]), err["msg"]) from None
-
-
-# --- metrics -----------------------------------------------------------------------------
-
-
-class _Metrics:
-    """Per-deployment request counts, TTFT and tokens/s, exported to the Ray dashboard."""
-
-    def __init__(self, deployment: str):
-        from ray.util.metrics import Counter, Histogram
-
-        self.requests = Counter("vibeserve_serve_requests", "HTTP requests by route and status", tag_keys=("deployment", "route", "status"))
-        self.ttft_ms = Histogram("vibeserve_serve_ttft_ms", "time to first token (ms)",
-                                 boundaries=[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000], tag_keys=("deployment",))
-        self.tokens_per_s = Histogram("vibeserve_serve_output_tokens_per_s", "output tokens/s of one request",
-                                      boundaries=[1, 5, 10, 25, 50, 100, 250, 500, 1000], tag_keys=("deployment",))
-        for m in (self.requests, self.ttft_ms, self.tokens_per_s):
-            m.set_default_tags({"deployment": deployment})
-
-
-class _CountRequests:
-    """Pure ASGI middleware (no buffering of SSE streams) counting responses by status."""
-
-    def __init__(self, app: Any, metrics: _Metrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        status = 500
-
-        async def send_status(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope["path"] if scope["path"] in ROUTES else "other"
-            self.metrics.requests.inc(tags={"route": route, "status": str(status)})
-
-
-# --- the deployment ----------------------------------------------------------------------
 
 
 def _api_key() -> str | None:
     """The key from the variable the config names, which then leaves this process's
-    environment: the engine process's is made from it (`runner.scrubbed_env` drops the
-    rest of what looks secret, but not a variable of any name the user picked)."""
+    environment (the engine process's holds only the sandbox's allow-list in any case)."""
     name = os.environ.get(API_KEY_ENV_VAR)
     key = os.environ.pop(name, None) if name else None
     if name and not key:
         raise RuntimeError(f"{API_KEY_ENV_VAR} names {name}, which is not set on this node: refusing to serve without the key")
     return key
-
-
-async def relay(resp: aiohttp.ClientResponse, interval_s: float) -> AsyncIterator[bytes]:
-    """The engine's SSE bytes, gathered: the first two chunks go at once (a chat stream's
-    role chunk, then its first token: TTFT is never held back), later ones at most once
-    per `interval_s` (what is left goes when the stream ends), so Serve's per-message cost (replica, proxy) is paid a few dozen
-    times a second, not once per token. A client that goes away closes the connection,
-    which aborts the request inside the engine."""
-    loop = asyncio.get_running_loop()
-    read, pending, due, sent, done = resp.content.readany, b"", 0.0, 0, False
-    try:
-        while True:
-            if pending:  # wait for more, at most until it is due
-                try:
-                    chunk = await asyncio.wait_for(read(), due - loop.time())
-                except asyncio.TimeoutError:
-                    yield pending
-                    pending, due, sent = b"", loop.time() + interval_s, sent + 1
-                    continue
-            else:
-                chunk = await read()
-            if not chunk:
-                break
-            pending += chunk
-            if sent < 2 or loop.time() >= due:
-                yield pending
-                pending, due, sent = b"", loop.time() + interval_s, sent + 1
-        if pending:
-            yield pending
-        done = True
-    except aiohttp.ClientError as exc:
-        yield f"data: {json.dumps(error_body(f'engine unavailable: {exc}', 'server_error', 503))}\n\n".encode()
-    finally:
-        resp.release() if done else resp.close()
 
 
 class _Engine:
@@ -204,39 +70,14 @@ class _Engine:
         engines.discard(self)
 
 
-def _error(status: int, message: str, type_: str) -> JSONResponse:
-    return JSONResponse(error_body(message, type_, status), status_code=status)
-
-
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    """The replica's own 404/405 in OpenAI's error shape, like the front's."""
-    return JSONResponse(error_body(str(exc.detail), error_type(exc.status_code), exc.status_code), exc.status_code, headers=exc.headers)
-
-
-def openapi_schema(api_key: bool) -> dict:
-    """The front's schema (the replica serves exactly its routes), plus what the replica
-    adds: the bearer key on /v1 when one is required, and 503 while the engine is down."""
-    schema = json.loads(json.dumps(build_app().openapi()))  # a copy: the front caches its own
-    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
-    if api_key:
-        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-    for path, operations in schema["paths"].items():
-        for operation in operations.values():
-            operation["responses"]["503"] = {"description": "the engine is not running", **error}
-            if api_key and path.startswith("/v1/"):
-                operation["security"] = [{"bearer": []}]
-                operation["responses"]["401"] = {"description": "missing or wrong API key", **error}
-    return schema
-
-
 @serve.deployment(name=DEPLOYMENT_NAME, user_config={"knobs": {}}, max_constructor_retry_count=2, health_check_period_s=5)
 @serve.ingress()
 class VibeServer:
     """One replica: the candidate's engine in its own sandboxed process, behind a proxy.
 
     The engine process is the evaluator's (`runner.start_candidate`: the shared front,
-    scrubbed environment, memory watchdog, scratch space of its own), so the replica runs
-    no candidate code and serves exactly the process that was measured. The replica
+    allow-listed environment, memory watchdog, scratch space of its own), so the replica
+    runs no candidate code and serves exactly the process that was measured. The replica
     checks the API key, relays bytes, counts requests and exports the engine's TTFT and
     tokens/s. The engine is started by the first `reconfigure` (Serve calls it before the
     replica takes traffic; the default user_config makes sure it does), with the config's
@@ -254,7 +95,7 @@ class VibeServer:
         self.spec = load_candidate(candidate)
         # A server runs for days: no CPU-time limit; the rest of the sandbox as evaluated.
         self.limits = Limits(startup_timeout_s=self.args.startup_timeout_s, memory_mb=self.args.memory_mb, sandbox=self.args.sandbox, cpu_time_s=None)
-        self.metrics = _Metrics(serve.get_replica_context().deployment)
+        self.metrics = Metrics(serve.get_replica_context().deployment)
         self.engine: _Engine | None = None
         self._engines: set[_Engine] = set()  # the current one and those retiring
         # Engine processes die with the thread that started them (PR_SET_PDEATHSIG), so
@@ -264,15 +105,15 @@ class VibeServer:
         self._tasks: set[asyncio.Task] = set()
 
     def __serve_build_asgi_app__(self):
-        schema = openapi_schema(bool(self.api_key))
+        schema = replica_schema(bool(self.api_key))
 
         async def openapi(request: Request) -> JSONResponse:
             return JSONResponse(schema)
 
         # every method goes to the engine's front, which answers 404/405 (with its Allow) for what it does not serve
         routes = [Route("/health", self._health), Route("/openapi.json", openapi), Route("/v1/{path:path}", self._forward, methods=METHODS)]
-        app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
-        app.add_middleware(_CountRequests, metrics=self.metrics)
+        app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+        app.add_middleware(CountRequests, metrics=self.metrics)
         return app
 
     async def reconfigure(self, user_config: dict) -> None:
@@ -321,15 +162,15 @@ class VibeServer:
     async def _health(self, request: Request) -> Response:
         failure = self._failure()
         if self.engine is None or failure:
-            return _error(503, "engine " + (f"failed: {failure.reason}" if failure else "not started"), "server_error")
+            return error_response(503, "engine " + (f"failed: {failure.reason}" if failure else "not started"), "server_error")
         return JSONResponse({"status": "ok"})
 
     async def _forward(self, request: Request) -> Response:
         if self.api_key and request.headers.get("authorization", "") != f"Bearer {self.api_key}":
-            return _error(401, "Invalid or missing API key", "authentication_error")
+            return error_response(401, "Invalid or missing API key", "authentication_error")
         engine, body = self.engine, await request.body()
         if engine is None:
-            return _error(503, "engine not started", "server_error")
+            return error_response(503, "engine not started", "server_error")
         engine.enter()
         try:
             resp = await self._client().request(request.method, engine.proc.base_url + request.url.path, params=request.query_params,
@@ -337,13 +178,13 @@ class VibeServer:
         except aiohttp.ClientError as exc:
             engine.leave()
             failure = engine.proc.failure()
-            return _error(503, f"engine unavailable: {failure.reason if failure else exc}", "server_error")
+            return error_response(503, f"engine unavailable: {failure.reason if failure else exc}", "server_error")
         if resp.content_type != "text/event-stream":
             try:
                 allow = {"Allow": resp.headers["Allow"]} if "Allow" in resp.headers else None
                 return Response(await resp.read(), resp.status, headers=allow, media_type=resp.content_type)
             except aiohttp.ClientError as exc:
-                return _error(503, f"engine unavailable: {exc}", "server_error")
+                return error_response(503, f"engine unavailable: {exc}", "server_error")
             finally:
                 resp.release()
                 engine.leave()

@@ -16,7 +16,7 @@ import torch
 
 from vibeserve_ray.candidate import grammar_compiler, response_grammar
 
-from .batch import Chunk
+from .sequence import Chunk
 
 
 class Grammars:
@@ -32,7 +32,7 @@ class Grammars:
 
     def matcher(self, response_format: dict):
         """A fresh matcher for `response_format`; ValueError when the format is unusable."""
-        import xgrammar as xgr
+        import xgrammar as xgr  # ~1.7 s to import: only engines that see a response_format pay it
 
         with self._lock:
             if self._compiler is None:
@@ -50,7 +50,7 @@ def constrain(logits: torch.Tensor, chunks: list[Chunk]) -> torch.Tensor:
     position is allowed, so it differs from the draft). Returns a copy: logprobs are read
     from the raw logits.
     """
-    import xgrammar as xgr
+    import xgrammar as xgr  # as in Grammars.matcher: loaded only once a request has a response_format
 
     bitmask = xgr.allocate_token_bitmask(logits.shape[0], logits.shape[-1])
     rows, row = [], 0

@@ -1,4 +1,4 @@
-"""Builds the model from an HF checkpoint directory without random initialisation."""
+"""Builds a family's model from an HF checkpoint directory without random initialisation."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch import nn
 
-from .config import ModelConfig
-from .model import LlamaForCausalLM, PackedLinear
+from ..layers.linear import PackedLinear
+from ..layers.rotary import RotaryEmbedding
+from . import load_family
 
 # Older checkpoints store rotary buffers; we compute them from the config instead.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-# Packed projection of the model -> the checkpoint's projections, in row order (model.PackedLinear).
-PACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
 def checkpoint_files(model_dir: Path) -> list[Path]:
@@ -29,22 +29,25 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     raise FileNotFoundError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
 
 
-def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
-    """Every parameter comes from the checkpoint, so the model is built on the meta device
-    (random init of a 1B model costs ~12 s on CPU) and only then given real storage."""
+def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """Every parameter comes from the checkpoint, so the model (of the checkpoint's
+    family) is built on the meta device (random init of a 1B model costs ~12 s on CPU)
+    and only then given real storage."""
     model_dir = Path(model_dir)
-    config = ModelConfig.from_dir(model_dir)
+    family, config = load_family(model_dir)
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+        model = family.model(config)
     model.to(dtype).to_empty(device=device)
-    model.model.rotary_emb.reset_parameters()
+    for module in model.modules():  # buffers the checkpoint does not hold, computed from the config
+        if isinstance(module, RotaryEmbedding):
+            module.reset_parameters()
     if config.tie_word_embeddings:  # tie after to_empty, which would untie them
         model.lm_head.weight = model.model.embed_tokens.weight
     load_weights(model, model_dir)
     return model.eval()
 
 
-def load_weights(model: LlamaForCausalLM, model_dir: Path) -> None:
+def load_weights(model: nn.Module, model_dir: Path) -> None:
     """Copies checkpoint tensors into parameters of the same HF name (casting dtype), or
     into their row block of a packed parameter."""
     targets = _targets(model)
@@ -66,7 +69,7 @@ def load_weights(model: LlamaForCausalLM, model_dir: Path) -> None:
         raise ValueError(f"{model_dir}: checkpoint lacks {sorted(missing)[:5]}")
 
 
-def _targets(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
+def _targets(model: nn.Module) -> dict[str, torch.Tensor]:
     """Checkpoint tensor name -> the tensor (a parameter, or a view of a packed one) it fills."""
     targets: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
@@ -75,7 +78,7 @@ def _targets(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
         if not isinstance(module, PackedLinear):
             targets[name] = param
             continue
-        prefix, _, packed = module_name.rpartition(".")
-        for proj, rows in zip(PACKED[packed], param.detach().split(module.shards), strict=True):
+        prefix = module_name.rpartition(".")[0]
+        for proj, rows in zip(module.shards, param.detach().split(list(module.shards.values())), strict=True):
             targets[f"{prefix}.{proj}.{leaf}"] = rows
     return targets

@@ -18,12 +18,13 @@ import torch
 
 from vibeserve_ray.candidate import PROMPT_LOGPROBS, RESPONSE_FORMAT, TOP_LOGPROBS, GenerationRequest, RequestRefused, TokenOut
 
-from . import onednn_linear
-from .attention import make_attention
-from .config import EngineConfig, ModelConfig
+from ..config import EngineConfig, ModelConfig
+from ..layers import onednn_linear
+from ..layers.attention import make_attention
+from ..models import load_family
+from ..models.loader import load_model
 from .grammar import Grammars
 from .kv_cache import make_kv_cache
-from .loader import load_model
 from .model_runner import ModelRunner
 from .scheduler import make_scheduler
 from .sequence import Sequence, Status
@@ -38,14 +39,14 @@ class LLMEngine:
     def __init__(self, model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None, step_thread: bool = True):
         """`step_thread=False` builds the model, cache and scheduler only: whoever holds the
         engine drives `step()` (an engine worker process, engine_process.py)."""
-        self.engine_config = ec = EngineConfig.resolve(knobs)
+        family, self.config = load_family(model_dir)
+        self.engine_config = ec = EngineConfig.resolve(knobs, family.space(), device)
         if ec.num_threads > 0:
             torch.set_num_threads(ec.num_threads)
         self.device = torch.device(device)
-        self.config = ModelConfig.from_dir(model_dir)
         dtype = DTYPES[ec.dtype]
-        if ec.linear == "onednn" and (self.device.type != "cpu" or not onednn_linear.available()):
-            raise ValueError(f"design.linear = 'onednn' needs a CPU with oneDNN, got {self.device}")
+        if ec.linear == "onednn" and not onednn_linear.available():
+            raise ValueError("design.linear = 'onednn' needs a torch built with oneDNN")
         model = load_model(model_dir, self.device, dtype)
         if ec.linear == "onednn":
             onednn_linear.pack_linears(model)
@@ -53,7 +54,7 @@ class LLMEngine:
             for layer in model.model.layers:
                 layer.mlp = torch.compile(layer.mlp, dynamic=True)
         cache = make_kv_cache(self.config, ec, self.device, dtype)
-        self.runner = ModelRunner(model, cache, make_attention(ec.attention, self.device), self.device)
+        self.runner = ModelRunner(model, cache, make_attention(ec.attention), self.device)
         self.scheduler = make_scheduler(cache, ec)
         self.grammars = Grammars(model_dir)
         self._inbox: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()
@@ -209,13 +210,3 @@ def _deliver_threadsafe(items: list[tuple[Sequence, object]]) -> None:
 def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
     for stream, item in batch:
         stream.put_nowait(item)
-
-
-def create_engine(model_dir: str, device: str = "cpu", knobs: dict[str, Any] | None = None):
-    """The candidate entrypoint (`engine:create_engine`): the step loop in a thread of
-    this process, or in engine worker processes (`design.step_loop`)."""
-    if EngineConfig.resolve(knobs).step_loop == "process":
-        from .engine_process import ProcessEngine
-
-        return ProcessEngine(model_dir, device, knobs)
-    return LLMEngine(model_dir, device, knobs)

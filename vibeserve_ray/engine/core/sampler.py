@@ -14,8 +14,8 @@ import torch
 
 from vibeserve_ray.candidate import TokenOut, sample_token
 
-from .batch import Chunk
 from .grammar import constrain
+from .sequence import Chunk
 
 
 class Sampler:

@@ -23,9 +23,8 @@ import torch
 from .block_pool import BlockPool
 
 if TYPE_CHECKING:
-    from .batch import Chunk
-    from .config import EngineConfig, ModelConfig
-    from .sequence import Sequence
+    from ..config import EngineConfig, ModelConfig
+    from .sequence import Chunk, Sequence
 
 
 class KVCache:
