@@ -34,7 +34,6 @@ from vibeserve_ray.skills import applicable
 from vibeserve_ray.target import Target, load_target
 from vibeserve_ray.trees import extract_tree, pack_dir
 
-
 InnerLoop = Callable[[InnerTask], InnerResult]
 
 
