@@ -37,7 +37,8 @@ from benchmarks.engine_vs_transformers import hf_batched  # noqa: E402
 from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
 from vibeserve_ray.inner.judge.checker import check_candidate  # noqa: E402
-from vibeserve_ray.inner.evaluate import Measurement, bench_candidate, target_workload  # noqa: E402
+from vibeserve_ray.inner.evaluate import Measurement, bench_candidate  # noqa: E402
+from vibeserve_ray.inner.workload import target_workload  # noqa: E402
 from vibeserve_ray.target import Target, load_target  # noqa: E402
 
 TARGETS = ROOT / "targets"

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from vibeserve_ray.candidate import GenerationRequest  # noqa: E402
 from vibeserve_ray.engine import create_engine  # noqa: E402
-from vibeserve_ray.inner.evaluate import target_workload  # noqa: E402
+from vibeserve_ray.inner.workload import target_workload  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent.parent / "targets" / "tiny-llama-cpu"

@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 from vibeserve_ray.bench import BenchReport, Request  # noqa: E402
 from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
-from vibeserve_ray.inner.evaluate import bench_running, target_workload  # noqa: E402
+from vibeserve_ray.inner.evaluate import bench_running  # noqa: E402
 from vibeserve_ray.inner.judge.exact import check_responses  # noqa: E402
+from vibeserve_ray.inner.workload import target_workload  # noqa: E402
 from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
 from vibeserve_ray.target import Target, load_target  # noqa: E402
 

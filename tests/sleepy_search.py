@@ -22,7 +22,8 @@ import ray
 
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.inner.implement import apply_design
-from vibeserve_ray.inner.loop import InnerLoop, InnerTask, Workspace
+from vibeserve_ray.inner.loop import InnerLoop, Workspace
+from vibeserve_ray.inner.task import InnerTask
 
 # Ray workers cannot import this file (tests/ is on no worker's path): ship it by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -9,23 +9,23 @@ import pytest
 from fake_anthropic import FakeAnthropic, tool_use
 
 from vibeserve_ray.agents.client import ApiKey
-from vibeserve_ray.agents.evaluator import read_measurement
 from vibeserve_ray.agents.gateway import Gateway
-from vibeserve_ray.agents.hypothesis import Hypothesis
-from vibeserve_ray.agents.implementer import implement
-from vibeserve_ray.agents.judge import GATE, review, tree_diff
-from vibeserve_ray.agents.ledger import DEFAULT_PRICES, Budget
-from vibeserve_ray.agents.orchestrator import plan_round, plateaued
-from vibeserve_ray.agents.profiling import op_table
+from vibeserve_ray.agents.ledger import DEFAULT_PRICES, SpendLimit
 from vibeserve_ray.agents.session import RoleSettings
 from vibeserve_ray.candidate import materialise_seed
+from vibeserve_ray.inner.implement import implementer_session
+from vibeserve_ray.inner.judge.review import REVIEW_GATE, review_diff, tree_diff
+from vibeserve_ray.inner.profile import op_table
+from vibeserve_ray.inner.read import read_measurement
+from vibeserve_ray.inner.task import Hypothesis
+from vibeserve_ray.search.orchestrator import plan_round, plateaued
 
 KEY = "sk-ant-test-roles-00000000"
 SETTINGS = RoleSettings("claude-sonnet-5-5", 1024, 8, 300)
 
 
 def _transport(fake: FakeAnthropic):
-    g = Gateway(fake.url, DEFAULT_PRICES, Budget(), max_retries=2, timeout_s=30)
+    g = Gateway(fake.url, DEFAULT_PRICES, SpendLimit(), max_retries=2, timeout_s=30)
     g.unlock(ApiKey(value=KEY))
     return g.call
 
@@ -61,9 +61,9 @@ def test_judge_fail_is_a_rejection_with_reasons_and_no_verdict_is_one_too(tmp_pa
     script = [[tool_use("view", path="/candidate/engine/models/llama.py", view_range=[1, 5])],
               [tool_use("submit", verdict="fail", reasons=["1. canned outputs: engine/models/llama.py CACHED replays earlier outputs"])]]
     with FakeAnthropic({"judge": script}, key=KEY) as fake:
-        verdict = review(diff, "added a cache", tmp_path / "candidate", SETTINGS, _transport(fake), "e1")
-        silent = review(diff, "", tmp_path / "candidate", RoleSettings("claude-sonnet-5-5", 1024, 1, 300), _transport(fake), "e2")
-    assert not verdict.passed and "canned outputs" in verdict.reason and GATE == "llm-judge"
+        verdict = review_diff(diff, "added a cache", tmp_path / "candidate", SETTINGS, _transport(fake), "e1")
+        silent = review_diff(diff, "", tmp_path / "candidate", RoleSettings("claude-sonnet-5-5", 1024, 1, 300), _transport(fake), "e2")
+    assert not verdict.passed and "canned outputs" in verdict.reason and REVIEW_GATE == "llm-judge"
     assert "+CACHED = {}" in fake.by_role("judge")[0].body["messages"][0]["content"][0]["text"]
     assert {t["name"] for t in fake.by_role("judge")[0].body["tools"]} == {"view", "grep", "submit"}, "the Judge cannot edit"
     assert not silent.passed and "no verdict" in silent.reason
@@ -106,8 +106,8 @@ def test_implementer_benchmarks_and_profiles_its_candidate_in_the_sandbox(tmp_pa
     ws = materialise_seed(tmp_path / "candidate")
     script = [[tool_use("run_bench")], [tool_use("profile")], [tool_use("submit", outcome="disproven", summary="measured; no change")]]
     with FakeAnthropic({"implementer": script}, key=KEY) as fake:
-        out = implement(Hypothesis("measure", "why", "none"), load_target(target), load_space(default_space_path()), ws, tmp_path / "scratch", "parent",
-                        SETTINGS, _transport(fake), "e1")
+        out = implementer_session(Hypothesis("measure", "why", "none"), load_target(target), load_space(default_space_path()), ws,
+                                  tmp_path / "scratch", "parent", SETTINGS, _transport(fake), "e1")
     assert out.submitted and out.result["outcome"] == "disproven"
     bench, profile = fake.tool_results("implementer")[:2]
     metrics = json.loads(bench["content"])

@@ -9,9 +9,9 @@ import pytest
 from fake_anthropic import FakeAnthropic, Fault, text, tool_use
 
 from vibeserve_ray.agents.client import ApiKey
-from vibeserve_ray.agents.editor import EDITOR_NAME, Workspace, editor_tool
+from vibeserve_ray.agents.editor import EDITOR_NAME, ConfinedRoot, editor_tool
 from vibeserve_ray.agents.gateway import BUDGET, KEY_REFUSED, Gateway
-from vibeserve_ray.agents.ledger import DEFAULT_PRICES, Budget
+from vibeserve_ray.agents.ledger import DEFAULT_PRICES, SpendLimit
 from vibeserve_ray.agents.session import FAILED, SUBMITTED, Role, RoleSettings, run_session
 from vibeserve_ray.agents.tools import Tool, ToolError, cut, schema, submit_tool
 
@@ -26,13 +26,13 @@ def _role(workspace, calls: list) -> Role:
             raise ToolError("asked to fail")
         return args["text"] * args.get("times", 1)
 
-    tools = (editor_tool(Workspace(workspace)), Tool("echo", "Echoes text.", schema({"text": {"type": "string"}, "times": {"type": "integer"}},
+    tools = (editor_tool(ConfinedRoot(workspace)), Tool("echo", "Echoes text.", schema({"text": {"type": "string"}, "times": {"type": "integer"}},
                                                                                   ["text"]), echo))
     result = schema({"outcome": {"enum": ["implemented", "blocked"]}, "summary": {"type": "string"}})
     return Role("tester", SYSTEM, tools, submit_tool("Ends the session with the result.", result))
 
 
-def _gateway(fake: FakeAnthropic, key: str = KEY, budget: Budget = Budget(), max_retries: int = 4) -> Gateway:
+def _gateway(fake: FakeAnthropic, key: str = KEY, budget: SpendLimit = SpendLimit(), max_retries: int = 4) -> Gateway:
     g = Gateway(fake.url, DEFAULT_PRICES, budget, max_retries=max_retries, timeout_s=30)
     g.unlock(ApiKey(value=key))
     return g
@@ -136,7 +136,7 @@ def test_a_refused_key_ends_the_session_and_every_later_call_without_retrying(tm
 def test_budget_stops_calls_before_it_is_overshot(tmp_path):
     script = [[tool_use("echo", text="x" * 50)] for _ in range(30)]
     with FakeAnthropic({"tester": script}, key=KEY) as fake:
-        gateway = _gateway(fake, budget=Budget(usd=0.015))
+        gateway = _gateway(fake, budget=SpendLimit(usd=0.015))
         settings = RoleSettings(model="claude-sonnet-5-5", max_tokens=256, max_turns=30, time_limit_s=60)
         out = run_session(_role(tmp_path, []), settings, gateway.call, "e1", "Go.")
     state = gateway.state()
@@ -149,7 +149,7 @@ def test_budget_stops_calls_before_it_is_overshot(tmp_path):
 def test_token_budget_counts_billed_input_and_output(tmp_path):
     script = [[tool_use("echo", text="x")] for _ in range(30)]
     with FakeAnthropic({"tester": script}, key=KEY) as fake:
-        gateway = _gateway(fake, budget=Budget(tokens=20_000))
+        gateway = _gateway(fake, budget=SpendLimit(tokens=20_000))
         out = run_session(_role(tmp_path, []), RoleSettings("claude-sonnet-5-5", 256, 30, 60), gateway.call, "e1", "Go.")
     total = gateway.state().ledger.total
     assert out.outcome == BUDGET and total.tokens <= 20_000
@@ -164,7 +164,7 @@ def test_long_tool_output_is_cut_to_head_and_tail():
 
 
 def test_editor_stays_inside_its_workspace(tmp_path):
-    ws = Workspace(tmp_path / "ws")
+    ws = ConfinedRoot(tmp_path / "ws")
     (tmp_path / "ws").mkdir()
     (tmp_path / "secret.txt").write_text("s")
     os.symlink(tmp_path / "secret.txt", tmp_path / "ws" / "link.txt")
@@ -203,7 +203,7 @@ def test_role_settings_come_from_the_command_line_then_the_role_table_then_agent
     config = agent_config(spec.agent, 1000, parse_models(["evaluator=m-cli"]))
     assert {r: s.model for r, s in config.roles.items()} == {"orchestrator": "m-all", "implementer": "m-impl", "judge": "m-judge", "evaluator": "m-cli"}
     assert config.role("implementer").max_turns == 30 and config.role("judge").max_turns == 7
-    assert config.budget == Budget(usd=2.5, tokens=1000) and config.prices["m-impl"].output == 2
+    assert config.budget == SpendLimit(usd=2.5, tokens=1000) and config.prices["m-impl"].output == 2
     assert agent_config(spec.agent, budget_usd=0.5).budget.usd == 0.5
     for bad in (["judge"], ["planner=m"], ["judge="]):
         with pytest.raises(BadInput, match="--model"):

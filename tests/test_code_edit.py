@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vibeserve_ray.bench.code_edit import EDIT_FRACTION, EDIT_SPANS, CodeEditRow, RowMaker
-from vibeserve_ray.inner.evaluate import target_workload
+from vibeserve_ray.inner.workload import target_workload
 from vibeserve_ray.reference import load_reference
 from vibeserve_ray.target import load_target
 

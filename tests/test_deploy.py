@@ -325,7 +325,8 @@ def run_dir(tmp_path_factory, tiny_models):
     """A search run as the search writes it: the seed, a faster validated child, a rejected one."""
     from vibeserve_ray.inner.result import InnerResult
     from vibeserve_ray.search.record import record_result
-    from vibeserve_ray.search.state import RunRepo, pack_dir
+    from vibeserve_ray.search.state import RunRepo
+    from vibeserve_ray.trees import pack_dir
     from vibeserve_ray.target import load_target
 
     run = tmp_path_factory.mktemp("run")

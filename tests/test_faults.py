@@ -28,14 +28,16 @@ from search_helpers import small_target
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.design_space import default_space_path, load_space
 from vibeserve_ray.inner.evaluate import Trial, evaluate
-from vibeserve_ray.inner.loop import InnerLoop, InnerTask, Workspace, _ray_context, run_inner_loop
+from vibeserve_ray.inner.loop import InnerLoop, Workspace, _ray_context, run_inner_loop
+from vibeserve_ray.inner.task import InnerTask
 from vibeserve_ray.runner import Limits, start_candidate
 from vibeserve_ray.search.clock import SearchBudget
 from vibeserve_ray.search.controller import Search
 from vibeserve_ray.search.results import RESULTS_FILE, ResultsUnreadable, read_results
-from vibeserve_ray.search.state import RunRepo, pack_dir
+from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.search.studies import STUDIES_FILE, storage_url
 from vibeserve_ray.target import load_target
+from vibeserve_ray.trees import pack_dir
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
 

@@ -17,7 +17,7 @@ from conftest import run_cli, serving
 from vibeserve_ray.bench.json_mode import json_request, make_rows, max_document_bytes
 from vibeserve_ray.candidate import GenerationRequest, grammar_compiler, response_grammar
 from vibeserve_ray.engine import create_engine
-from vibeserve_ray.inner.evaluate import target_workload
+from vibeserve_ray.inner.workload import target_workload
 from vibeserve_ray.reference import TransformersReference
 from vibeserve_ray.serve.front import OpenAIFront
 from vibeserve_ray.target import load_target

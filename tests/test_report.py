@@ -137,7 +137,8 @@ def recorded_run(tmp_path_factory, tiny_target):
     from vibeserve_ray.inner.evaluate import Trial
     from vibeserve_ray.inner.result import InnerResult
     from vibeserve_ray.search.record import record_result
-    from vibeserve_ray.search.state import RunRepo, pack_dir
+    from vibeserve_ray.search.state import RunRepo
+    from vibeserve_ray.trees import pack_dir
 
     run = tmp_path_factory.mktemp("recorded")
     repo, rows = RunRepo(run / "repo"), []

@@ -17,7 +17,8 @@ from vibeserve_ray.inner.judge.scan import scan_for_bypass
 from vibeserve_ray.inner.result import InnerResult
 from vibeserve_ray.search import record
 from vibeserve_ray.search.results import RESULTS_FILE, Evaluation, read_results, rebuild_from_notes, write_results
-from vibeserve_ray.search.state import RunRepo, extract_tree, pack_dir
+from vibeserve_ray.search.state import RunRepo
+from vibeserve_ray.trees import extract_tree, pack_dir
 
 
 def _candidate(tmp_path, name="c"):

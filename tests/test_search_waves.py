@@ -16,7 +16,8 @@ from search_helpers import small_target
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.design_space import default_space_path, load_space
 from vibeserve_ray.inner.implement import apply_design
-from vibeserve_ray.inner.loop import InnerTask, Workspace
+from vibeserve_ray.inner.loop import Workspace
+from vibeserve_ray.inner.task import InnerTask
 from vibeserve_ray.search.clock import SearchBudget
 from vibeserve_ray.search.controller import Search
 from vibeserve_ray.search.results import read_results

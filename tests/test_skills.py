@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from conftest import edit
 
-from vibeserve_ray.search.propose import OfflineProposer, design_key
 from vibeserve_ray.design_space import default_space_path, load_space
 from vibeserve_ray.errors import BadInput
+from vibeserve_ray.inner.task import design_key
 from vibeserve_ray.search.policy import seed_backlog
+from vibeserve_ray.search.propose import OfflineProposer
 from vibeserve_ray.skills import LAYERS, SKILLS_DIR, SkillError, load_skills, read_skill, search_skills
 from vibeserve_ray.target import load_target
 

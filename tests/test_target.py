@@ -25,7 +25,7 @@ def test_tiny_target_loads_typed():
 
 @pytest.mark.parametrize("target_dir", sorted(p.parent for p in TINY_TARGET.parent.glob("*/target.toml")), ids=lambda p: p.name)
 def test_every_shipped_target_loads_and_its_workload_builds(target_dir):
-    from vibeserve_ray.inner.evaluate import target_workload
+    from vibeserve_ray.inner.workload import target_workload
 
     t = load_target(target_dir)
     requests = target_workload(t)

@@ -38,8 +38,8 @@ class _T:  # a measured trial, as evaluate keeps it
 def test_a_design_change_comes_with_the_knobs_its_skill_sets_and_the_offline_implementer_writes_them(tmp_path):
     from vibeserve_ray.candidate import load_candidate, materialise_seed
     from vibeserve_ray.inner.implement import apply_design
+    from vibeserve_ray.inner.task import Proposal
     from vibeserve_ray.inner.tune import skill_settings
-    from vibeserve_ray.search.propose import Proposal
 
     skills = load_skills(space=SPACE)
     process = dict(PROCESS, step_loop="process")
@@ -226,11 +226,11 @@ def test_a_lost_candidate_is_recorded_with_the_knobs_its_skill_set(tmp_path):
     from pathlib import Path
 
     from vibeserve_ray.candidate import load_candidate, materialise_seed
-    from vibeserve_ray.inner.loop import InnerTask
-    from vibeserve_ray.search.propose import Proposal
+    from vibeserve_ray.inner.task import InnerTask, Proposal
     from vibeserve_ray.search.record import lost_result
-    from vibeserve_ray.search.state import RunRepo, extract_tree
+    from vibeserve_ray.search.state import RunRepo
     from vibeserve_ray.target import load_target
+    from vibeserve_ray.trees import extract_tree
 
     repo = RunRepo(tmp_path / "repo")
     seed = materialise_seed(tmp_path / "seed")

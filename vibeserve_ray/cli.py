@@ -140,7 +140,7 @@ def _portable_path(path: str) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from vibeserve_ray.agents.client import base_url, take_key_from_env
+    from vibeserve_ray.agents.client import api_base_url, take_key_from_env
     from vibeserve_ray.agents.settings import agent_config, choose_implementer, parse_models
     from vibeserve_ray.design_space import default_space_path, load_space
     from vibeserve_ray.search.clock import SearchBudget
@@ -162,10 +162,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         say(f"search: {endpoints.describe()}")
     team = None
     if implementer == "anthropic":
-        from vibeserve_ray.agents.team import AgentTeam
+        from vibeserve_ray.search.team import AgentTeam
 
         config = agent_config(target.spec.agent, target.spec.search.token_budget, models, args.budget_usd)
-        team = AgentTeam(run_dir.resolve().name, key, base_url(), config, say)
+        team = AgentTeam(run_dir.resolve().name, key, api_base_url(), config, say)
         team.check_key()
     summary = Search(target, _portable_path(args.target), run_dir, space, budget, implementer, say=say, seed=args.seed, agents=team).run()
     if summary.best is None:

@@ -57,7 +57,7 @@ def take_key_from_env(environ: dict | None = None) -> ApiKey:
     return ApiKey(value=value, file=None if value else path)
 
 
-def base_url(environ: dict | None = None) -> str:
+def api_base_url(environ: dict | None = None) -> str:
     env = os.environ if environ is None else environ
     return (env.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
 

@@ -1,8 +1,8 @@
 """Anthropic's text editor tool (`text_editor_20250728`, `str_replace_based_edit_tool`),
-rooted at one workspace: the interface Claude models are trained on for editing.
+confined to one root (the candidate tree): the interface Claude models are trained on for editing.
 
-The agent sees the workspace as `/candidate` (relative paths work too). A path that
-leaves the workspace, or passes through a symlink, is refused: an agent must not read
+The agent sees the root as `/candidate` (relative paths work too). A path that
+leaves it, or passes through a symlink, is refused: an agent must not read
 the harness, the reference or the benchmark data, nor write outside its candidate.
 """
 
@@ -38,8 +38,8 @@ EDITOR_SCHEMA = {
 }
 
 
-class Workspace:
-    """Files under `root`, reached only by paths that stay inside it."""
+class ConfinedRoot:
+    """The candidate tree as agents reach it: files under `root`, by paths that stay inside it."""
 
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
@@ -157,18 +157,18 @@ class Workspace:
         return "\n".join(hits[:limit]) + (f"\n[{len(hits) - limit} more]" if len(hits) > limit else "") if hits else "no match"
 
 
-def editor_tool(ws: Workspace) -> Tool:
-    """The text editor, rooted at `ws`: view, create, str_replace, insert."""
-    return Tool(EDITOR_NAME, "Anthropic's text editor", EDITOR_SCHEMA, ws.edit, api_type=EDITOR_TYPE)
+def editor_tool(root: ConfinedRoot) -> Tool:
+    """The text editor, confined to `root`: view, create, str_replace, insert."""
+    return Tool(EDITOR_NAME, "Anthropic's text editor", EDITOR_SCHEMA, root.edit, api_type=EDITOR_TYPE)
 
 
-def read_tools(ws: Workspace) -> list[Tool]:
-    """Read-only tools over `ws`, for roles that review and never edit."""
+def read_tools(root: ConfinedRoot) -> list[Tool]:
+    """Read-only tools over `root`, for roles that review and never edit."""
     view = Tool("view", f"Shows a file of the candidate with line numbers (or a directory listing). Paths start with {VIRTUAL_ROOT}/.",
                 schema({"path": {"type": "string"}, "view_range": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}},
                        ["path"]),
-                lambda a: ws.view(a["path"], a.get("view_range")))
+                lambda a: root.view(a["path"], a.get("view_range")))
     grep = Tool("grep", "Lines of the candidate's files containing a plain string, as path:line: text.",
-                schema({"pattern": {"type": "string", "minLength": 1}}), lambda a: ws.grep(a["pattern"]))
+                schema({"pattern": {"type": "string", "minLength": 1}}), lambda a: root.grep(a["pattern"]))
     return [view, grep]
 

@@ -14,29 +14,20 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import anthropic
+import ray
 
 from vibeserve_ray.agents.client import ApiKey, make_client
-from vibeserve_ray.agents.ledger import Budget, Ledger, LedgerState, Price, Usage, charge, estimate, price_for
+from vibeserve_ray.agents.ledger import Ledger, LedgerState, Price, SpendLimit, Usage, charge, estimate, price_for
+from vibeserve_ray.agents.transport import Reply
 from vibeserve_ray.raycluster import HEAD_NODE
 
 
 KEY_REFUSED = "key refused"
 BUDGET = "budget spent"
 ERROR = "error"
-
-
-@dataclass(frozen=True)
-class Reply:
-    """The API's message as a dict, or why there is none (`stop`: budget spent, key
-    refused, error)."""
-
-    message: dict | None
-    stop: str = ""
-    reason: str = ""
-    usage: Usage | None = None
 
 
 @dataclass(frozen=True)
@@ -49,11 +40,8 @@ class GatewayState:
         return self.ledger.exhausted
 
 
-Transport = Callable[[str, str, dict], Reply]  # (role, eval_id, request) -> Reply
-
-
 class Gateway:
-    def __init__(self, url: str, prices: dict[str, Price], budget: Budget, max_retries: int = 8, timeout_s: float = 600.0):
+    def __init__(self, url: str, prices: dict[str, Price], budget: SpendLimit, max_retries: int = 8, timeout_s: float = 600.0):
         self.url, self.prices, self.max_retries, self.timeout_s = url, prices, max_retries, timeout_s
         self.ledger = Ledger(budget)
         self._client: anthropic.Anthropic | None = None
@@ -121,18 +109,9 @@ def gateway_name(run: str) -> str:
     return f"vibeserve:{run}:gateway"
 
 
-def start_gateway(run: str, key: ApiKey, url: str, prices: dict[str, Price], budget: Budget, max_retries: int, timeout_s: float):
+def start_gateway(run: str, key: ApiKey, url: str, prices: dict[str, Price], budget: SpendLimit, max_retries: int, timeout_s: float):
     """The run's gateway actor on the head node, unlocked with `key`; returns its handle."""
-    import ray
-
     actor = ray.remote(Gateway).options(name=gateway_name(run), get_if_exists=True, resources={HEAD_NODE: 0.001}, max_concurrency=64,
                                         num_cpus=0).remote(url, prices, budget, max_retries, timeout_s)
     ray.get(actor.unlock.remote(key))
     return actor
-
-
-def via_actor(handle) -> Transport:
-    """A transport for sessions anywhere in the cluster: calls go through the actor."""
-    import ray
-
-    return lambda role, eval_id, request: ray.get(handle.call.remote(role, eval_id, request))

@@ -112,7 +112,9 @@ def estimate(request: dict, price: Price) -> Estimate:
 
 
 @dataclass(frozen=True)
-class Budget:
+class SpendLimit:
+    """What the agents of one search may spend in all, in dollars and in tokens."""
+
     usd: float = 0.0  # 0: no limit
     tokens: int = 0  # 0: no limit
 
@@ -122,7 +124,7 @@ class Ledger:
     """Every call's charge, by role and by candidate; thread-safe (the gateway serves
     many sessions at once)."""
 
-    budget: Budget = Budget()
+    budget: SpendLimit = SpendLimit()
     by_role: dict[str, Usage] = field(default_factory=dict)
     by_eval: dict[str, dict[str, Usage]] = field(default_factory=dict)
     in_flight: Estimate = Estimate(0, 0.0)
@@ -176,7 +178,7 @@ class Ledger:
 @dataclass(frozen=True)
 class LedgerState:
     by_role: dict[str, Usage]
-    budget: Budget
+    budget: SpendLimit
     exhausted: bool
 
     @property

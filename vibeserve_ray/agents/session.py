@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from vibeserve_ray.agents.gateway import Transport
 from vibeserve_ray.agents.ledger import Usage
 from vibeserve_ray.agents.tools import SUBMIT, Tool, ToolError, cut
 from vibeserve_ray.agents.transcript import Transcript
+from vibeserve_ray.agents.transport import Transport
 
 CACHE = {"type": "ephemeral"}
 MAX_MALFORMED = 3

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from vibeserve_ray.agents.client import KEY_ENV, KEY_FILE_ENV, ApiKey, base_url
-from vibeserve_ray.agents.ledger import DEFAULT_PRICES, Budget, Price
+from vibeserve_ray.agents.client import KEY_ENV, KEY_FILE_ENV, ApiKey, api_base_url
+from vibeserve_ray.agents.ledger import DEFAULT_PRICES, Price, SpendLimit
 from vibeserve_ray.agents.session import RoleSettings
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.target import AGENT_ROLES, AgentSpec
@@ -19,7 +19,7 @@ from vibeserve_ray.target import AGENT_ROLES, AgentSpec
 @dataclass(frozen=True)
 class AgentConfig:
     roles: dict[str, RoleSettings]
-    budget: Budget
+    budget: SpendLimit
     prices: dict[str, Price]
     max_retries: int
     request_timeout_s: float
@@ -41,7 +41,7 @@ def agent_config(spec: AgentSpec, token_budget: int = 0, models: dict[str, str] 
         )
     prices = {**DEFAULT_PRICES, **{m: Price(p.input, p.output, p.cache_write, p.cache_read) for m, p in spec.prices.items()}}
     usd = spec.budget_usd if budget_usd is None else budget_usd
-    return AgentConfig(roles, Budget(usd=usd, tokens=token_budget), prices, spec.max_retries, spec.request_timeout_s)
+    return AgentConfig(roles, SpendLimit(usd=usd, tokens=token_budget), prices, spec.max_retries, spec.request_timeout_s)
 
 
 def parse_models(pairs: list[str]) -> dict[str, str]:
@@ -68,5 +68,5 @@ def choose_implementer(asked: str, backend: str, key: ApiKey, say: Callable[[str
     if asked == "anthropic":
         if not key:
             raise BadInput(KEY_ENV, "key", f"not set; the LLM agents need it (or {KEY_FILE_ENV}, a file holding it)")
-        say(f"search: LLM agents on the Messages API at {base_url()}")
+        say(f"search: LLM agents on the Messages API at {api_base_url()}")
     return asked

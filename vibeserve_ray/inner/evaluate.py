@@ -23,38 +23,17 @@ import zlib
 import aiohttp
 import optuna
 
-from vibeserve_ray.bench import BenchReport, Request, from_jsonl, run_benchmark_async, served_models, synthetic
+from vibeserve_ray.bench import BenchReport, Request, run_benchmark_async, served_models
 from vibeserve_ray.candidate import CandidateSpec, load_candidate, write_candidate_toml
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.inner.hints import Hint, hints_for
 from vibeserve_ray.inner.judge.exact import Exactness, check_responses
 from vibeserve_ray.inner.tune import Climb
+from vibeserve_ray.inner.workload import target_workload
 from vibeserve_ray.runner import CandidateFailed, CandidateFailure, CandidateProcess, Limits, start_candidate
 from vibeserve_ray.target import Target
 
 EXACT_GATE = "exact-responses"  # the failure phase of a measurement whose responses differ from the reference
-
-
-def target_workload(target: Target, num_requests: int | None = None, seed: int | None = None) -> list[Request]:
-    """The target's benchmark requests: its JSONL dataset or its seeded synthetic recipe
-    (`seed`: other requests of the same shapes, as the judge's load-honesty gate sends)."""
-    b = target.spec.benchmark
-    n = num_requests or b.num_requests
-    if b.dataset is not None:
-        return from_jsonl(target.path(b.dataset), n, b.seed if seed is None else seed)
-    config = json.loads((target.model_dir() / "config.json").read_text())
-    special = special_token_ids(target.tokenizer_dir())
-    s = b.synthetic
-    assert s is not None
-    return synthetic(n, s.seed if seed is None else seed, int(config["vocab_size"]), tuple(s.input_len), tuple(s.output_len),
-                     s.shared_prefix_len, special)
-
-
-def special_token_ids(tokenizer_dir: Path) -> list[int]:
-    tok_file = tokenizer_dir / "tokenizer.json"
-    if not tok_file.is_file():
-        return []
-    return [t["id"] for t in json.loads(tok_file.read_text()).get("added_tokens", []) if t.get("special")]
 
 
 # --- one measurement -------------------------------------------------------------------
@@ -174,7 +153,9 @@ class Trial:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Evaluated:
+    """What the evaluate step ends with: the best trial, every trial, and the hints."""
+
     best: Trial | None
     trials: list[Trial]
     hints: list[Hint]
@@ -195,7 +176,7 @@ def sampler_seed(design: dict[str, str], warm_knobs: dict[str, Any]) -> int:
 
 
 def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: list, warm_knobs: dict[str, Any], n_trials: int,
-             say: Callable[[str], None] = lambda s: None, moves: list[dict[str, Any]] | None = None, deadline: float = math.inf) -> Outcome:
+             say: Callable[[str], None] = lambda s: None, moves: list[dict[str, Any]] | None = None, deadline: float = math.inf) -> Evaluated:
     """Tunes the candidate's active knobs with `n_trials` measurements; the best is written
     back into its candidate.toml. A trial with a response unlike the reference's ends it.
     With `moves` (the finalist's tuning pass), the trials measure `warm_knobs` again, then
@@ -241,7 +222,7 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
             study.tell(ot, state=optuna.trial.TrialState.FAIL)
             trials.append(Trial(knobs, math.nan, distributions=dists))
             write_candidate_toml(spec.path, spec.entrypoint, spec.design, spec.knobs)
-            return Outcome(None, trials, [], CandidateFailure(EXACT_GATE, f"trial {n + 1}: {result.exactness.summary()}"))
+            return Evaluated(None, trials, [], CandidateFailure(EXACT_GATE, f"trial {n + 1}: {result.exactness.summary()}"))
         violations = [v.value / v.bound - 1 if v.kind == "max" else 1 - v.value / v.bound for v in report.slo_violations]
         ot.set_constraint("slo", max(violations, default=0.0))  # > 0: infeasible, by how far the worst SLO is missed
         study.tell(ot, report.headline_value)
@@ -251,7 +232,7 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
     measured = [t for t in trials if t.failure is None]
     if not measured:
         write_candidate_toml(spec.path, spec.entrypoint, spec.design, spec.knobs)
-        return Outcome(None, trials, [], trials[-1].failure)
+        return Evaluated(None, trials, [], trials[-1].failure)
     best = max(measured, key=lambda t: (t.slo_passed, objective.score(t.value)))
     write_candidate_toml(spec.path, spec.entrypoint, spec.design, best.knobs)
-    return Outcome(best, trials, hints_for(target, spec.design, best.metrics, target_workload(target)))
+    return Evaluated(best, trials, hints_for(target, spec.design, best.metrics, target_workload(target)))

@@ -13,50 +13,33 @@ import shutil
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+from vibeserve_ray.agents.session import SessionResult
+from vibeserve_ray.agents.transport import via_actor
 from vibeserve_ray.candidate import load_candidate
+from vibeserve_ray.design_space import DesignSpace, load_space
 from vibeserve_ray.errors import BadInput
+from vibeserve_ray.inner.evaluate import EXACT_GATE, Evaluated, evaluate
 from vibeserve_ray.inner.hints import Hint
-from vibeserve_ray.inner.implement import apply_design, implement_hypothesis
+from vibeserve_ray.inner.implement import apply_design, candidate_tools, implement_hypothesis, skill_knobs
+from vibeserve_ray.inner.judge.gates import JudgeVerdict, judge
+from vibeserve_ray.inner.judge.review import REVIEW_GATE, review_diff, tree_diff
+from vibeserve_ray.inner.read import read_measurement
 from vibeserve_ray.inner.result import InnerResult
-from vibeserve_ray.search.propose import Proposal
-from vibeserve_ray.search.state import extract_tree, pack_dir
-from vibeserve_ray.target import load_target
-
-if TYPE_CHECKING:  # the judge, the evaluator and the agents are imported where they run: a worker that
-    # only starts an inner loop should not pay for optuna's, anthropic's or pyarrow's import
-    from vibeserve_ray.agents.session import SessionResult
-    from vibeserve_ray.agents.team import AgentTask
-    from vibeserve_ray.inner.judge.gates import JudgeVerdict
-
-
-@dataclass(frozen=True)
-class InnerTask:
-    eval_id: str
-    island: int
-    round: int
-    parent: str  # commit the candidate starts from
-    parent_tree: bytes
-    proposal: Proposal | None  # None: evaluate the parent as it is (the seed)
-    warm_knobs: dict[str, Any]
-    target_path: str
-    space_path: str
-    n_trials: int
-    implementer: str = "offline"
-    agents: AgentTask | None = None  # the LLM agents' gateway and settings; None: offline
-    tune: bool = False  # the finalist's tuning pass: the parent's code as judged, only its knobs moved
-    deadline: float = float("inf")  # unix time: the evaluator starts no trial that would end later
-
+from vibeserve_ray.inner.task import AgentTask, InnerTask
+from vibeserve_ray.inner.tune import knob_moves
+from vibeserve_ray.skills import applicable
+from vibeserve_ray.target import Target, load_target
+from vibeserve_ray.trees import extract_tree, pack_dir
 
 InnerLoop = Callable[[InnerTask], InnerResult]
 
 
 def _ray_context() -> tuple[str, int]:
     try:
-        import ray
+        import ray  # ray: an inner loop also runs outside Ray (tests, benchmarks), where there is no context
 
         ctx = ray.get_runtime_context()
         # Ray keeps the attempt number on the core worker only (no public accessor in 2.60).
@@ -107,10 +90,6 @@ class Workspace:
 
 def run_inner_loop(task: InnerTask) -> InnerResult:
     """One candidate's whole inner loop; never raises for what the candidate does."""
-    from vibeserve_ray.design_space import load_space
-    from vibeserve_ray.inner.evaluate import evaluate
-    from vibeserve_ray.inner.judge.gates import judge
-
     say = lambda line: print(f"[{task.eval_id[:8]} island {task.island}] {line}", flush=True)  # noqa: E731
     ws = Workspace(task)
     message = "seed"
@@ -161,22 +140,9 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
         return ws.result("failed", "inner loop error", failure_phase="inner-loop", failure_reason=f"{type(exc).__name__}: {exc}\n{tb}")
 
 
-def skill_knobs(proposal: Proposal, target, space) -> dict[str, Any]:
-    """The knobs the skills behind the proposal's change set with it (the offline
-    implementer writes them with the design; a lost result records them too)."""
-    from vibeserve_ray.inner.tune import skill_settings
-    from vibeserve_ray.skills import applicable
-
-    return skill_settings(proposal.changes, space.active_knobs(proposal.design), int(target.spec.hardware.num_cpus), applicable(target))
-
-
-def _tune(task: InnerTask, ws: Workspace, target, space, say: Callable[[str], None]) -> InnerResult:
+def _tune(task: InnerTask, ws: Workspace, target: Target, space: DesignSpace, say: Callable[[str], None]) -> InnerResult:
     """The tuning pass: no change to judge (the parent passed the judge as it is), knob
     moves measured with every response checked against the reference."""
-    from vibeserve_ray.inner.evaluate import evaluate
-    from vibeserve_ray.inner.tune import knob_moves
-    from vibeserve_ray.skills import applicable
-
     spec = load_candidate(ws.candidate)
     active = space.active_knobs(spec.design)
     cores = int(target.spec.hardware.num_cpus)
@@ -190,11 +156,9 @@ def _tune(task: InnerTask, ws: Workspace, target, space, say: Callable[[str], No
     return _measured(ws, target, message, outcome)
 
 
-def _measured(ws: Workspace, target, message: str, outcome, read: Callable[[dict], list[Hint]] | None = None) -> InnerResult:
+def _measured(ws: Workspace, target: Target, message: str, outcome: Evaluated, read: Callable[[dict], list[Hint]] | None = None) -> InnerResult:
     """The evaluator's outcome as the result: its best trial, or why none counts (a response
     unlike the reference's rejects the candidate). `read`: the Evaluator agent's hints."""
-    from vibeserve_ray.inner.evaluate import EXACT_GATE
-
     if outcome.best is None:
         f = outcome.failure
         return ws.result("rejected" if f and f.phase == EXACT_GATE else "failed", message, failure_phase=f.phase if f else "evaluate",
@@ -207,25 +171,16 @@ def _measured(ws: Workspace, target, message: str, outcome, read: Callable[[dict
 
 def _review(agents: AgentTask, ws: Workspace, message: str, say: Callable[[str], None]) -> JudgeVerdict:
     """The Judge's review of the diff, after the deterministic gates passed."""
-    from vibeserve_ray.agents.gateway import via_actor
-    from vibeserve_ray.agents.judge import GATE as LLM_GATE
-    from vibeserve_ray.agents.judge import review as review_diff
-    from vibeserve_ray.agents.judge import tree_diff
-    from vibeserve_ray.inner.judge.gates import JudgeVerdict
-
     say("judge: the Judge reviews the diff")
     review = review_diff(tree_diff(ws.parent, ws.candidate), message, ws.candidate, agents.roles["judge"], via_actor(agents.gateway),
                          ws.task.eval_id, ws.transcript_path("judge"), say)
     ws.note(review.session)
-    return JudgeVerdict(True) if review.passed else JudgeVerdict(False, LLM_GATE, review.reason)
+    return JudgeVerdict(True) if review.passed else JudgeVerdict(False, REVIEW_GATE, review.reason)
 
 
-def _read(agents: AgentTask, ws: Workspace, target, space, design: dict[str, str], metrics: dict[str, Any], say: Callable[[str], None]) -> list[Hint]:
+def _read(agents: AgentTask, ws: Workspace, target: Target, space: DesignSpace, design: dict[str, str], metrics: dict[str, Any],
+          say: Callable[[str], None]) -> list[Hint]:
     """The Evaluator's hints on the measurement ([] when it gave none); it may profile the candidate."""
-    from vibeserve_ray.agents.evaluator import read_measurement
-    from vibeserve_ray.agents.gateway import via_actor
-    from vibeserve_ray.agents.implementer import candidate_tools
-
     say("evaluate: the Evaluator reads the measurement")
     [profile] = [t for t in candidate_tools(target, space, ws.candidate, ws.root / "agent-runs", say) if t.name == "profile"]
     choices = {name: c.options for name, c in space.choices.items()}

@@ -19,20 +19,20 @@ from typing import Callable
 import ray
 
 from vibeserve_ray import progress, raycluster
-from vibeserve_ray.agents.hypothesis import Hypothesis
-from vibeserve_ray.agents.team import AgentTeam, KeyRefused
 from vibeserve_ray.candidate import materialise_seed
-from vibeserve_ray.inner.loop import InnerLoop, InnerTask, inner_loop_options, run_inner_loop
+from vibeserve_ray.inner.loop import InnerLoop, inner_loop_options, run_inner_loop
 from vibeserve_ray.inner.result import InnerResult
+from vibeserve_ray.inner.task import Hypothesis, InnerTask, Proposal, design_key
 from vibeserve_ray.search import record
 from vibeserve_ray.search.clock import SearchBudget, SearchClock
 from vibeserve_ray.search.dispatch import Dispatcher, capacity
 from vibeserve_ray.search.islands import IslandActor, island_actor_name
 from vibeserve_ray.search.policy import (WorkItem, islands_take_turns, merge_tasks, parse_backlog, plan_backlog, plan_evolution, render_backlog,
                                          seed_backlog)
-from vibeserve_ray.search.propose import OfflineProposer, Proposal, RandomProposer, design_key
+from vibeserve_ray.search.propose import OfflineProposer, RandomProposer
 from vibeserve_ray.search.results import Evaluation
 from vibeserve_ray.search.state import RunRepo
+from vibeserve_ray.search.team import AgentTeam, KeyRefused
 from vibeserve_ray.skills import applicable
 from vibeserve_ray.target import Target
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import ray
 
 from vibeserve_ray.inner.hints import Hint
-from vibeserve_ray.search.propose import OfflineProposer, Proposal, design_key
+from vibeserve_ray.inner.task import Proposal, design_key
 from vibeserve_ray.search.islands import Member
+from vibeserve_ray.search.propose import OfflineProposer
 from vibeserve_ray.skills import Skill
 
 

@@ -10,30 +10,11 @@ baseline a directed search must beat.
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import dataclass
 
-from vibeserve_ray.agents.hypothesis import Hypothesis
 from vibeserve_ray.inner.hints import Hint
+from vibeserve_ray.inner.task import Proposal, design_key
 from vibeserve_ray.skills import Skill
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """What the next candidate changes relative to its parent, and why."""
-
-    design: dict[str, str]
-    changes: dict[str, str]
-    rationale: str
-    hypothesis: Hypothesis | None = None  # set when an LLM Implementer writes the change
-
-    def key(self) -> str:
-        return design_key(self.design)
-
-
-def design_key(design: dict[str, str]) -> str:
-    return json.dumps(design, sort_keys=True)
 
 
 def _changes(parent: dict[str, str], design: dict[str, str]) -> dict[str, str]:

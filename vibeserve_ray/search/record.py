@@ -15,15 +15,16 @@ from pathlib import Path
 from vibeserve_ray.agents.ledger import Usage
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.design_space import DesignSpace
-from vibeserve_ray.inner.implement import apply_design
-from vibeserve_ray.inner.loop import InnerTask, skill_knobs
+from vibeserve_ray.inner.implement import apply_design, skill_knobs
 from vibeserve_ray.inner.result import InnerResult
+from vibeserve_ray.inner.task import InnerTask
 from vibeserve_ray.search.islands import Member
 from vibeserve_ray.search.results import (RESULTS_FILE, Evaluation, ResultsUnreadable, append_result, read_results, rebuild_from_notes,
                                           set_aside)
-from vibeserve_ray.search.state import TRANSCRIPTS_BRANCH, RunRepo, extract_tree, pack_dir
+from vibeserve_ray.search.state import TRANSCRIPTS_BRANCH, RunRepo
 from vibeserve_ray.search.studies import rebuild_studies, save_study, study_name
 from vibeserve_ray.target import Objective, Target
+from vibeserve_ray.trees import extract_tree, pack_dir
 
 RUNNING_FILE = "running.json"
 

@@ -155,7 +155,7 @@ def load_checks(target: Target) -> list[tuple[str, dict | None]]:
 
 @functools.cache
 def _tokenizer(tokenizer_dir: Path):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers loads torch: comparing outputs (exact.py, the judge) needs neither
 
     return AutoTokenizer.from_pretrained(str(tokenizer_dir))
 
@@ -204,8 +204,8 @@ def references(target: Target, model_dir: Path, prompts: list[Prompt], kinds: tu
     return refs
 
 
-async def run_phases(proc: CandidateProcess, target: Target, prompts: list[Prompt], refs: dict[str, list[RefOutput]],
-                     say: Callable[[str], None], kinds: tuple[str, ...]) -> CheckVerdict:
+async def check_phases(proc: CandidateProcess, target: Target, prompts: list[Prompt], refs: dict[str, list[RefOutput]],
+                       say: Callable[[str], None], kinds: tuple[str, ...]) -> CheckVerdict:
     """Sends the prompts in each phase of `kinds` to the running candidate and compares."""
     c = target.spec.checker
     n = len(prompts)
@@ -269,6 +269,6 @@ def check_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, swap:
     say(f"check: starting candidate {spec.path}")
     try:
         with start_candidate(spec, model_dir, target.tokenizer_dir(), target.served_name, target.spec.hardware.device, limits, workdir) as proc:
-            return asyncio.run(run_phases(proc, target, prompts, refs, say, phases))
+            return asyncio.run(check_phases(proc, target, prompts, refs, say, phases))
     except CandidateFailed as exc:
         return CheckVerdict(False, 0, 0, failure=exc.failure)

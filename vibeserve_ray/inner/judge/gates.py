@@ -37,10 +37,10 @@ from typing import Callable
 import psutil
 
 from vibeserve_ray.candidate import CandidateSpec
-from vibeserve_ray.inner.evaluate import target_workload
 from vibeserve_ray.inner.judge import load, protect
-from vibeserve_ray.inner.judge.checker import CheckVerdict, fresh_prompts, held_out_prompts, references, run_phases
+from vibeserve_ray.inner.judge.checker import CheckVerdict, check_phases, fresh_prompts, held_out_prompts, references
 from vibeserve_ray.inner.judge.scan import scan_for_bypass
+from vibeserve_ray.inner.workload import target_workload
 from vibeserve_ray.runner import CandidateFailed, CandidateFailure, Limits, start_candidate
 from vibeserve_ray.sandbox import SandboxUnavailable, ensure
 from vibeserve_ray.target import Target
@@ -211,19 +211,19 @@ def _gates(j: _Judging, target: Target, spec: CandidateSpec, parent_dir: Path | 
     # ones among them (whose job is to be unknown, not to be slow: a sequential pass over them
     # would add little).
     lone = sorted(rng.sample(range(len(held)), min(len(held), max(MIN_ALONE, round(len(held) * ALONE_SHARE)))))
-    alone = asyncio.run(run_phases(proc, target, [held[i] for i in lone], {k: [v[i] for i in lone] for k, v in held_refs.items()},
-                                   say, ("sequential",)))
+    alone = asyncio.run(check_phases(proc, target, [held[i] for i in lone], {k: [v[i] for i in lone] for k, v in held_refs.items()},
+                                     say, ("sequential",)))
     if alone.passed:
         say(f"judge: reference outputs for {len(fresh)} fresh prompts")
         refs = {k: held_refs[k] + fresh_refs.result()[k] for k in held_refs}
-    j.check("reference-equality", t, asyncio.run(run_phases(proc, target, prompts, refs, say, ("concurrent",))) if alone.passed else alone)
+    j.check("reference-equality", t, asyncio.run(check_phases(proc, target, prompts, refs, say, ("concurrent",))) if alone.passed else alone)
     t = time.perf_counter()
-    j.check("seeded-sampling", t, asyncio.run(run_phases(proc, target, prompts, refs, say, ("sampled",))))
+    j.check("seeded-sampling", t, asyncio.run(check_phases(proc, target, prompts, refs, say, ("sampled",))))
     t = time.perf_counter()
     requests = load.honesty_requests(target, load.honesty_count(target), rng)
     say(f"judge: {len(requests)} requests of the benchmark's shapes, alone and under load")
     try:
-        runs = asyncio.run(load.run_phases(proc, target, requests))
+        runs = asyncio.run(load.run_honesty_load(proc, target, requests))
     except Exception as exc:  # noqa: BLE001 - the load generator records request errors; anything else is the candidate's
         j.done("load-honesty", t, failure=proc.explain("load-honesty", f"{type(exc).__name__}: {exc}"))
     if (dead := proc.failure()) is not None:
@@ -240,7 +240,7 @@ def _gates(j: _Judging, target: Target, spec: CandidateSpec, parent_dir: Path | 
         proc = processes.get(True)
     except CandidateFailed as exc:
         j.done("weight-swap", t, failure=exc.failure)
-    j.check("weight-swap", t, asyncio.run(run_phases(proc, target, held, swap_refs, say, ("concurrent",))))
+    j.check("weight-swap", t, asyncio.run(check_phases(proc, target, held, swap_refs, say, ("concurrent",))))
     processes.stop(True)
 
     t = time.perf_counter() - protect_s

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from vibeserve_ray.bench import Request
 from vibeserve_ray.bench.loadgen import RequestResult, run_load
 from vibeserve_ray.inner.judge.exact import check_responses
+from vibeserve_ray.inner.workload import target_workload
 from vibeserve_ray.runner import CandidateProcess
 from vibeserve_ray.target import Target
 from vibeserve_ray.tinymodel import cache_dir
@@ -55,14 +56,12 @@ def _secret_seed() -> int:
 
 def honesty_requests(target: Target, count: int, rng: random.Random) -> list[Request]:
     """`count` distinct requests of the benchmark's shapes (from the secret seed), in `rng`'s order."""
-    from vibeserve_ray.inner.evaluate import target_workload
-
     requests = target_workload(target, count, _secret_seed())
     rng.shuffle(requests)
     return requests
 
 
-async def run_phases(proc: CandidateProcess, target: Target, requests: list[Request]) -> list[LoadRun]:
+async def run_honesty_load(proc: CandidateProcess, target: Target, requests: list[Request]) -> list[LoadRun]:
     """Alone (1 request), at the benchmark's concurrency, and at twice it; each phase's
     requests are new to the candidate. `requests`: 1 + 3 x concurrency of them. Twice the
     requests in flight queue twice as long: that phase's timeout is twice the target's."""

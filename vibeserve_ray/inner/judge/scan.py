@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vibeserve_ray.candidate import SEED_ENGINE_DIR
 from vibeserve_ray.sandbox.env import may_see
 
 ALLOWED_SUFFIXES = {".py", ".toml", ".md", ".txt", ".json", ".cfg", ".cu", ".cuh", ".cpp", ".h", ".c"}
@@ -249,8 +250,6 @@ def _lines(path: Path | None) -> set[str]:
 def scan_for_bypass(candidate: Path, parent: Path | None) -> list[ScanFinding]:
     """What the candidate's code may not do, on lines neither the parent nor the seed engine
     (the template every candidate starts from, as `engine/`) already had in that file."""
-    from vibeserve_ray.candidate import SEED_ENGINE_DIR
-
     old = _files(parent) if parent else {}
     findings: list[ScanFinding] = []
     for rel, path in _files(candidate).items():

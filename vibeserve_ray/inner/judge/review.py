@@ -1,5 +1,5 @@
-"""The Accuracy Judge's review: after the deterministic gates pass, an agent reads the diff
-against the parent with read-only tools and checks it against a reward-hacking
+"""The Accuracy Judge's LLM review: after the deterministic gates pass, an agent reads the
+diff against the parent with read-only tools and checks it against a reward-hacking
 checklist (the prompt). A "fail" rejects the candidate at gate `llm-judge`; so does a
 review that ends without a verdict, since an unreviewed change is not a validated one.
 """
@@ -12,15 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from vibeserve_ray.agents.editor import Workspace, read_tools
-from vibeserve_ray.agents.gateway import Transport
+from vibeserve_ray.agents.editor import ConfinedRoot, read_tools
 from vibeserve_ray.agents.prompts import system_prompt
 from vibeserve_ray.agents.session import Role, RoleSettings, SessionResult, run_session
 from vibeserve_ray.agents.tools import cut, schema, submit_tool
+from vibeserve_ray.agents.transport import Transport
 
-GATE = "llm-judge"
+REVIEW_GATE = "llm-judge"
 DIFF_LIMIT = 60_000  # characters of diff in the first message; the rest is read with the tools
-RESULT = schema({"verdict": {"enum": ["pass", "fail"]}, "reasons": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}})
+VERDICT_SCHEMA = schema({"verdict": {"enum": ["pass", "fail"]},
+                         "reasons": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}})
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,12 @@ class Review:
 
 
 def judge_role(ws: Path) -> Role:
-    return Role("judge", system_prompt("judge"), tuple(read_tools(Workspace(ws))),
-                submit_tool("Ends the review with the verdict and its reasons.", RESULT))
+    return Role("judge", system_prompt("judge"), tuple(read_tools(ConfinedRoot(ws))),
+                submit_tool("Ends the review with the verdict and its reasons.", VERDICT_SCHEMA))
 
 
-def review(diff: str, summary: str, ws: Path, settings: RoleSettings, transport: Transport, eval_id: str,
-           transcript_path: Path | None = None, say: Callable[[str], None] = lambda s: None) -> Review:
+def review_diff(diff: str, summary: str, ws: Path, settings: RoleSettings, transport: Transport, eval_id: str,
+                transcript_path: Path | None = None, say: Callable[[str], None] = lambda s: None) -> Review:
     """Reviews the candidate in `ws` (read only) given its diff against the parent."""
     task = (f"## What the Implementer says it did\n\n{summary or '(nothing)'}\n\n## The diff against the parent\n\n```diff\n"
             f"{cut(diff, DIFF_LIMIT) or '(no change)'}\n```\n\nThe candidate tree is at /candidate. Review it, then call submit.")

@@ -1,7 +1,7 @@
-"""The Performance Evaluator's reading: after the benchmark and the knob tuning, an agent
-reads the metrics (and, if it asks, a profile and the code) and writes the hints the
-next round plans from. A `suggest` must name a design choice and option the search
-space has (the schema says which), so hints stay usable by every policy.
+"""The Performance Evaluator's reading of a measurement: after the benchmark and the knob
+tuning, an agent reads the metrics (and, if it asks, a profile and the code) and writes
+the hints the next round plans from. A `suggest` must name a design choice and option
+the search space has (the schema says which), so hints stay usable by every policy.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from vibeserve_ray.agents.editor import Workspace, read_tools
-from vibeserve_ray.agents.gateway import Transport
+from vibeserve_ray.agents.editor import ConfinedRoot, read_tools
 from vibeserve_ray.agents.prompts import system_prompt
 from vibeserve_ray.agents.session import Role, RoleSettings, SessionResult, run_session
 from vibeserve_ray.agents.tools import Tool, schema, submit_tool
+from vibeserve_ray.agents.transport import Transport
 from vibeserve_ray.inner.hints import Hint
 
 
-def result_schema(choices: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+def hints_schema(choices: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     suggest = {"type": "object", "properties": {c: {"enum": list(opts)} for c, opts in choices.items()}, "additionalProperties": False}
     hint = schema({"text": {"type": "string", "minLength": 1}, "suggest": suggest, "weight": {"type": "number", "minimum": 0, "maximum": 10}},
                   ["text"])
@@ -34,9 +34,9 @@ class Reading:
 
 
 def evaluator_role(ws: Path, choices: dict[str, tuple[str, ...]], profile: Tool | None) -> Role:
-    tools = (*read_tools(Workspace(ws)), *([profile] if profile else []))
+    tools = (*read_tools(ConfinedRoot(ws)), *([profile] if profile else []))
     return Role("evaluator", system_prompt("evaluator"), tools, submit_tool("Ends the session with the hints for the next round.",
-                                                                            result_schema(choices)))
+                                                                            hints_schema(choices)))
 
 
 def read_measurement(measured: dict[str, Any], parent: dict[str, Any] | None, design: dict[str, str], choices: dict[str, tuple[str, ...]],

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from vibeserve_ray.candidate import CandidateSpec
+from vibeserve_ray.inner.evaluate import bench_running
+from vibeserve_ray.inner.workload import target_workload
 from vibeserve_ray.runner import CandidateFailed, Limits, start_candidate
 from vibeserve_ray.serve.worker import PROFILE_PATH
 from vibeserve_ray.target import Target
@@ -33,8 +35,6 @@ TOP_OPS = 25
 def profile_candidate(target: Target, spec: CandidateSpec, workdir: Path, num_requests: int, say: Callable[[str], None] = lambda s: None) -> str:
     """The benchmark's headline, the top-operators table and (with py-spy) the hottest
     Python functions of a short run; or why the candidate did not run."""
-    from vibeserve_ray.inner.evaluate import bench_running, target_workload
-
     requests = target_workload(target, num_requests)
     # the trace is ~260 bytes an operator call: a short run of the tiny model writes tens of MB,
     # over the sandbox's default cap on one file's size
