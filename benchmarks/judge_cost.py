@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vibeserve_ray.candidate import load_candidate, materialise_seed  # noqa: E402
+from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space  # noqa: E402
 from vibeserve_ray.inner.evaluate import evaluate  # noqa: E402
 from vibeserve_ray.inner.judge import load  # noqa: E402
@@ -32,6 +32,7 @@ from vibeserve_ray.inner.judge.exact import check_fraction  # noqa: E402
 from vibeserve_ray.inner.judge.gates import judge  # noqa: E402
 from vibeserve_ray.inner.workload import target_workload  # noqa: E402
 from vibeserve_ray.reference import reference_outputs  # noqa: E402
+from vibeserve_ray.seed import materialise_seed  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 from vibeserve_ray.tinymodel import cache_dir  # noqa: E402
 

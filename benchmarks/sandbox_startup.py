@@ -23,8 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vibeserve_ray import sandbox  # noqa: E402
-from vibeserve_ray.candidate import load_candidate, materialise_seed  # noqa: E402
+from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
+from vibeserve_ray.seed import materialise_seed  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent.parent / "targets" / "tiny-llama-cpu"

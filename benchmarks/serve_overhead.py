@@ -34,13 +34,13 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vibeserve_ray.candidate import resolve_candidate  # noqa: E402
 from vibeserve_ray.deploy import launch  # noqa: E402
 from vibeserve_ray.deploy.choice import choose, with_knobs  # noqa: E402
 from vibeserve_ray.deploy.config import Chosen, ServeOptions, base_url, serve_config  # noqa: E402
 from vibeserve_ray.inner.evaluate import Endpoint, bench_running, warm_up  # noqa: E402
 from vibeserve_ray.inner.workload import target_workload  # noqa: E402
 from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
+from vibeserve_ray.seed import resolve_candidate  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent.parent / "targets" / "tiny-llama-cpu"

@@ -40,13 +40,14 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.engine_components import BEST, BEST_KNOBS  # noqa: E402
 from benchmarks.pyspy_profile import profiling  # noqa: E402
 from benchmarks.vllm_peer import DEFAULT_VENV, ensure_venv, precision_ceiling, serve_vllm  # noqa: E402
-from vibeserve_ray.candidate import load_candidate, resolve_candidate  # noqa: E402
+from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
 from vibeserve_ray.engine.models.llama import LlamaConfig  # noqa: E402
 from vibeserve_ray.inner.evaluate import Endpoint, bench_running  # noqa: E402
 from vibeserve_ray.inner.judge.exact import check_responses  # noqa: E402
 from vibeserve_ray.inner.workload import target_workload  # noqa: E402
 from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
+from vibeserve_ray.seed import resolve_candidate  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 
 GOAL, STRETCH = 1.5, 2.0

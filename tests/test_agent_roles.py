@@ -12,13 +12,13 @@ from vibeserve_ray.agents.client import ApiKey
 from vibeserve_ray.agents.gateway import Gateway
 from vibeserve_ray.agents.ledger import DEFAULT_PRICES, SpendLimit
 from vibeserve_ray.agents.session import RoleSettings
-from vibeserve_ray.candidate import materialise_seed
 from vibeserve_ray.inner.implement import implementer_session
 from vibeserve_ray.inner.judge.review import REVIEW_GATE, review_diff, tree_diff
 from vibeserve_ray.inner.profile import op_table
 from vibeserve_ray.inner.read import read_measurement
 from vibeserve_ray.inner.task import Hypothesis
 from vibeserve_ray.search.orchestrator import plan_round, plateaued
+from vibeserve_ray.seed import materialise_seed
 
 KEY = "sk-ant-test-roles-00000000"
 SETTINGS = RoleSettings("claude-sonnet-5-5", 1024, 8, 300)

@@ -12,8 +12,9 @@ import urllib.request
 import pytest
 from conftest import ROOT
 
-from vibeserve_ray.candidate import load_candidate, materialise_seed
+from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.runner import Limits, start_candidate
+from vibeserve_ray.seed import materialise_seed
 
 EVERYTHING = {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on", "speculation": "prompt_lookup"}
 

@@ -36,8 +36,8 @@ def test_bench_of_a_crashing_candidate_is_a_recorded_failure(tmp_path, tiny_targ
 def test_bench_url_of_a_running_candidate_equals_bench_candidate(tmp_path, tiny_target):
     """`--url` sends the same workload through the same load generator and checks every
     response against the reference: the same completed count and exactness as `--candidate`."""
-    from vibeserve_ray.candidate import resolve_candidate
     from vibeserve_ray.runner import Limits, start_candidate
+    from vibeserve_ray.seed import resolve_candidate
 
     spec = resolve_candidate("seed", tmp_path / "seed")
     with start_candidate(spec, tiny_target.model_dir(), tiny_target.tokenizer_dir(), tiny_target.served_name, "cpu", Limits(),

@@ -15,10 +15,11 @@ import psutil
 import pytest
 
 from vibeserve_ray import sandbox
-from vibeserve_ray.candidate import load_candidate, materialise_seed
+from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.inner.judge.scan import ENV_REASON, scan_python
 from vibeserve_ray.runner import Limits, start_candidate
 from vibeserve_ray.sandbox.env import candidate_env, may_see
+from vibeserve_ray.seed import materialise_seed
 
 MARK = uuid.uuid4().hex[:12]
 CREDENTIALS = {

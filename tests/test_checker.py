@@ -6,9 +6,9 @@ import json
 
 from conftest import TINY_TARGET, run_cli
 
-from vibeserve_ray.candidate import materialise_seed
 from vibeserve_ray.inner.judge.checker import Completion, compare
 from vibeserve_ray.reference import RefOutput
+from vibeserve_ray.seed import materialise_seed
 
 PERTURB = '''
 

@@ -21,7 +21,7 @@ from conftest import ROOT, TINY_TARGET
 from search_helpers import RayHead, free_port
 
 from vibeserve_ray import cli
-from vibeserve_ray.candidate import load_candidate, materialise_seed
+from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.deploy import launch
 from vibeserve_ray.deploy.choice import choose
 from vibeserve_ray.deploy.config import ServeOptions, base_url, serve_config
@@ -29,6 +29,7 @@ from vibeserve_ray.deploy.ingress import relay
 from vibeserve_ray.inner.judge.checker import compare, load_prompts, tokenize_prompts
 from vibeserve_ray.reference import reference_outputs
 from vibeserve_ray.sandbox.env import may_see
+from vibeserve_ray.seed import materialise_seed
 from vibeserve_ray.tinymodel import cache_dir
 
 KEY_ENV, KEY = "VIBESERVE_TEST_KEY", "s3cret-value"

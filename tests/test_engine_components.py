@@ -205,7 +205,7 @@ def test_unsupported_design_fails_at_start_with_the_choice_named(model_dir, desi
 
 
 def test_engine_reads_its_design_from_the_candidate_toml(tmp_path):
-    from vibeserve_ray.candidate import materialise_seed
+    from vibeserve_ray.seed import materialise_seed
 
     cand = materialise_seed(tmp_path / "c", design={"scheduler": "continuous", "kv_cache": "paged"})
     import subprocess
@@ -223,7 +223,7 @@ def test_engine_takes_options_defaults_and_rules_from_its_own_space_file(tmp_pat
     import subprocess
     import sys
 
-    from vibeserve_ray.candidate import materialise_seed
+    from vibeserve_ray.seed import materialise_seed
 
     cand = materialise_seed(tmp_path / "c")
     space = cand / "engine" / "models" / "llama.toml"

@@ -133,11 +133,12 @@ def recorded_run(tmp_path_factory, tiny_target):
     import optuna
 
     from vibeserve_ray.agents.ledger import Usage
-    from vibeserve_ray.candidate import load_candidate, materialise_seed
+    from vibeserve_ray.candidate import load_candidate
     from vibeserve_ray.inner.evaluate import Trial
     from vibeserve_ray.inner.result import InnerResult
     from vibeserve_ray.search.record import record_result
     from vibeserve_ray.search.state import RunRepo
+    from vibeserve_ray.seed import materialise_seed
     from vibeserve_ray.trees import pack_dir
 
     run = tmp_path_factory.mktemp("recorded")

@@ -11,13 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from search_helpers import commits_lost_to_gc
 
-from vibeserve_ray.candidate import load_candidate, materialise_seed, write_candidate_toml
+from vibeserve_ray.candidate import load_candidate, write_candidate_toml
 from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.inner.judge.scan import scan_for_bypass
 from vibeserve_ray.inner.result import InnerResult
 from vibeserve_ray.search import record
 from vibeserve_ray.search.results import RESULTS_FILE, Evaluation, read_results, rebuild_from_notes, write_results
 from vibeserve_ray.search.state import RunRepo
+from vibeserve_ray.seed import materialise_seed
 from vibeserve_ray.trees import extract_tree, pack_dir
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import optuna
-import pytest
 
 from vibeserve_ray.search.studies import STUDIES_FILE, save_study, storage_url
 

@@ -36,10 +36,11 @@ class _T:  # a measured trial, as evaluate keeps it
 
 
 def test_a_design_change_comes_with_the_knobs_its_skill_sets_and_the_offline_implementer_writes_them(tmp_path):
-    from vibeserve_ray.candidate import load_candidate, materialise_seed
+    from vibeserve_ray.candidate import load_candidate
     from vibeserve_ray.inner.implement import apply_design
     from vibeserve_ray.inner.task import Proposal
     from vibeserve_ray.inner.tune import skill_settings
+    from vibeserve_ray.seed import materialise_seed
 
     skills = load_skills(space=SPACE)
     process = dict(PROCESS, step_loop="process")
@@ -176,8 +177,9 @@ def test_the_evolution_keeps_the_tuning_pass_its_time_within_the_search_limit(tm
 def test_the_tuning_pass_starts_no_trial_past_its_deadline(tmp_path, tiny_models):
     import time
 
-    from vibeserve_ray.candidate import load_candidate, materialise_seed
+    from vibeserve_ray.candidate import load_candidate
     from vibeserve_ray.inner.evaluate import evaluate
+    from vibeserve_ray.seed import materialise_seed
     from vibeserve_ray.target import load_target
 
     tiny_target = load_target(small_target(tmp_path, num_requests=16, concurrency=4))  # the seed serves one at a time: 64 took a minute
@@ -225,10 +227,11 @@ def test_a_lost_candidate_is_recorded_with_the_knobs_its_skill_set(tmp_path):
     """A candidate whose inner loop never returned is kept as what it would have run."""
     from pathlib import Path
 
-    from vibeserve_ray.candidate import load_candidate, materialise_seed
+    from vibeserve_ray.candidate import load_candidate
     from vibeserve_ray.inner.task import InnerTask, Proposal
     from vibeserve_ray.search.record import lost_result
     from vibeserve_ray.search.state import RunRepo
+    from vibeserve_ray.seed import materialise_seed
     from vibeserve_ray.target import load_target
     from vibeserve_ray.trees import extract_tree
 

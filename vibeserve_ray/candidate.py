@@ -19,18 +19,15 @@ from __future__ import annotations
 import importlib
 import json
 import re
-import shutil
 import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Protocol
 
-from vibeserve_ray.engine.space import read_space
 from vibeserve_ray.errors import BadInput
 
 CANDIDATE_FILE = "candidate.toml"
-SEED_ENGINE_DIR = Path(__file__).parent / "engine"
 
 
 @dataclass(frozen=True)
@@ -255,30 +252,6 @@ def write_candidate_toml(path: Path, entrypoint: str, design: dict[str, str], kn
     lines += ["", "[knobs]"]
     lines += [f"{k} = {fmt(v)}" for k, v in sorted(knobs.items())]
     (path / CANDIDATE_FILE).write_text("\n".join(lines) + "\n")
-
-
-SEED_ENTRYPOINT = "engine:create_engine"
-
-
-def materialise_seed(dest: str | Path, design: dict[str, str] | None = None, knobs: dict[str, Any] | None = None, family: str = "llama") -> Path:
-    """Copies the seed engine template into `dest` as a self-contained candidate (its
-    family's design space travels inside it), `design` and `knobs` over the space's defaults."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / "engine"
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(SEED_ENGINE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    space = read_space(family)
-    write_candidate_toml(dest, SEED_ENTRYPOINT, {**space.default_design(), **(design or {})}, {**space.knob_defaults, **(knobs or {})})
-    return dest
-
-
-def resolve_candidate(arg: str, workdir: Path) -> CandidateSpec:
-    """`seed` materialises the template under `workdir`; anything else is a path."""
-    if arg == "seed":
-        return load_candidate(materialise_seed(workdir / "seed"))
-    return load_candidate(arg)
 
 
 def import_entrypoint(spec: CandidateSpec):

@@ -36,7 +36,7 @@ def sandbox_warning(target) -> str:
 @contextlib.contextmanager
 def _candidate_session(args: argparse.Namespace):
     """The target, the candidate and a work directory (removed after, unless --workdir)."""
-    from vibeserve_ray.candidate import resolve_candidate
+    from vibeserve_ray.seed import resolve_candidate
     from vibeserve_ray.target import load_target
 
     target = load_target(args.target)

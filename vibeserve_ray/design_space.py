@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vibeserve_ray.candidate import materialise_seed
 from vibeserve_ray.engine.space import Choice, design_problems, space_path
 from vibeserve_ray.errors import BadInput
+from vibeserve_ray.seed import materialise_seed
 
 Design = dict[str, str]
 

@@ -18,11 +18,12 @@ import pytest
 from cheats import CHEATS, Cheat, Context, apply
 from conftest import TINY_TARGET, run_cli
 
-from vibeserve_ray.candidate import load_candidate, materialise_seed
+from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.inner.evaluate import EXACT_GATE, evaluate
 from vibeserve_ray.inner.judge.checker import held_out_prompts, references
 from vibeserve_ray.inner.judge.gates import GATES, judge
 from vibeserve_ray.inner.workload import target_workload
+from vibeserve_ray.seed import materialise_seed
 from vibeserve_ray.target import load_target
 
 KEPT_PROMPTS = [0, 4, 9, 11, 12, 15]

@@ -11,13 +11,14 @@ from typing import Any
 
 import git
 
-from vibeserve_ray.candidate import load_candidate, resolve_candidate
+from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.deploy.config import CLI, Chosen
 from vibeserve_ray.deploy.remeasure import served_knobs
 from vibeserve_ray.design_space import parse_assignments
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.search.status import run_status
+from vibeserve_ray.seed import resolve_candidate
 from vibeserve_ray.target import load_target
 
 

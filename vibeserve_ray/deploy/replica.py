@@ -27,10 +27,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from vibeserve_ray.candidate import load_candidate, materialise_seed
+from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.deploy.args import API_KEY_ENV_VAR, DEPLOYMENT_NAME, ServeArgs, parse_args
 from vibeserve_ray.deploy.ingress import CountRequests, Metrics, error_response, http_error, relay, replica_schema
 from vibeserve_ray.runner import CandidateFailed, CandidateFailure, CandidateProcess, Limits, start_candidate
+from vibeserve_ray.seed import materialise_seed
 from vibeserve_ray.serve.worker import STATS_PATH
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]

@@ -19,7 +19,6 @@ from typing import Callable
 import ray
 
 from vibeserve_ray import progress, raycluster
-from vibeserve_ray.candidate import materialise_seed
 from vibeserve_ray.inner.loop import InnerLoop, inner_loop_options, run_inner_loop
 from vibeserve_ray.inner.result import InnerResult
 from vibeserve_ray.inner.task import Hypothesis, InnerTask, Proposal, design_key
@@ -33,6 +32,7 @@ from vibeserve_ray.search.propose import OfflineProposer, RandomProposer
 from vibeserve_ray.search.results import Evaluation
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.search.team import AgentTeam, KeyRefused
+from vibeserve_ray.seed import materialise_seed
 from vibeserve_ray.skills import applicable
 from vibeserve_ray.target import Target
 

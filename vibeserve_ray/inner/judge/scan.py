@@ -24,8 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vibeserve_ray.candidate import SEED_ENGINE_DIR
 from vibeserve_ray.sandbox.env import may_see
+from vibeserve_ray.seed import SEED_ENGINE_DIR
 
 ALLOWED_SUFFIXES = {".py", ".toml", ".md", ".txt", ".json", ".cfg", ".cu", ".cuh", ".cpp", ".h", ".c"}
 MAX_FILE_BYTES = 2 * 1024 * 1024
