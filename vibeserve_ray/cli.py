@@ -1,4 +1,8 @@
-"""`vibeserve`: the command line. Exit codes: 0 success, 1 negative verdict, 2 bad input."""
+"""`vibeserve`: the command line. Exit codes: 0 success, 1 negative verdict, 2 bad input.
+
+One function per command, each importing what it needs inside it: `vibeserve --help`,
+`status` and a bad-input exit load neither torch, transformers nor Ray (seconds each).
+"""
 
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ class RefOutput:
 
 class TransformersReference:
     def __init__(self, model_dir: str | Path, dtype: str = "float32"):
+        # torch and transformers load with the reference model, not with this module
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -86,6 +87,7 @@ class TransformersReference:
         return [None, *picked.tolist()]
 
     def _matcher(self, response_format: dict):
+        # xgrammar loads only for JSON mode
         import xgrammar as xgr
 
         from vibeserve_ray.candidate import grammar_compiler, response_grammar
@@ -99,6 +101,7 @@ def _masked(logits, matcher):
     """`logits` (1-D) with every token the grammar forbids at -inf (a copy)."""
     if matcher is None:
         return logits
+    # xgrammar loads only for JSON mode
     import xgrammar as xgr
 
     bitmask = xgr.allocate_token_bitmask(1, logits.shape[-1])
@@ -167,6 +170,7 @@ def reference_outputs(
     weights and the inputs), so any subset of prompts seen before costs nothing; the
     reference model is loaded once for all the missing ones. `max_tokens`: one for all,
     or one per prompt; `response_formats`: a JSON-mode prompt's format (None: unconstrained)."""
+    # transformers (its version keys the cache) loads only when references are asked for
     import transformers
 
     lengths = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)

@@ -273,6 +273,7 @@ class Target:
         """The checkpoint (or the weight-swap one), generated on first use."""
         m = self.spec.model
         if m.generator == "tiny-llama":
+            # making the checkpoint loads torch: only a generator target needs it
             from vibeserve_ray.tinymodel import make_tiny
 
             return make_tiny(m.swap_seed if swap else m.seed)

@@ -14,11 +14,12 @@ import shutil
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import ray
 
 from vibeserve_ray import progress, raycluster
+from vibeserve_ray.agents.transport import KeyRefused
 from vibeserve_ray.inner.loop import InnerLoop, inner_loop_options, run_inner_loop
 from vibeserve_ray.inner.result import InnerResult
 from vibeserve_ray.inner.task import Hypothesis, InnerTask, Proposal, design_key
@@ -31,10 +32,12 @@ from vibeserve_ray.search.policy import (WorkItem, islands_take_turns, merge_tas
 from vibeserve_ray.search.propose import OfflineProposer, RandomProposer
 from vibeserve_ray.search.results import Evaluation
 from vibeserve_ray.search.state import RunRepo
-from vibeserve_ray.search.team import AgentTeam, KeyRefused
 from vibeserve_ray.seed import materialise_seed
 from vibeserve_ray.skills import applicable
 from vibeserve_ray.target import Target
+
+if TYPE_CHECKING:  # the agents' team loads anthropic (~3 s): an offline search never does
+    from vibeserve_ray.search.team import AgentTeam
 
 
 @dataclass(frozen=True)
