@@ -44,7 +44,7 @@ from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
 from vibeserve_ray.engine.models.llama import LlamaConfig  # noqa: E402
 from vibeserve_ray.inner.evaluate import Endpoint, bench_running  # noqa: E402
-from vibeserve_ray.inner.judge.exact import check_responses  # noqa: E402
+from vibeserve_ray.inner.judge.responses import check_responses  # noqa: E402
 from vibeserve_ray.inner.workload import target_workload  # noqa: E402
 from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
 from vibeserve_ray.seed import resolve_candidate  # noqa: E402
