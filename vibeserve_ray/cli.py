@@ -135,6 +135,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if report.slo_passed and report.metrics.failed == 0 and accuracy.ok else 1
 
 
+def cmd_target_calibrate(args: argparse.Namespace) -> int:
+    from vibeserve_ray.accuracy.calibrate import calibrate, table
+    from vibeserve_ray.target import load_target
+
+    target = load_target(args.target)
+    tier = args.tier or (target.accuracy.tier if target.accuracy.tolerant else "bfloat16")
+    if args.max_tokens < 2:
+        raise BadInput("command line", "--max-tokens", f"{args.max_tokens} is too few to judge (at least 2)")
+    say(f"calibrate: {target.name} ({target.contract()}), controls against the {tier} tier")
+    cal = calibrate(target, tier, args.max_tokens, say)
+    print(table(cal))
+    if args.json:
+        Path(args.json).write_text(json.dumps(cal.to_dict(), indent=2))
+    return 0 if cal.judgeable else 1
+
+
 def _portable_path(path: str) -> str:
     """Relative to the working directory when inside it: under `ray job submit
     --working-dir .` every node unpacks that directory, but at its own absolute path."""
@@ -308,6 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", help="run directory")
     report.add_argument("--out", metavar="FILE", help="write here (default RUN/report.html)")
     report.set_defaults(func=cmd_report)
+
+    tgt = sub.add_parser("target", help="target contracts").add_subparsers(dest="target_command", required=True)
+    cal = tgt.add_parser("calibrate", help="run controls and cheats through the accuracy statistics and propose a tolerance contract; "
+                                           "exit 1 when the model is too flat to judge")
+    cal.add_argument("target", help="target directory (holding target.toml)")
+    cal.add_argument("--tier", choices=("float32", "float16", "bfloat16", "int8"),
+                     help="the lowest precision to admit (default: the target's tier, or bfloat16 for an exact target)")
+    cal.add_argument("--max-tokens", type=int, default=48, help="greedy tokens per held-out prompt (default 48)")
+    cal.add_argument("--json", help="write the controls' statistics and the proposal as JSON here")
+    progress.add_quiet_flag(cal)
+    cal.set_defaults(func=cmd_target_calibrate)
 
     from vibeserve_ray.deploy.cli import add_deploy_parser
 
