@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from vibeserve_ray import progress
+from vibeserve_ray.engine.space import PRECISIONS
 from vibeserve_ray.errors import BadInput
 
 
@@ -329,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal = tgt.add_parser("calibrate", help="run controls and cheats through the accuracy statistics and propose a tolerance contract; "
                                            "exit 1 when the model is too flat to judge")
     cal.add_argument("target", help="target directory (holding target.toml)")
-    cal.add_argument("--tier", choices=("float32", "float16", "bfloat16", "int8"),
+    cal.add_argument("--tier", choices=PRECISIONS,
                      help="the lowest precision to admit (default: the target's tier, or bfloat16 for an exact target)")
     cal.add_argument("--max-tokens", type=int, default=48, help="greedy tokens per held-out prompt (default 48)")
     cal.add_argument("--json", help="write the controls' statistics and the proposal as JSON here")

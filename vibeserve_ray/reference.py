@@ -216,8 +216,13 @@ def reference_outputs(
             constrained = {"response_format": formats[i]} if formats[i] is not None else {}  # a custom reference may not take it
             outs[i] = out = ref.generate(prompts[i], lengths[i], temperature, top_p, seed, **constrained)
             if files[i] is not None:
-                files[i].parent.mkdir(parents=True, exist_ok=True)
-                tmp = files[i].with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(asdict(out)))
-                tmp.replace(files[i])
+                write_cached(files[i], asdict(out))
     return outs  # type: ignore[return-value]
+
+
+def write_cached(file: Path, data: dict) -> None:
+    """`data` as JSON at `file`, whole or not at all (judgings in parallel share the cache)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(file)

@@ -6,8 +6,9 @@ on the target's own model and held-out prompts, each control generating greedily
 own KV cache and the target's reference scoring its tokens, exactly as the judge scores a
 candidate's (`score.reference_scores`, `stats.greedy_stats`):
 
-- honest controls, each at its precision: the model in float16 and in bfloat16, and its
-  weights quantised to int8 with one scale per output channel;
+- honest controls, each at its precision: the model in float32 decoded in a batch (the
+  reference's arithmetic in another order), in float16 and in bfloat16, and its weights
+  quantised to int8 with one scale per output channel;
 - cheats: each single decoder layer dropped, the argmax taken over the first half of the
   vocabulary only (a "reduced precision" that is a truncated vocabulary), and the other
   checkpoint (the weight-swap one) answering instead.
@@ -23,8 +24,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 from vibeserve_ray.accuracy.contract import AccuracySpec
 from vibeserve_ray.accuracy.score import Response, reference_scores
@@ -72,7 +73,8 @@ class Calibration:
 
 
 def controls(num_layers: int) -> list[Control]:
-    out = [Control("float16", "float16", lambda base, other: (_cast(base, "float16"), _argmax)),
+    out = [Control("float32, batched", "float32", lambda base, other: (base, _argmax)),
+           Control("float16", "float16", lambda base, other: (_cast(base, "float16"), _argmax)),
            Control("bfloat16", "bfloat16", lambda base, other: (_cast(base, "bfloat16"), _argmax)),
            Control("int8 weights, per channel", "int8", lambda base, other: (_int8_weights(base), _argmax))]
     out += [Control(f"layer {i} dropped", None, lambda base, other, i=i: (_drop_layer(base, i), _argmax)) for i in range(num_layers)]
@@ -138,9 +140,10 @@ def _propose(target: Target, tier: str, spec: AccuracySpec, prompts: int, max_to
 
 def table(cal: Calibration) -> str:
     """The controls as a Markdown table, then the proposal and the verdict."""
+    header = ("| control | must | mean deficit | max deficit | gross (> 1 nat) | worst response | top-1 agree, decisive | logprob error | exact | "
+              "with the proposed thresholds |")
     lines = [f"{cal.target}: {cal.prompts} held-out prompts x {cal.max_tokens} greedy tokens, each control teacher-forced by the reference",
-             "", "| control | must | mean deficit | max deficit | gross (> 1 nat) | worst response | top-1 agree, decisive | logprob error | exact | "
-             "with the proposed thresholds |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "", header, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in cal.rows:
         s = r.stats
         lp = "-" if s.logprob_error is None else f"{s.logprob_error:.3g}"

@@ -26,11 +26,10 @@ import functools
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vibeserve_ray.reference import fingerprint, load_reference
+from vibeserve_ray.reference import fingerprint, load_reference, write_cached
 
 DECISIVE_GAP = 0.1  # reference top-2 logprob gap above which a disagreement is a real flip, not a near-tie
 MAX_LOGIT_BYTES = 1 << 28  # one teacher-forced batch's float32 vocabulary rows (bounds memory on large vocabularies)
@@ -97,10 +96,7 @@ def reference_scores(kind: str, model_dir: Path, dtype: str, responses: list[Res
             for i, logprobs in zip(batch, rows):
                 out[i] = scored = _positions(logprobs, responses[i], model_dir)
                 if files[i] is not None:
-                    files[i].parent.mkdir(parents=True, exist_ok=True)
-                    tmp = files[i].with_suffix(f".{os.getpid()}.tmp")
-                    tmp.write_text(json.dumps(asdict(scored)))
-                    tmp.replace(files[i])
+                    write_cached(files[i], asdict(scored))
     return out  # type: ignore[return-value]
 
 

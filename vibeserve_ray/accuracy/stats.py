@@ -98,9 +98,7 @@ def greedy_failure(st: GreedyStats, spec: AccuracySpec) -> str:
         why.append(f"{st.gross} of {st.positions} positions with deficit > {spec.gross_deficit:g} nats (gross errors; at most {st.gross_allowed})")
     if st.worst_response_deficit > spec.response_mean_deficit:
         why.append(f"{st.worst_response}: mean deficit {st.worst_response_deficit:.3g} > {spec.response_mean_deficit:g}")
-    if st.logprob_error is not None and st.logprob_error > spec.logprob_error:
-        why.append(f"reported logprobs off the reference's by {st.logprob_error:.3g} on average > {spec.logprob_error:g}")
-    return "; ".join(why)
+    return "; ".join(why + _logprob_failure(st.logprob_error, spec))
 
 
 def sampled_stats(pairs: list[tuple[Response, Scored]], spec: AccuracySpec) -> SampledStats:
@@ -123,9 +121,13 @@ def sampled_failure(st: SampledStats, spec: AccuracySpec) -> str:
         why.append(f"sampling score test Z = {st.z:+.1f} beyond +-{spec.max_abs_z:g} over {st.positions} positions ({side})")
     if st.far_outside > st.far_allowed:
         why.append(f"{st.far_outside} samples far outside the reference's top-p nucleus (at most {st.far_allowed})")
-    if st.logprob_error is not None and st.logprob_error > spec.logprob_error:
-        why.append(f"reported logprobs off the reference's by {st.logprob_error:.3g} on average > {spec.logprob_error:g}")
-    return "; ".join(why)
+    return "; ".join(why + _logprob_failure(st.logprob_error, spec))
+
+
+def _logprob_failure(error: float | None, spec: AccuracySpec) -> list[str]:
+    if error is None or error <= spec.logprob_error:
+        return []
+    return [f"reported logprobs off the reference's by {error:.3g} on average > {spec.logprob_error:g}"]
 
 
 def nucleus_misses(r: Response, s: Scored) -> tuple[int, int]:
