@@ -161,7 +161,7 @@ def precision_ceiling(config: LlamaConfig, tokens: int = 256, repeats: int = 20)
                     for x, w in pairs:
                         torch.nn.functional.linear(x, w)
                 took = time.perf_counter() - t0
-            out[f"{str(dtype).removeprefix('torch.')}_gflops_per_core"] = round(2 * tokens * sum(k * n for k, n in shapes) * repeats / took / 1e9, 1)
+            out[f"{str(dtype).removeprefix('torch.')}_gflops_per_core"] = float(f"{2 * tokens * sum(k * n for k, n in shapes) * repeats / took / 1e9:.3g}")  # 3 figures: tiny shapes run far under 0.1
     finally:
         torch.set_num_threads(threads)
     flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
