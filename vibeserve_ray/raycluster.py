@@ -6,16 +6,37 @@ explicit address (`--address`, RAY_ADDRESS, the head `deploy --detach` starts) s
 the token only when RAY_AUTH_MODE=token: it would be refused by the very head started
 on the same machine. `join` applies the head's rule to the driver, as Ray itself does
 for `address="auto"`; RAY_AUTH_MODE set by the user always wins.
+
+A Ray started here serves with Serve's HAProxy ingress and runs its workers at the normal
+priority (`RAY_ENV`); a cluster joined by address keeps what it was started with.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 
 HEAD_NODE = "node:__internal_head__"  # the resource Ray puts on the head node alone: where the driver's actors live
+# What a Ray this process starts is started with (read by each of its processes when it
+# starts, so set before Ray is; a variable the user set wins):
+RAY_ENV = {
+    # Serve's ingress: HAProxy (C) forwarding HTTP to each ingress replica's own server
+    # (direct ingress), instead of Serve's Python proxy actor, which parses every request and
+    # relays every streamed chunk to the client over Ray: on 2 cores that hop cost the best
+    # tiny-model design a quarter of its throughput (benchmarks/serve_overhead.py, docs/serving.md).
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # How long a stopping replica keeps accepting while load balancers let go of it: HAProxy
+    # on the node hears of it from the controller within a second; Ray's default 30 s is for
+    # cloud load balancers, and made each `serve.delete` and Ctrl-C wait that long.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+    # Ray runs its workers at niceness 15, and processes they start inherit it: a served or
+    # evaluated engine would yield its cores to anything else on the node, where `vibeserve
+    # bench` measured it at the normal priority.
+    "RAY_worker_niceness": "0",
+}
 
 
 @dataclass(frozen=True)
@@ -43,10 +64,18 @@ def join(address: str, **kwargs: Any) -> Endpoints:
 
 def start_local(**kwargs: Any) -> Endpoints:
     """A new Ray instance owned by this process, with its dashboard on 127.0.0.1 (port 8265,
-    or the next free one). "local", not a plain `ray.init()`: that would join a cluster
-    named in /tmp/ray from an earlier `ray start`, or hang on it if it died without
-    cleaning up."""
+    or the next free one) and Serve's HAProxy ingress. "local", not a plain `ray.init()`: that
+    would join a cluster named in /tmp/ray from an earlier `ray start`, or hang on it if it
+    died without cleaning up."""
+    set_ray_env()
     return _endpoints(ray.init(address="local", **({"include_dashboard": True, "dashboard_host": "127.0.0.1"} | kwargs)))
+
+
+def set_ray_env() -> None:
+    """`RAY_ENV` in this process's environment, where the user has not set the variable:
+    a Ray started from here (`ray.init`, `ray start`) hands it to each of its processes."""
+    for name, value in RAY_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def _endpoints(context) -> Endpoints:

@@ -89,6 +89,7 @@ def _start_head(say: Callable[[str], None]) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    raycluster.set_ray_env()
     subprocess.run(["ray", "start", "--head", f"--port={port}", "--disable-usage-stats"], check=True, capture_output=True)
     say(f"deploy: started a Ray head at 127.0.0.1:{port} (stop it with `ray stop`)")
     return f"127.0.0.1:{port}"
