@@ -178,7 +178,7 @@ def _serve_app(target, chosen: Chosen, limits: Limits, max_ongoing: int | None, 
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if ingress == "haproxy" else "0"
     raycluster.start_local(num_cpus=max(2, int(target.spec.hardware.num_cpus)), log_to_driver=False)
     try:
-        config = serve_config(chosen, ServeOptions(port=_free_port(), max_ongoing_requests=max_ongoing))
+        config = serve_config(chosen, ServeOptions(port=raycluster.free_port(), max_ongoing_requests=max_ongoing))
         if launch.run(config, detach=True, say=say) != 0:
             raise SystemExit("serve: the application did not become healthy")
         yield Endpoint(base_url(config), target.served_name, limits)
@@ -283,14 +283,6 @@ def _load() -> list[float]:
 
 def _round(x):
     return round(x, 2) if isinstance(x, float) else x
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import psutil
+
+from vibeserve_ray.raycluster import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # Serve's processes, by the title Ray gives its actors (HAProxy's own binary is the ingress too)
@@ -41,7 +42,7 @@ class Deployment:
 def deployed(target_dir: Path, workdir: Path, *, candidate: str | Path | None = None, run: Path | None = None,
              knobs: dict | None = None, ready_timeout_s: float = 600.0, say: Callable[[str], None] = print) -> Iterator[Deployment]:
     """`vibeserve deploy` of `candidate` (or of `run`'s best) for `target_dir`, until the block ends."""
-    port = _free_port()
+    port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "deploy.log"
     what = ["--candidate", str(candidate)] if candidate is not None else [str(run)]
@@ -92,9 +93,3 @@ def serve_role(p: psutil.Process) -> str | None:
     except psutil.Error:
         return None
     return next((role for title, role in SERVE_ROLES if cmd.startswith(title)), "serve_ingress" if name == "haproxy" else None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -13,8 +13,13 @@ priority (`RAY_ENV`); a cluster joined by address keeps what it was started with
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import socket
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -37,6 +42,16 @@ RAY_ENV = {
     # bench` measured it at the normal priority.
     "RAY_worker_niceness": "0",
 }
+# Serve's HAProxy keeps its config and sockets at fixed paths under /tmp and listens for its
+# stats, and the fallback proxy for scaling from zero, on fixed ports: two Rays on one
+# machine (a test run beside a deployment) would share them. Each Ray started here gets
+# its own directory and free ports.
+HAPROXY_FILES = {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg", "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+                 "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+                 "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock"}
+HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+                 "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+_set_here: set[str] = set()  # the instance variables this process chose (a user's are never replaced)
 
 
 @dataclass(frozen=True)
@@ -71,11 +86,28 @@ def start_local(**kwargs: Any) -> Endpoints:
     return _endpoints(ray.init(address="local", **({"include_dashboard": True, "dashboard_host": "127.0.0.1"} | kwargs)))
 
 
-def set_ray_env() -> None:
-    """`RAY_ENV` in this process's environment, where the user has not set the variable:
-    a Ray started from here (`ray.init`, `ray start`) hands it to each of its processes."""
+def set_ray_env(owned: bool = True) -> None:
+    """`RAY_ENV` and a fresh HAProxy directory and ports in this process's environment,
+    where the user has not set them: a Ray started from here (`ray.init`, `ray start`) hands
+    them to each of its processes. `owned`: the Ray ends with this process, and so does the
+    directory."""
     for name, value in RAY_ENV.items():
         os.environ.setdefault(name, value)
+    base = Path(tempfile.mkdtemp(prefix="vibeserve-haproxy-"))
+    if owned:
+        atexit.register(shutil.rmtree, base, ignore_errors=True)
+    fresh = {name: str(base / leaf) for name, leaf in HAPROXY_FILES.items()} | {name: str(free_port()) for name in HAPROXY_PORTS}
+    for name, value in fresh.items():
+        if name not in os.environ or name in _set_here:
+            os.environ[name] = value
+            _set_here.add(name)
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a server about to start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _endpoints(context) -> Endpoints:

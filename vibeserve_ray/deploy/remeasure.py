@@ -14,7 +14,6 @@ the winner with them.
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from vibeserve_ray.deploy.config import Chosen, ServeOptions, base_url, serve_co
 from vibeserve_ray.deploy.launch import application
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.inner.evaluate import bench_url
+from vibeserve_ray.raycluster import free_port
 from vibeserve_ray.search.results import Evaluation
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.target import Target
@@ -62,7 +62,7 @@ def remeasure(target: Target, run_dir: Path, seed: Evaluation, best: Evaluation,
     repo = RunRepo(run_dir / "repo")
     objective = target.spec.benchmark.objective
     serve_was_running = bool(serve.status().proxies)
-    port = _free_port()
+    port = free_port()
     out: dict[str, Any] = {"path": "ray serve"}
     try:
         with tempfile.TemporaryDirectory(prefix="vibeserve-remeasure-") as tmp:
@@ -124,9 +124,3 @@ def served_knobs(run_dir: Path, commit: str) -> dict[str, Any] | None:
         return None
     best = data.get("best") or {}
     return data.get("serve_knobs") if best.get("commit") == commit else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
