@@ -13,13 +13,9 @@ priority (`RAY_ENV`); a cluster joined by address keeps what it was started with
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import socket
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -42,16 +38,13 @@ RAY_ENV = {
     # bench` measured it at the normal priority.
     "RAY_worker_niceness": "0",
 }
-# Serve's HAProxy keeps its config and sockets at fixed paths under /tmp and listens for its
-# stats, and the fallback proxy for scaling from zero, on fixed ports: two Rays on one
-# machine (a test run beside a deployment) would share them. Each Ray started here gets
-# its own directory and free ports.
-HAPROXY_FILES = {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg", "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
-                 "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
-                 "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock"}
+# Serve's HAProxy listens for its stats, and the fallback proxy that serves while an
+# application scales from zero, on fixed ports, which two Rays on one machine (a test run
+# beside a deployment) would both take (its files are kept apart per node already): each
+# Ray started here gets free ones.
 HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
                  "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
-_set_here: set[str] = set()  # the instance variables this process chose (a user's are never replaced)
+_set_here: set[str] = set()  # the ports this process chose (a user's are never replaced)
 
 
 @dataclass(frozen=True)
@@ -86,20 +79,15 @@ def start_local(**kwargs: Any) -> Endpoints:
     return _endpoints(ray.init(address="local", **({"include_dashboard": True, "dashboard_host": "127.0.0.1"} | kwargs)))
 
 
-def set_ray_env(owned: bool = True) -> None:
-    """`RAY_ENV` and a fresh HAProxy directory and ports in this process's environment,
-    where the user has not set them: a Ray started from here (`ray.init`, `ray start`) hands
-    them to each of its processes. `owned`: the Ray ends with this process, and so does the
-    directory."""
+def set_ray_env() -> None:
+    """`RAY_ENV` and free ports for HAProxy in this process's environment, where the user has
+    not set them: a Ray started from here (`ray.init`, `ray start`) hands them to each of its
+    processes."""
     for name, value in RAY_ENV.items():
         os.environ.setdefault(name, value)
-    base = Path(tempfile.mkdtemp(prefix="vibeserve-haproxy-"))
-    if owned:
-        atexit.register(shutil.rmtree, base, ignore_errors=True)
-    fresh = {name: str(base / leaf) for name, leaf in HAPROXY_FILES.items()} | {name: str(free_port()) for name in HAPROXY_PORTS}
-    for name, value in fresh.items():
+    for name in HAPROXY_PORTS:
         if name not in os.environ or name in _set_here:
-            os.environ[name] = value
+            os.environ[name] = str(free_port())
             _set_here.add(name)
 
 

@@ -86,7 +86,7 @@ def _connect(detach: bool, say: Callable[[str], None]) -> str:
 def _start_head(say: Callable[[str], None]) -> str:
     """A detached app needs a cluster that outlives this process: a local `ray start --head`."""
     port = raycluster.free_port()
-    raycluster.set_ray_env(owned=False)  # the head outlives this process
+    raycluster.set_ray_env()
     subprocess.run(["ray", "start", "--head", f"--port={port}", "--disable-usage-stats"], check=True, capture_output=True)
     say(f"deploy: started a Ray head at 127.0.0.1:{port} (stop it with `ray stop`)")
     return f"127.0.0.1:{port}"
