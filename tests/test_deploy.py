@@ -20,7 +20,7 @@ import yaml
 from conftest import ROOT, TINY_TARGET
 from search_helpers import RayHead, free_port
 
-from vibeserve_ray import cli
+from vibeserve_ray import cli, raycluster
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.deploy import launch
 from vibeserve_ray.deploy.choice import choose
@@ -66,12 +66,13 @@ def reference(tiny_target):
 
 @pytest.fixture(scope="module")
 def served(tiny_models):
-    """The seed deployed by `launch.run` (the CLI's own path) on one local Ray for the module."""
+    """The seed deployed by `launch.run` (the CLI's own path) on one local Ray for the module,
+    started as the CLI starts one (Serve's HAProxy ingress)."""
     import ray
     from ray import serve
 
     os.environ[KEY_ENV] = KEY  # replicas inherit it from the local Ray this process starts
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _system_config={"metrics_report_interval_ms": 1000})
+    raycluster.start_local(num_cpus=2, include_dashboard=False, _system_config={"metrics_report_interval_ms": 1000})
     chosen = choose(None, None, "seed", str(TINY_TARGET))
     opts = ServeOptions(port=free_port(), api_key_env=KEY_ENV, max_ongoing_requests=ONGOING, max_queued_requests=QUEUED)
     config = serve_config(chosen, opts)
@@ -132,6 +133,17 @@ def test_streaming_chat_yields_incremental_chunks(served):
     assert arrivals[0] < arrivals[-1] - 0.05, "the first chunk came only with the last"
     full = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=48, temperature=0, extra_body={"ignore_eos": True})
     assert full.choices[0].message.content == text
+
+
+def test_the_served_port_is_haproxys_not_serves_python_proxy(served):
+    """Serve's HAProxy ingress forwards to the replica's own HTTP server: no Python proxy
+    actor relays the tokens (the Ray the CLI starts, raycluster.RAY_ENV)."""
+    import psutil
+
+    port = int(served.rsplit(":", 1)[1])
+    haproxies = [p for p in psutil.Process().children(recursive=True) if p.name() == "haproxy"]
+    listening = {c.laddr.port for p in haproxies for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+    assert port in listening, f"port {port} is not HAProxy's ({listening})"
 
 
 def test_streamed_tokens_are_relayed_in_batches(served):

@@ -228,8 +228,8 @@ class VibeServer:
             task.cancel()
         if self._session is not None:
             await self._session.close()
-        for engine in list(self._engines):
-            engine.proc.stop()
+        # stopped off the event loop: a stop waits up to 3 s for SIGTERM to take
+        await asyncio.gather(*(asyncio.to_thread(engine.proc.stop) for engine in list(self._engines)))
         self._starter.shutdown(wait=False)
         shutil.rmtree(self.sandbox, ignore_errors=True)
 
