@@ -2,13 +2,14 @@
 
 The evaluator tunes knobs on the direct path (the candidate's engine process behind its
 front, alone on the node). `vibeserve deploy` serves the same engine process behind a Ray
-Serve replica, whose HTTP proxy and relay take CPU on the same node, and the fastest
-direct setting is not always the fastest served one: on 2 cores, an engine with 2 torch
-threads kept ~0.7 of its direct throughput under Serve while 1 thread kept ~0.9 and served
-faster. So the finalists are deployed as `deploy` deploys them, measured through Serve's
-proxy with every response checked, the winner in its tuned knobs and in the variants that
-leave Serve a core; the best served knobs go into `remeasure.json`, and `deploy RUN` serves
-the winner with them.
+Serve replica, whose relay, Serve's ingress and Ray's own processes take CPU on the same
+node, and the fastest direct setting is not always the fastest served one: on 2 cores,
+an engine with 2 torch threads kept ~0.7 of its direct throughput under Serve while 1
+thread kept ~0.9 and served faster. So the finalists are deployed as `deploy` deploys them
+(on the search's Ray, which the CLI starts as it starts deploy's: raycluster.RAY_ENV),
+measured through Serve's ingress with every response checked, the winner in its tuned
+knobs and in the variants that leave Serve a core; the best served knobs go into
+`remeasure.json`, and `deploy RUN` serves the winner with them.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def _measure_served(target: Target, candidate: Path, knobs: dict[str, Any], port
         serve.start(http_options=config["http_options"])
         serve.run(app, name=APP_NAME, route_prefix="/")
         measured = bench_url(target, base_url(config), target.served_name)
-    except (RuntimeError, BadInput) as exc:  # an unhealthy deployment, or a proxy that never answered
+    except (RuntimeError, BadInput) as exc:  # an unhealthy deployment, or an ingress that never answered
         return Served(knobs, None, failure=f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}")
     finally:
         serve.delete(APP_NAME)
