@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vibeserve_ray.accuracy.contract import AccuracySpec
 from vibeserve_ray.bench.metrics import GOODPUT_BOUNDS
 from vibeserve_ray.errors import BadInput
 
@@ -244,6 +245,7 @@ class TargetSpec(_Strict):
     description: str = ""
     model: ModelSpec
     reference: ReferenceSpec = ReferenceSpec()
+    accuracy: AccuracySpec = AccuracySpec()
     checker: CheckerSpec
     benchmark: BenchmarkSpec
     hardware: HardwareSpec = HardwareSpec()
@@ -273,6 +275,7 @@ class Target:
         """The checkpoint (or the weight-swap one), generated on first use."""
         m = self.spec.model
         if m.generator == "tiny-llama":
+            # making the checkpoint loads torch: only a generator target needs it
             from vibeserve_ray.tinymodel import make_tiny
 
             return make_tiny(m.swap_seed if swap else m.seed)
@@ -287,6 +290,19 @@ class Target:
     @property
     def checker_concurrency(self) -> int:
         return self.spec.checker.concurrency or self.spec.benchmark.concurrency
+
+    @property
+    def accuracy(self) -> AccuracySpec:
+        return self.spec.accuracy
+
+    @property
+    def lowest_precision(self) -> str:
+        """The lowest precision the accuracy contract admits a design to compute in."""
+        return self.spec.accuracy.lowest_precision(self.spec.reference.dtype)
+
+    def contract(self) -> str:
+        """The accuracy contract in a few words (what a rejection names)."""
+        return self.spec.accuracy.describe(self.spec.reference.dtype)
 
 
 def _field_name(loc: tuple) -> str:
@@ -319,6 +335,7 @@ def load_target(path: str | Path) -> Target:
         ("model.path", spec.model.path),
         ("model.swap_path", spec.model.swap_path),
         ("model.tokenizer", spec.model.tokenizer),
+        ("accuracy.script", spec.accuracy.script),
     ):
         if rel is not None and not target.path(rel).exists():
             raise BadInput(str(file), field, f"path not found: {target.path(rel)}")

@@ -95,6 +95,7 @@ def _corpus(n_lines: int = 20000) -> list[str]:
 
 
 def _write_tokenizer(out: Path, vocab_size: int) -> None:
+    # tokenizers, torch and safetensors load only to make the model, not to find it in the cache
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -176,6 +177,7 @@ def _write_config(out: Path, shape: TinyLlamaShape) -> None:
 
 
 def _write_weights(out: Path, seed: int, shape: TinyLlamaShape) -> None:
+    # see _write_tokenizer: only making the model needs them
     import torch
     from safetensors.torch import save_file
 
