@@ -431,6 +431,7 @@ def head(tiny_models):
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", KEY_ENV)}
     os.environ["PYTHONPATH"] = str(ROOT)
     os.environ[KEY_ENV] = KEY
+    raycluster.set_ray_env()  # HAProxy ports of its own, as deploy gives a head: `served`'s Ray may still hold the last ones
     try:
         h = RayHead(num_cpus=2)
     finally:
