@@ -32,7 +32,7 @@ RAY_ENV = {
     # Serve's ingress: HAProxy (C) forwarding HTTP to each ingress replica's own server
     # (direct ingress), instead of Serve's Python proxy actor, which parses every request and
     # relays every streamed chunk to the client over Ray: on 2 cores that hop cost the best
-    # tiny-model design a quarter of its throughput (benchmarks/serve_overhead.py, docs/serving.md).
+    # tiny-model design a quarter of its throughput (benchmarks/serve_overhead.py, docs/benchmarks.md).
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     # How long a stopping replica keeps accepting while load balancers let go of it: HAProxy
     # on the node hears of it from the controller within a second; Ray's default 30 s is for
