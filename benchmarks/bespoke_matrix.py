@@ -11,13 +11,17 @@
    the median kept; every response of every row, vLLM's too, is held to the column
    target's accuracy contract, and a comparison counts only between cells that both meet
    it in every round (`accuracy` has each cell's verdict and statistics). Finished cells
-   are saved (cells.json) and not measured again on a rerun.
+   are saved (cells.json) and not measured again on a rerun. Each winner is also measured
+   as users get it on its own target ("served:<target>", beside its direct figure): started
+   with `vibeserve deploy` for each round and benchmarked at its URL (benchmarks/served.py),
+   its responses held to the same contract.
 3. The checks of the claim: each winner is best among the winners (or within --noise) on its own target;
    at least three winners differ in design; each beats the generic row on its own
    target, and vLLM on the JSON and code-edit targets where they exist.
 
     python benchmarks/bespoke_matrix.py [--targets tiny-llama-cpu,tiny-llama-prefix,...] [--work DIR]
         [--rounds N] [--time-limit S] [--max-candidates N] [--trials N] [--repeats 3] [--num-requests N] [--no-vllm] [--vllm-fp32]
+        [--no-served]
 
 Long (a search per target; the budget flags cut it). Progress on stderr, JSON on stdout.
 """
@@ -37,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.served import deployed  # noqa: E402
 from benchmarks.vllm_peer import DEFAULT_VENV, ensure_venv, precision_ceiling, serve_vllm  # noqa: E402
 from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
@@ -65,6 +70,7 @@ def main() -> None:
     ap.add_argument("--num-requests", type=int, help="override each benchmark's request count")
     ap.add_argument("--noise", type=float, default=0.05, help="relative margin within which a winner counts as best on its own target")
     ap.add_argument("--no-vllm", action="store_true", help="leave out the vLLM row")
+    ap.add_argument("--no-served", action="store_true", help="leave out the winners measured through `vibeserve deploy`")
     ap.add_argument("--vllm-fp32", action="store_true",
                     help="add a row for vLLM with --dtype float32: the reference's precision (its default downcasts a float32 "
                          "checkpoint to bfloat16 on CPU, other math than the reference's and ours)")
@@ -77,6 +83,8 @@ def main() -> None:
     rows: dict[str, Path | None] = {}
     for name in targets:
         rows[f"winner:{name}"] = search(name, work / "runs" / name, args)
+    if not args.no_served:
+        rows |= {f"served:{name}": rows[f"winner:{name}"] for name in targets}
     rows["generic"] = materialise(load_space(default_space_path()), work / "generic", GENERIC, {})
     if not args.no_vllm:
         rows["vllm"] = None
@@ -88,7 +96,8 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         peers: dict[tuple[str, str], str] = {}  # (vLLM row, model directory) -> base URL
         for col, target in targets.items():
-            todo = [row for row in rows if f"{row}|{col}" not in cells]
+            # a winner is served on its own target only
+            todo = [row for row in rows if f"{row}|{col}" not in cells and (not row.startswith("served:") or row == f"served:{col}")]
             runs: dict[str, list] = {row: [] for row in todo}
             for row in (r for r in todo if r in VLLM_ARGS and (r, str(target.model_dir())) not in peers):
                 python = ensure_venv(target.spec.hardware.device, DEFAULT_VENV, say=say)
@@ -131,6 +140,9 @@ def measure(row: str, path: Path | None, target, peers: dict[tuple[str, str], st
     if path is None:
         # one vLLM per row and model, serving it under the first target's name that started it
         result = bench_url(target, peers[(row, str(target.model_dir()))], None, num_requests=num_requests)
+    elif row.startswith("served:"):
+        with deployed(target.dir, work / row.replace(":", "-"), candidate=path, say=say) as d:
+            result = bench_url(target, d.base_url, target.served_name, num_requests=num_requests)
     else:
         result = bench_candidate(target, load_candidate(path), work / row.replace(":", "-"), num_requests=num_requests)
     if not isinstance(result, Measurement):
@@ -169,6 +181,12 @@ def report(targets: dict, rows: dict, cells: dict, noise: float, load_start) -> 
             "beats_generic": mine is not None and value("generic", col) is not None and objective.speedup(mine, value("generic", col)) > 1,
             "ratio_to_vllm": None if mine is None or value("vllm", col) is None else round(objective.speedup(mine, value("vllm", col)), 3),
         }
+        if f"served:{col}" in rows:
+            served = value(f"served:{col}", col)
+            checks[col]["served"] = served
+            checks[col]["served_to_direct"] = None if mine is None or served is None else round(objective.speedup(served, mine), 3)
+            if value("vllm", col) is not None:
+                checks[col]["ratio_to_vllm_served"] = None if served is None else round(objective.speedup(served, value("vllm", col)), 3)
         if "vllm-fp32" in rows:
             fp32 = value("vllm-fp32", col)
             checks[col]["ratio_to_vllm_fp32"] = None if mine is None or fp32 is None else round(objective.speedup(mine, fp32), 3)

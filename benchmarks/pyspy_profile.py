@@ -1,10 +1,11 @@
 """Where a server's time goes, from py-spy samples of its processes while it serves a load.
 
-`profiling(pid)` samples the process and its Python children (`py-spy record --threads
+`profiling(pids)` samples the processes and their Python children (`py-spy record --threads
 --nonblocking`, raw collapsed stacks, one py-spy each) for as long as the block runs; the
 summary counts, per process, the busy share of each thread and of each part of a
 serving stack (model forward, sampling, scheduling, detokenising, HTTP and SSE, IPC,
-the event loop), by the frames on each sampled stack. Idle threads are not sampled, so
+the event loop; in Ray Serve's own processes, its request path, its control loops and
+Ray's core worker instead), by the frames on each sampled stack. Idle threads are not sampled, so
 the shares are of the time the process was busy (for a sandboxed process, by the
 innermost frame: IDLE_LEAVES), and `busy_cores` is how many cores'
 worth of samples it took.
@@ -19,7 +20,7 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 RATE = 67  # samples/s per thread: cheap enough beside a 2-core load, ~4,000 samples a minute
 # First match wins, in this order: a model forward holds no HTTP frames, an SSE write no forward.
@@ -33,6 +34,18 @@ PARTS = (
     ("ipc", ("zmq", "msgspec", "msgpack", "pickle", "serial_utils", "multiprocessing", "connection", "socket")),
     ("event loop", ("asyncio", "base_events", "uvloop", "selectors", "queue")),
 )
+# Ray Serve's processes (replica, proxy, controller): their stacks hold Serve's own frames
+# around whatever they run, and names such as `deployment_scheduler` that the engine's
+# parts would take for scheduling.
+RAY_PARTS = (
+    ("http and sse", ("uvicorn", "starlette", "fastapi", "h11", "httptools", "aiohttp", "vibeserve_ray/deploy", "asgi")),
+    ("serve request path", ("replica.py", "proxy.py", "router", "replica_result", "proxy_response_generator", "handle.py",
+                            "serve/_private/http_util")),
+    ("serve control loops", ("controller.py", "deployment_state", "application_state", "long_poll", "metrics", "autoscaling",
+                             "proxy_state", "haproxy")),
+    ("ray core worker", ("_raylet", "ray/_private", "grpc", "ray/util")),
+    ("event loop", ("asyncio", "base_events", "uvloop", "selectors", "queue")),
+)
 # py-spy cannot tell a waiting thread of a process in another pid namespace (a sandboxed
 # candidate) from a running one: samples whose innermost frame is one of these waits count as idle.
 IDLE_LEAVES = ("select", "EpollSelector.select", "poll", "_poll", "Condition.wait", "Event.wait", "Thread.join", "_admit",
@@ -41,13 +54,14 @@ _PROCESS = re.compile(r'^process (\d+):"([^"]*)"')
 
 
 @contextlib.contextmanager
-def profiling(pid: int, out: Path) -> Iterator[dict]:
-    """Samples `pid` and every Python process under it while the block runs, one py-spy
-    each (`--subprocesses` missed vLLM's engine core and the sandboxed workers); the dict it
-    yields is filled with the summary when the block ends."""
+def profiling(pids: int | Iterable[int], out: Path) -> Iterator[dict]:
+    """Samples each of `pids` and every Python process under them while the block runs,
+    one py-spy each (`--subprocesses` missed vLLM's engine core and the sandboxed workers);
+    the dict it yields is filled with the summary when the block ends."""
     out.parent.mkdir(parents=True, exist_ok=True)
     spies = []
-    for proc in _python_tree(pid):
+    roots = [pids] if isinstance(pids, int) else list(pids)
+    for proc in {p.pid: p for root in roots for p in _python_tree(root)}.values():
         raw = out.with_name(f"{out.stem}-{proc.pid}.txt")
         cmd = ["py-spy", "record", "--pid", str(proc.pid), "--threads", "--nonblocking", "--rate", str(RATE), "--format", "raw", "-o", str(raw)]
         spies.append((_name(proc), raw, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
@@ -85,7 +99,7 @@ def _python_tree(pid: int) -> list:
     keep = []
     for p in procs:
         try:
-            if "python" in p.exe() or p.name().startswith("VLLM"):
+            if "python" in p.exe() or p.name().startswith(("VLLM", "ray::")):
                 keep.append(p)
         except psutil.Error:
             pass
@@ -103,13 +117,13 @@ def summarise(raw: str, seconds: float, name: str = "?") -> dict:
         m = _PROCESS.match(stack)
         proc_name = _short(m.group(2)) + f" (pid {m.group(1)})" if m else name
         frames = stack.split(";")
-        thread = next((f.split(":", 1)[1].strip() for f in frames if f.startswith("thread (")), "?")
+        thread = next((f.split(":", 1)[-1].strip() for f in frames if f.startswith("thread (")), "?")
         p = procs.setdefault(proc_name, {"threads": Counter(), "parts": Counter(), "leaves": Counter()})
         n = int(count)
         if frames[-1].split(" (")[0] in IDLE_LEAVES:
             continue
         p["threads"][thread] += n
-        p["parts"][_part(stack)] += n
+        p["parts"][_part(stack, RAY_PARTS if proc_name.startswith("ray::") else PARTS)] += n
         p["leaves"][frames[-1].split(" (")[0]] += n
     out = {}
     for name, p in procs.items():
@@ -130,8 +144,8 @@ def _records(raw: str) -> Iterator[str]:
             pending = ""
 
 
-def _part(stack: str) -> str:
-    for part, needles in PARTS:
+def _part(stack: str, parts=PARTS) -> str:
+    for part, needles in parts:
         if any(n in stack for n in needles):
             return part
     return "other"
@@ -148,4 +162,6 @@ def _short(cmdline: str) -> str:
     for key in ("vibeserve_ray.serve.worker", "EngineCore", "vllm serve", "engine_process"):
         if key in cmdline:
             return key
+    if cmdline.startswith("ray::"):  # ray::ServeReplica:APP:DEPLOYMENT, ray::ProxyActor.method
+        return "ray::" + cmdline.split()[0][len("ray::"):].split(":")[0].split(".")[0]
     return cmdline.split()[0].rsplit("/", 1)[-1] if cmdline else "?"

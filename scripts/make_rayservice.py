@@ -33,6 +33,8 @@ spec:
   serveConfigV2: |
 """
 
+# What `vibeserve deploy` starts its own Ray with (Serve's HAProxy ingress, ...): every
+# node of the cluster gets it, since each of its Serve processes reads it when it starts.
 TAIL = """\
   rayClusterConfig:
     rayVersion: "2.60.0"
@@ -46,11 +48,11 @@ TAIL = """\
           containers:
             - name: ray-head
               image: vibeserve-ray:0.1.0
-              env: &api-key
+              env: &env
                 - name: VIBESERVE_API_KEY
                   valueFrom:
                     secretKeyRef: {name: vibeserve-api-key, key: key}
-              ports:
+{ray_env}              ports:
                 - {containerPort: 6379, name: gcs-server}
                 - {containerPort: 8265, name: dashboard}
                 - {containerPort: 8000, name: serve}
@@ -68,7 +70,7 @@ TAIL = """\
             containers:
               - name: ray-worker
                 image: vibeserve-ray:0.1.0
-                env: *api-key
+                env: *env
                 lifecycle:
                   preStop:
                     exec:
@@ -93,7 +95,10 @@ def serve_config_text() -> str:
 def render() -> str:
     shown = " ".join(a.replace(str(ROOT) + "/", "") for a in CONFIG_ARGS)
     body = "".join("    " + line if line.strip() else line for line in serve_config_text().splitlines(keepends=True))
-    return HEAD.format(args=shown) + body + TAIL
+    from vibeserve_ray.raycluster import RAY_ENV
+
+    ray_env = "".join(f'                - {{name: {name}, value: "{value}"}}\n' for name, value in RAY_ENV.items())
+    return HEAD.format(args=shown) + body + TAIL.replace("{ray_env}", ray_env)
 
 
 def main(argv: list[str]) -> int:

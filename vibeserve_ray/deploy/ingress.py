@@ -64,34 +64,43 @@ class CountRequests:
 async def relay(resp: aiohttp.ClientResponse, interval_s: float) -> AsyncIterator[bytes]:
     """The engine's SSE bytes, gathered: the first two chunks go at once (a chat stream's
     role chunk, then its first token: TTFT is never held back), later ones at most once
-    per `interval_s` (what is left goes when the stream ends), so Serve's per-message
-    cost (replica, proxy) is paid a few dozen times a second, not once per token. A client that goes away closes the connection,
-    which aborts the request inside the engine."""
-    loop = asyncio.get_running_loop()
-    read, pending, due, sent, done = resp.content.readany, b"", 0.0, 0, False
+    per `interval_s`, each batch all that arrived meanwhile (the rest goes when the stream
+    ends; a chunk after a quiet interval goes as it comes), so each hop after the replica
+    pays its per-message cost a few dozen times a second, not once per token. The relay
+    itself wakes once per interval, not per token: it sleeps while aiohttp buffers what
+    arrives (waking per token through `wait_for` was a task per token). A client that goes
+    away closes the connection, which aborts the request inside the engine."""
+    content, done = resp.content, False
+    eof: asyncio.Future | None = None
     try:
-        while True:
-            if pending:  # wait for more, at most until it is due
-                try:
-                    chunk = await asyncio.wait_for(read(), due - loop.time())
-                except asyncio.TimeoutError:
-                    yield pending
-                    pending, due, sent = b"", loop.time() + interval_s, sent + 1
-                    continue
-            else:
-                chunk = await read()
+        for _ in range(2):
+            chunk = await content.readany()
             if not chunk:
                 break
-            pending += chunk
-            if sent < 2 or loop.time() >= due:
-                yield pending
-                pending, due, sent = b"", loop.time() + interval_s, sent + 1
-        if pending:
-            yield pending
+            yield chunk
+        if interval_s <= 0:
+            async for chunk in content.iter_any():
+                yield chunk
+        elif not content.at_eof():
+            eof = asyncio.ensure_future(content.wait_eof())
+            while True:
+                await asyncio.wait((eof,), timeout=interval_s)
+                chunk = content.read_nowait()
+                if not chunk:
+                    if content.at_eof():
+                        break
+                    chunk = await content.readany()  # quiet for a whole interval: the next goes as it comes
+                    if not chunk:
+                        break
+                yield chunk
         done = True
     except aiohttp.ClientError as exc:
         yield f"data: {json.dumps(error_body(f'engine unavailable: {exc}', 'server_error', 503))}\n\n".encode()
     finally:
+        if eof is not None:
+            eof.cancel()
+            if eof.done() and not eof.cancelled():
+                eof.exception()  # retrieved: a broken stream is reported above, not logged as unretrieved
         resp.release() if done else resp.close()
 
 

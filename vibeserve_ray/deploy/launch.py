@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -86,9 +85,8 @@ def _connect(detach: bool, say: Callable[[str], None]) -> str:
 
 def _start_head(say: Callable[[str], None]) -> str:
     """A detached app needs a cluster that outlives this process: a local `ray start --head`."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = raycluster.free_port()
+    raycluster.set_ray_env()
     subprocess.run(["ray", "start", "--head", f"--port={port}", "--disable-usage-stats"], check=True, capture_output=True)
     say(f"deploy: started a Ray head at 127.0.0.1:{port} (stop it with `ray stop`)")
     return f"127.0.0.1:{port}"

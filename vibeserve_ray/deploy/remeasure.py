@@ -2,19 +2,19 @@
 
 The evaluator tunes knobs on the direct path (the candidate's engine process behind its
 front, alone on the node). `vibeserve deploy` serves the same engine process behind a Ray
-Serve replica, whose HTTP proxy and relay take CPU on the same node, and the fastest
-direct setting is not always the fastest served one: on 2 cores, an engine with 2 torch
-threads kept ~0.7 of its direct throughput under Serve while 1 thread kept ~0.9 and served
-faster. So the finalists are deployed as `deploy` deploys them, measured through Serve's
-proxy with every response checked, the winner in its tuned knobs and in the variants that
-leave Serve a core; the best served knobs go into `remeasure.json`, and `deploy RUN` serves
-the winner with them.
+Serve replica, whose relay, Serve's ingress and Ray's own processes take CPU on the same
+node, and the fastest direct setting is not always the fastest served one: on 2 cores,
+an engine with 2 torch threads kept ~0.7 of its direct throughput under Serve while 1
+thread kept ~0.9 and served faster. So the finalists are deployed as `deploy` deploys them
+(on the search's Ray, which the CLI starts as it starts deploy's: raycluster.RAY_ENV),
+measured through Serve's ingress with every response checked, the winner in its tuned
+knobs and in the variants that leave Serve a core; the best served knobs go into
+`remeasure.json`, and `deploy RUN` serves the winner with them.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from vibeserve_ray.deploy.config import Chosen, ServeOptions, base_url, serve_co
 from vibeserve_ray.deploy.launch import application
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.inner.evaluate import bench_url
+from vibeserve_ray.raycluster import free_port
 from vibeserve_ray.search.results import Evaluation
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.target import Target
@@ -64,7 +65,7 @@ def remeasure(target: Target, run_dir: Path, seed: Evaluation, best: Evaluation,
     repo = RunRepo(run_dir / "repo")
     objective = target.spec.benchmark.objective
     serve_was_running = bool(serve.status().proxies)
-    port = _free_port()
+    port = free_port()
     out: dict[str, Any] = {"path": "ray serve"}
     try:
         with tempfile.TemporaryDirectory(prefix="vibeserve-remeasure-") as tmp:
@@ -105,7 +106,7 @@ def _measure_served(target: Target, candidate: Path, knobs: dict[str, Any], port
         serve.start(http_options=config["http_options"])
         serve.run(app, name=APP_NAME, route_prefix="/")
         measured = bench_url(target, base_url(config), target.served_name)
-    except (RuntimeError, BadInput) as exc:  # an unhealthy deployment, or a proxy that never answered
+    except (RuntimeError, BadInput) as exc:  # an unhealthy deployment, or an ingress that never answered
         return Served(knobs, None, failure=f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}")
     finally:
         serve.delete(APP_NAME)
@@ -127,9 +128,3 @@ def served_knobs(run_dir: Path, commit: str) -> dict[str, Any] | None:
         return None
     best = data.get("best") or {}
     return data.get("serve_knobs") if best.get("commit") == commit else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -4,6 +4,9 @@ One replica holds the target's resources and runs the candidate exactly as the e
 did: the same sandboxed engine process behind the same front (`runner.start_candidate`),
 so routes, validation, errors and streaming are the ones measured in evaluation. The
 replica's ingress checks the API key and relays requests to that process over loopback.
+On a Ray the CLI starts, clients reach the replica's own HTTP server through Serve's
+HAProxy ingress (`raycluster.RAY_ENV`); elsewhere through whatever ingress the cluster's
+Serve runs (its Python proxy by default): the replica serves the same app either way.
 Knobs arrive through `user_config`, so `reconfigure` can swap in a new engine process
 without restarting the replica. Serve config files name `app_builder` (`args.IMPORT_PATH`).
 """
@@ -74,7 +77,7 @@ class _Engine:
 @serve.deployment(name=DEPLOYMENT_NAME, user_config={"knobs": {}}, max_constructor_retry_count=2, health_check_period_s=5)
 @serve.ingress()
 class VibeServer:
-    """One replica: the candidate's engine in its own sandboxed process, behind a proxy.
+    """One replica: the candidate's engine in its own sandboxed process, behind a relay.
 
     The engine process is the evaluator's (`runner.start_candidate`: the shared front,
     allow-listed environment, memory watchdog, scratch space of its own), so the replica
@@ -158,7 +161,7 @@ class VibeServer:
                 "design": self.spec.design, "knobs": e.knobs if e else None, "engine_generation": e.generation if e else 0,
                 "served_name": self.args.served_name}
 
-    # --- the proxy ---------------------------------------------------------------------
+    # --- the relay ---------------------------------------------------------------------
 
     async def _health(self, request: Request) -> Response:
         failure = self._failure()
@@ -228,8 +231,8 @@ class VibeServer:
             task.cancel()
         if self._session is not None:
             await self._session.close()
-        for engine in list(self._engines):
-            engine.proc.stop()
+        # stopped off the event loop: a stop waits up to 3 s for SIGTERM to take
+        await asyncio.gather(*(asyncio.to_thread(engine.proc.stop) for engine in list(self._engines)))
         self._starter.shutdown(wait=False)
         shutil.rmtree(self.sandbox, ignore_errors=True)
 

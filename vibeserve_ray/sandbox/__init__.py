@@ -65,6 +65,10 @@ class Confined:
         if self.cgroup is not None:
             cgroup.join(self.cgroup)
 
+    def pids(self) -> list[int] | None:
+        """The confined processes now, from the pids cgroup; None where there is none."""
+        return None if self.cgroup is None else cgroup.members(self.cgroup)
+
     def forks_refused(self) -> int:
         """How many times the process limit refused a fork (0 where no cgroup counts it)."""
         return cgroup.refused(self.cgroup)

@@ -81,6 +81,14 @@ def join(path: Path) -> None:
         f.write("0")
 
 
+def members(path: Path) -> list[int]:
+    """The pids in the cgroup now (the confined process and everything it started)."""
+    try:
+        return [int(pid) for pid in (path / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def refused(path: Path | None) -> int:
     """Forks refused at pids.max so far (the 'max' count in pids.events)."""
     if path is None:
