@@ -75,7 +75,7 @@ def main() -> None:
                  "repeats": args.repeats}
     runs: dict[str, list[dict]] = {"direct": [], "serve": []} | ({"direct_side_load": []} if args.side_load else {})
     with tempfile.TemporaryDirectory(prefix="vibeserve-overhead-") as tmp, contextlib.redirect_stdout(sys.stderr):
-        spec = resolve_candidate(args.candidate, Path(tmp))
+        spec = resolve_candidate(args.candidate, Path(tmp), "llama")
         say("direct: the evaluator's engine process and front")
         with start_candidate(spec, target.model_dir(), target.tokenizer_dir(), target.served_name, target.spec.hardware.device, limits,
                              Path(tmp) / "direct", knobs=chosen.knobs) as proc:

@@ -39,7 +39,7 @@ def test_bench_url_of_a_running_candidate_equals_bench_candidate(tmp_path, tiny_
     from vibeserve_ray.runner import Limits, start_candidate
     from vibeserve_ray.seed import resolve_candidate
 
-    spec = resolve_candidate("seed", tmp_path / "seed")
+    spec = resolve_candidate("seed", tmp_path / "seed", "llama")
     with start_candidate(spec, tiny_target.model_dir(), tiny_target.tokenizer_dir(), tiny_target.served_name, "cpu", Limits(),
                          tmp_path / "proc") as proc:
         by_url = run_cli("bench", str(TINY_TARGET), "--url", proc.base_url + "/v1", "--num-requests", "8", "--out", str(tmp_path / "url.json"))

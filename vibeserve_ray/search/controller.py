@@ -162,7 +162,7 @@ class Search:
         if seeds:
             return seeds[0]
         tmp = self.run_dir / ".seed"
-        materialise_seed(tmp)
+        materialise_seed(tmp, family=self.space.family)
         commit = self.repo.commit_candidate(tmp, None, "seed: the engine template", branch="seed")
         for i in range(self.target.spec.search.islands):
             self.repo.set_branch(f"island-{i}", commit)
