@@ -87,7 +87,7 @@ class Search:
         if implementer == "random":
             self.proposer: OfflineProposer = RandomProposer(space.all_designs(self.device), seed=rng_seed)
         else:
-            self.proposer = OfflineProposer(applicable(target), seed=rng_seed)
+            self.proposer = OfflineProposer(applicable(target, space), seed=rng_seed)
 
     # --- the loop ------------------------------------------------------------------------
 

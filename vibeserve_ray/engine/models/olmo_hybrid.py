@@ -127,6 +127,17 @@ def _check_supported(raw: dict) -> None:
         raise unsupported("layer_types", bad)
 
 
+class PackedConv(nn.Module):
+    """The depthwise causal convolutions of q, k and v as one weight [conv_dim, 1, K]: the
+    released checkpoint stores them apart (`q_conv1d`, ... the loader fills each row
+    block), transformers' own modules whole (`conv1d`)."""
+
+    def __init__(self, shards: dict[str, int], kernel: int):
+        super().__init__()
+        self.shards = shards
+        self.weight = nn.Parameter(torch.empty(sum(shards.values()), 1, kernel))
+
+
 class GatedDeltaNet(nn.Module):
     """Linear attention whose per-request state (conv [conv_dim, K-1], recurrent [Hv, dk,
     dv]) does not grow with the context."""
@@ -142,8 +153,7 @@ class GatedDeltaNet(nn.Module):
         # q, k, v (convolved), g (output gate), b (beta), a (decay): one matmul
         self.in_proj = PackedLinear(config.hidden_size, {"q_proj": key_dim, "k_proj": key_dim, "v_proj": value_dim,
                                                          "g_proj": value_dim, "b_proj": num_v, "a_proj": num_v})
-        self.conv1d = nn.Module()  # holds `weight` [conv_dim, 1, K] under the checkpoint's name
-        self.conv1d.weight = nn.Parameter(torch.empty(config.conv_dim, 1, config.linear_conv_kernel_dim))
+        self.conv1d = PackedConv({"q_conv1d": key_dim, "k_conv1d": key_dim, "v_conv1d": value_dim}, config.linear_conv_kernel_dim)
         self.A_log = nn.Parameter(torch.empty(num_v))
         self.dt_bias = nn.Parameter(torch.empty(num_v))
         self.o_norm = nn.Module()
@@ -235,6 +245,10 @@ class OlmoHybridModel(nn.Module):
 
 
 class OlmoHybridForCausalLM(nn.Module):
+    # the released checkpoint's names for what transformers' modules call otherwise (its
+    # conversion mapping; transformers writes them back on save_pretrained)
+    checkpoint_renames = (("attention_layer_norm", "input_layernorm"), ("feedforward_layer_norm", "post_attention_layernorm"))
+
     def __init__(self, config: OlmoHybridConfig):
         super().__init__()
         self.config = config
