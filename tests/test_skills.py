@@ -245,3 +245,20 @@ def test_workload_skills_apply_where_the_requests_carry_what_they_use():
     # a dataset without predictions has nothing to look up: the JSON search spent a candidate on it
     assert "constrained-decoding" in applies["tiny-llama-json"] and "prompt-lookup-speculation" not in applies["tiny-llama-json"]
     assert not {"prompt-lookup-speculation", "constrained-decoding", "prefix-caching"} & applies["tiny-llama-cpu"]
+
+
+def test_the_hybrid_target_is_searched_with_its_family_skills_prefix_snapshots_first():
+    """The hybrid's own skills drive its search (the Llama-only ones stay out); their priors
+    put prefix snapshots first, then batching, then the chunked rule (pinned)."""
+    target, space = load_target(ROOT / "targets" / "tiny-hybrid-prefix"), SPACES["olmo_hybrid"]
+    skills = [s for s in SKILLS if s.applies(target) and s.for_family(space)]
+    assert {"hybrid-prefix-snapshots", "hybrid-continuous-batching", "chunked-delta-rule", "hybrid-state-slots"} <= {s.name for s in skills}
+    assert not {"prefix-caching", "continuous-batching", "preallocated-kv-cache"} & {s.name for s in skills}
+    proposer, design = OfflineProposer(skills, seed=0), space.defaults()[0]
+    tried, moves = {design_key(design)}, []
+    for _ in range(3):
+        proposal = proposer.propose(design, [], tried, space.neighbours(design, "cpu"))
+        tried.add(proposal.key())
+        moves.append(proposal.changes)
+        design = proposal.design
+    assert moves == [{"kv_cache": "slab", "prefix_cache": "on"}, {"scheduler": "continuous", "state_update": "inplace"}, {"delta_rule": "chunked"}]
