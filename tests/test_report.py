@@ -132,7 +132,7 @@ def recorded_run(tmp_path_factory, tiny_target):
     measuring: the seed, a faster child, a faster grandchild, a slower sibling, and a rejected one."""
     import optuna
 
-    from vibeserve_ray.agents.ledger import Usage
+    from vibeserve_ray.agents.ledger import ApiUsage
     from vibeserve_ray.candidate import load_candidate
     from vibeserve_ray.inner.evaluate import Trial
     from vibeserve_ray.inner.result import InnerResult
@@ -159,7 +159,7 @@ def recorded_run(tmp_path_factory, tiny_target):
             metrics={"output_throughput": tput, "p99_e2el_ms": lat} if ok else {}, started_at=1000.0 + 60 * i, finished_at=1050.0 + 60 * i,
             trials=[Trial({"batch_wait_ms": k}, tput * f, distributions={"batch_wait_ms": dist}) for k, f in ((knob, 1.0), (knob + 1, 0.9))]
             if ok else [])
-        usage = {"implementer": Usage(3, 1000 * i, 200, 500, 4000, 0.01 * i, 2.0), "judge": Usage(1, 300, 50, 0, 0, 0.002, 1.0)} if i else {}
+        usage = {"implementer": ApiUsage(3, 1000 * i, 200, 500, 4000, 0.01 * i, 2.0), "judge": ApiUsage(1, 300, 50, 0, 0, 0.002, 1.0)} if i else {}
         rows.append(record_result(run, repo, result, rows, tiny_target, commit_override=None, usage=usage))
     (run / "search.json").write_text(json.dumps({"target": str(ROOT / "targets" / "tiny-llama-cpu"), "headline": "output_throughput",
                                                  "direction": "maximize", "stopped_because": "rounds"}))

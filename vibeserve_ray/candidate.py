@@ -106,6 +106,7 @@ def capabilities(engine: object) -> frozenset[str]:
 
 def sampling_noise(seed: int, step: int, vocab_size: int):
     """Exp(1) noise for one request's step `step`, identical on every machine."""
+    # torch, xgrammar and transformers load where used: every light path imports the contract
     import torch
 
     gen = torch.Generator(device="cpu")
@@ -115,6 +116,7 @@ def sampling_noise(seed: int, step: int, vocab_size: int):
 
 def sampling_scores(logits, temperature: float, top_p: float, seed: int, step: int):
     """Scores whose argmax is the sampled token (1-D logits, float32 on any device)."""
+    # torch loads where used (see sampling_noise)
     import torch
 
     logits = logits.float()
@@ -154,6 +156,7 @@ def response_grammar(response_format: dict[str, Any]):
     ", " and ": " separators and no other whitespace: a model allowed whitespace can emit
     it forever); a schema is read in strict mode (no properties beyond its own).
     """
+    # xgrammar (~1.7 s) loads only for JSON mode
     import xgrammar as xgr
 
     kind = response_format.get("type")
@@ -177,6 +180,7 @@ def grammar_compiler(model_dir: str | Path, max_threads: int = 1):
     """An xgrammar `GrammarCompiler` for the tokenizer in `model_dir`, over the model's
     whole vocabulary with its EOS ids as the grammar's stop tokens. It caches what it
     compiles; `compiler.compile_grammar(response_grammar(fmt))` gives a request's grammar."""
+    # xgrammar and transformers load only for JSON mode
     import xgrammar as xgr
     from transformers import AutoTokenizer
 

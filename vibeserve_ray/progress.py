@@ -113,6 +113,7 @@ class _Live:
     """rich: the status line above one bar for the current task, redrawn in place."""
 
     def __init__(self):
+        # rich loads only on a terminal (plain lines elsewhere)
         from rich.console import Console, Group
         from rich.live import Live
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

@@ -33,6 +33,7 @@ class Endpoints:
 def join(address: str, **kwargs: Any) -> Endpoints:
     """Joins the cluster at `address`, sending the local token where the head would expect it."""
     try:
+        # a private module that Rays without token authentication lack
         from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
     except ImportError:  # a Ray without token authentication
         pass

@@ -7,8 +7,12 @@ and it needs the gap to tell. Sampling uses the contract's rule
 `response_format` masks each step by the contract's grammar (`response_grammar`) before
 it, ending where the grammar accepts a stop token.
 
+A tolerance contract asks the reference instead to judge a server's own tokens
+(`logprob_rows`: teacher-forced, one forward over prompt + completion, many at once).
+
 A target may name its own reference as `module:function`: a factory called as
-`factory(model_dir: str, dtype: str)` returning an object with this class's `generate`.
+`factory(model_dir: str, dtype: str)` returning an object with this class's `generate`
+(and `logprob_rows`, for a tolerance contract).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class RefOutput:
 
 class TransformersReference:
     def __init__(self, model_dir: str | Path, dtype: str = "float32"):
+        # torch and transformers load with the reference model, not with this module
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -89,6 +94,23 @@ class TransformersReference:
                     out = self.model(input_ids=torch.tensor(picked)[:, None], use_cache=True, **_cache_kwargs(out))
         return [RefOutput(*row) for row in rows]
 
+    def logprob_rows(self, prompts: list[list[int]], completions: list[list[int]]):
+        """The reference's float32 log_softmax at every completion position, teacher-forced:
+        for each pair a tensor [len(completion), vocab] whose row t scores completion[t]
+        given the prompt and completion[:t]. One forward for the batch: right-padded (a
+        causal model's real tokens never see the padding after them), and the vocabulary
+        projection only for the rows asked for."""
+        torch = self._torch
+        seqs = [p + c[:-1] for p, c in zip(prompts, completions)]
+        width = max(map(len, seqs))
+        ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+        with torch.inference_mode(), _threads(torch, self._threads):
+            hidden = self.model.get_decoder()(input_ids=ids).last_hidden_state
+            picks = [(b, len(p) - 1 + t) for b, (p, c) in enumerate(zip(prompts, completions)) for t in range(len(c))]
+            rows = hidden[torch.tensor([b for b, _ in picks]), torch.tensor([i for _, i in picks])]
+            logprobs = torch.log_softmax(self.model.get_output_embeddings()(rows).float(), -1)
+        return list(logprobs.split([len(c) for c in completions]))
+
     def score(self, prompt_token_ids: list[int]) -> list[float | None]:
         """Each prompt token's logprob given the tokens before it (None for the first):
         what a completions server returns for `echo` with `logprobs`."""
@@ -99,6 +121,7 @@ class TransformersReference:
         return [None, *picked.tolist()]
 
     def _matcher(self, response_format: dict):
+        # xgrammar loads only for JSON mode
         import xgrammar as xgr
 
         from vibeserve_ray.candidate import grammar_compiler, response_grammar
@@ -124,6 +147,7 @@ def _masked(logits, matcher):
     """`logits` (1-D) with every token the grammar forbids at -inf (a copy)."""
     if matcher is None:
         return logits
+    # xgrammar loads only for JSON mode
     import xgrammar as xgr
 
     bitmask = xgr.allocate_token_bitmask(1, logits.shape[-1])
@@ -168,7 +192,7 @@ def _fingerprint_of(model_dir: Path, stamp: tuple) -> str:
     return h.hexdigest()[:16]
 
 
-def _fingerprint(model_dir: Path) -> str:
+def fingerprint(model_dir: Path) -> str:
     """Content hash of the weights and config: a cached answer is only reused for them
     (hashed once per process while the files' sizes and times stay as they were)."""
     model_dir = Path(model_dir)
@@ -192,6 +216,7 @@ def reference_outputs(
     weights and the inputs), so any subset of prompts seen before costs nothing; the
     reference model is loaded once for all the missing ones. `max_tokens`: one for all,
     or one per prompt; `response_formats`: a JSON-mode prompt's format (None: unconstrained)."""
+    # transformers (its version keys the cache) loads only when references are asked for
     import transformers
 
     lengths = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
@@ -200,7 +225,7 @@ def reference_outputs(
     def cache_file(prompt: list[int], n: int, fmt: dict | None) -> Path | None:
         if cache_root is None:
             return None
-        key = [kind, _fingerprint(model_dir), dtype, prompt, n, temperature, top_p, seed, transformers.__version__]
+        key = [kind, fingerprint(model_dir), dtype, prompt, n, temperature, top_p, seed, transformers.__version__]
         if fmt is not None:
             from importlib.metadata import version
 
@@ -229,13 +254,14 @@ def reference_outputs(
                 done = ref.generate_batch([prompts[i] for i in batch], lengths[batch[0]], temperature, top_p, seed)
             for i, out in zip(batch, done):
                 outs[i] = out
-                _store(files[i], out)
+                if files[i] is not None:
+                    write_cached(files[i], asdict(out))
     return outs  # type: ignore[return-value]
 
 
-def _store(file: Path | None, out: RefOutput) -> None:
-    if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(out)))
-        tmp.replace(file)
+def write_cached(file: Path, data: dict) -> None:
+    """`data` as JSON at `file`, whole or not at all (judgings in parallel share the cache)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(file)

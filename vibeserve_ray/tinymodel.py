@@ -105,6 +105,7 @@ def _corpus(n_lines: int = 20000) -> list[str]:
 
 def write_tokenizer(out: Path, vocab_size: int, model_max_length: int = 2048) -> None:
     """A byte-level BPE of `vocab_size` trained on a fixed corpus, the Llama-3 chat template and special tokens."""
+    # tokenizers, torch and safetensors load only to make the model, not to find it in the cache
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -186,6 +187,7 @@ def _write_config(out: Path, shape: TinyLlamaShape) -> None:
 
 
 def _write_weights(out: Path, seed: int, shape: TinyLlamaShape) -> None:
+    # see _write_tokenizer: only making the model needs them
     import torch
     from safetensors.torch import save_file
 

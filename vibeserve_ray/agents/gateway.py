@@ -20,7 +20,7 @@ import anthropic
 import ray
 
 from vibeserve_ray.agents.client import ApiKey, make_client
-from vibeserve_ray.agents.ledger import Ledger, LedgerState, Price, SpendLimit, Usage, charge, estimate, price_for
+from vibeserve_ray.agents.ledger import ApiUsage, Ledger, LedgerState, Price, SpendLimit, charge, estimate, price_for
 from vibeserve_ray.agents.transport import Reply
 from vibeserve_ray.raycluster import HEAD_NODE
 
@@ -95,7 +95,7 @@ class Gateway:
     def state(self) -> GatewayState:
         return GatewayState(self.ledger.snapshot(), self._refused)
 
-    def usage_for(self, eval_id: str) -> dict[str, Usage]:
+    def usage_for(self, eval_id: str) -> dict[str, ApiUsage]:
         return self.ledger.for_eval(eval_id)
 
 

@@ -45,7 +45,7 @@ DEFAULT_PRICES: dict[str, Price] = {
 
 
 @dataclass(frozen=True)
-class Usage:
+class ApiUsage:
     """Tokens and cost of one or more calls, as the API reports them."""
 
     calls: int = 0
@@ -64,8 +64,8 @@ class Usage:
     def tokens(self) -> int:
         return self.billed_input_tokens + self.output_tokens
 
-    def __add__(self, other: "Usage") -> "Usage":
-        return Usage(*(a + b for a, b in zip(self._values(), other._values())))
+    def __add__(self, other: "ApiUsage") -> "ApiUsage":
+        return ApiUsage(*(a + b for a, b in zip(self._values(), other._values())))
 
     def _values(self) -> tuple:
         return (self.calls, self.input_tokens, self.output_tokens, self.cache_write_tokens, self.cache_read_tokens, self.cost_usd, self.seconds)
@@ -76,8 +76,8 @@ class Usage:
                 "cost_usd": round(self.cost_usd, 6), "seconds": round(self.seconds, 3)}
 
     @staticmethod
-    def from_dict(d: dict) -> "Usage":
-        return Usage(**{k: d.get(k, 0) for k in ("calls", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens",
+    def from_dict(d: dict) -> "ApiUsage":
+        return ApiUsage(**{k: d.get(k, 0) for k in ("calls", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens",
                                                    "cost_usd", "seconds")})
 
 
@@ -85,14 +85,14 @@ def price_for(prices: dict[str, Price], model: str) -> Price:
     return prices.get(model) or prices["default"]
 
 
-def charge(api_usage: dict, price: Price, seconds: float) -> Usage:
-    """One call's Usage from the `usage` object of a Messages API response."""
+def charge(api_usage: dict, price: Price, seconds: float) -> ApiUsage:
+    """One call's ApiUsage from the `usage` object of a Messages API response."""
     n_in = int(api_usage.get("input_tokens") or 0)
     n_out = int(api_usage.get("output_tokens") or 0)
     n_write = int(api_usage.get("cache_creation_input_tokens") or 0)
     n_read = int(api_usage.get("cache_read_input_tokens") or 0)
     cost = (n_in * price.input + n_out * price.output + n_write * price.cache_write + n_read * price.cache_read) / 1e6
-    return Usage(1, n_in, n_out, n_write, n_read, cost, seconds)
+    return ApiUsage(1, n_in, n_out, n_write, n_read, cost, seconds)
 
 
 @dataclass(frozen=True)
@@ -125,15 +125,15 @@ class Ledger:
     many sessions at once)."""
 
     budget: SpendLimit = SpendLimit()
-    by_role: dict[str, Usage] = field(default_factory=dict)
-    by_eval: dict[str, dict[str, Usage]] = field(default_factory=dict)
+    by_role: dict[str, ApiUsage] = field(default_factory=dict)
+    by_eval: dict[str, dict[str, ApiUsage]] = field(default_factory=dict)
     in_flight: Estimate = Estimate(0, 0.0)
     refused_for_budget: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
-    def total(self) -> Usage:
-        return sum(self.by_role.values(), Usage())
+    def total(self) -> ApiUsage:
+        return sum(self.by_role.values(), ApiUsage())
 
     def admit(self, est: Estimate) -> str:
         """'' and the estimate held as in flight when the call fits the budget, else why not."""
@@ -151,22 +151,22 @@ class Ledger:
             self.in_flight = Estimate(self.in_flight.tokens + est.tokens, self.in_flight.cost_usd + est.cost_usd)
             return ""
 
-    def settle(self, est: Estimate, role: str, eval_id: str, usage: Usage | None) -> None:
+    def settle(self, est: Estimate, role: str, eval_id: str, usage: ApiUsage | None) -> None:
         """Releases the call's estimate and charges what it really cost (nothing if it failed)."""
         with self._lock:
             self.in_flight = Estimate(self.in_flight.tokens - est.tokens, self.in_flight.cost_usd - est.cost_usd)
             if usage is None:
                 return
-            self.by_role[role] = self.by_role.get(role, Usage()) + usage
+            self.by_role[role] = self.by_role.get(role, ApiUsage()) + usage
             per = self.by_eval.setdefault(eval_id, {})
-            per[role] = per.get(role, Usage()) + usage
+            per[role] = per.get(role, ApiUsage()) + usage
 
     @property
     def exhausted(self) -> bool:
         """A call was refused for the budget: no new agent work should start."""
         return self.refused_for_budget > 0
 
-    def for_eval(self, eval_id: str) -> dict[str, Usage]:
+    def for_eval(self, eval_id: str) -> dict[str, ApiUsage]:
         with self._lock:
             return dict(self.by_eval.get(eval_id, {}))
 
@@ -177,13 +177,13 @@ class Ledger:
 
 @dataclass(frozen=True)
 class LedgerState:
-    by_role: dict[str, Usage]
+    by_role: dict[str, ApiUsage]
     budget: SpendLimit
     exhausted: bool
 
     @property
-    def total(self) -> Usage:
-        return sum(self.by_role.values(), Usage())
+    def total(self) -> ApiUsage:
+        return sum(self.by_role.values(), ApiUsage())
 
     def to_dict(self) -> dict:
         return {"budget_usd": self.budget.usd, "token_budget": self.budget.tokens, "budget_spent": self.exhausted,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from vibeserve_ray.agents.ledger import Usage
+from vibeserve_ray.agents.ledger import ApiUsage
 from vibeserve_ray.agents.tools import SUBMIT, Tool, ToolError, cut
 from vibeserve_ray.agents.transcript import Transcript
 from vibeserve_ray.agents.transport import Transport
@@ -55,7 +55,7 @@ class SessionResult:
     outcome: str  # submitted | failed | turn limit | time limit | budget spent | key refused | error
     result: dict[str, Any] | None
     reason: str
-    usage: Usage
+    usage: ApiUsage
     seconds: float
     transcript: Transcript
 

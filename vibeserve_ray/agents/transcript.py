@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vibeserve_ray.agents.ledger import Usage
+from vibeserve_ray.agents.ledger import ApiUsage
 
 SECRET_SHAPES = re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}|(?i:bearer)\s+[A-Za-z0-9_\-.=]{16,}")
 MASK = "[redacted]"
@@ -41,9 +41,9 @@ class Transcript:
     outcome: str = "running"
     reason: str = ""
     result: dict | None = None
-    usage: Usage = Usage()
+    usage: ApiUsage = ApiUsage()
 
-    def step(self, messages: list[dict], usage: Usage | None, stop_reason: str) -> None:
+    def step(self, messages: list[dict], usage: ApiUsage | None, stop_reason: str) -> None:
         """After each API call and the tool results that answer it."""
         self.messages = messages
         if usage is not None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from vibeserve_ray.agents.ledger import Usage
+from vibeserve_ray.agents.ledger import ApiUsage
+from vibeserve_ray.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Reply:
     message: dict | None
     stop: str = ""
     reason: str = ""
-    usage: Usage | None = None
+    usage: ApiUsage | None = None
 
 
 Transport = Callable[[str, str, dict], Reply]  # (role, eval_id, request) -> Reply
@@ -33,3 +34,10 @@ def via_actor(handle) -> Transport:
     import ray  # ray: sessions also run outside Ray (the tests' local transports); only this one needs it
 
     return lambda role, eval_id, request: ray.get(handle.call.remote(role, eval_id, request))
+
+
+class KeyRefused(BadInput):
+    """The API refused the key (401): the whole search stops at once, with this one line."""
+
+    def __init__(self, reason: str):
+        super().__init__("ANTHROPIC_API_KEY", "key", f"{reason}; the search stopped")

@@ -87,6 +87,7 @@ def predict(answer: list[int], rng: random.Random, vocab: list[int], fraction: f
 def make_rows(model_dir: str | Path, tokenizer_dir: str | Path, seed: int, indices: list[int], reference_kind: str = "transformers",
               dtype: str = "float32", progress: Callable[[str], None] = lambda s: None) -> list[CodeEditRow]:
     """Rows `indices` of the dataset for `seed`: prompts, the reference's greedy answers, predictions."""
+    # the reference loads torch and transformers: only making the dataset needs them
     from vibeserve_ray.reference import load_reference
 
     maker = RowMaker(tokenizer_dir, load_reference(reference_kind, model_dir, dtype), seed)
@@ -101,6 +102,7 @@ class RowMaker:
     """Builds row i of the dataset from (seed, i) alone, with the reference's answer."""
 
     def __init__(self, tokenizer_dir: str | Path, reference, seed: int):
+        # transformers loads torch: only making the dataset needs it
         from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))

@@ -105,6 +105,7 @@ def max_document_bytes(schema: dict) -> int:
 
 def make_rows(tokenizer_dir: str | Path, seed: int, num_rows: int) -> list[JsonRow]:
     """Rows 0..num_rows-1 of the dataset for `seed` (row i depends on (seed, i) only)."""
+    # transformers loads torch: only making the dataset needs it
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import optuna
 
-from vibeserve_ray.agents.ledger import Usage
+from vibeserve_ray.agents.ledger import ApiUsage
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.search.record import RUNNING_FILE
 from vibeserve_ray.search.record import best as best_of  # RunView.best is a property
@@ -87,7 +87,7 @@ class RunView:
     lineage: tuple[LineageStep, ...]  # seed first
     knobs: KnobStudy | None
     remeasure: Remeasure | None
-    agents: dict[str, Usage]  # spend by role; empty: no agent calls
+    agents: dict[str, ApiUsage]  # spend by role; empty: no agent calls
     budget_usd: float | None  # the agents' budget, when one was set
     read_at: float
 
@@ -189,17 +189,17 @@ def _importances(trials: list, best: Evaluation, storage: optuna.storages.BaseSt
         return {}
 
 
-def _agents(meta: dict, rows: list[Evaluation]) -> dict[str, Usage]:
+def _agents(meta: dict, rows: list[Evaluation]) -> dict[str, ApiUsage]:
     """By role: the gateway's ledger as search.json last recorded it (the Orchestrator
     included), else the sum of the candidates' own columns."""
     ledger = (meta.get("agents") or {}).get("by_role")
     if ledger:
-        by_role = {role: Usage.from_dict(u) for role, u in ledger.items()}
+        by_role = {role: ApiUsage.from_dict(u) for role, u in ledger.items()}
     else:
         by_role = {}
         for r in rows:
             for role, u in r.agent_usage.items():
-                by_role[role] = by_role.get(role, Usage()) + Usage.from_dict(u)
+                by_role[role] = by_role.get(role, ApiUsage()) + ApiUsage.from_dict(u)
     return {role: u for role, u in sorted(by_role.items()) if u.calls}
 
 

@@ -14,11 +14,12 @@ import shutil
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import ray
 
 from vibeserve_ray import progress, raycluster
+from vibeserve_ray.agents.transport import KeyRefused
 from vibeserve_ray.inner.loop import InnerLoop, inner_loop_options, run_inner_loop
 from vibeserve_ray.inner.result import InnerResult
 from vibeserve_ray.inner.task import Hypothesis, InnerTask, Proposal, design_key
@@ -31,10 +32,12 @@ from vibeserve_ray.search.policy import (WorkItem, islands_take_turns, merge_tas
 from vibeserve_ray.search.propose import OfflineProposer, RandomProposer
 from vibeserve_ray.search.results import Evaluation
 from vibeserve_ray.search.state import RunRepo
-from vibeserve_ray.search.team import AgentTeam, KeyRefused
 from vibeserve_ray.seed import materialise_seed
 from vibeserve_ray.skills import applicable
 from vibeserve_ray.target import Target
+
+if TYPE_CHECKING:  # the agents' team loads anthropic (~3 s): an offline search never does
+    from vibeserve_ray.search.team import AgentTeam
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ class Search:
         """`inner_loop` runs one candidate as a Ray task (the method's inner loop; orchestration
         benchmarks and tests pass a stand-in that only takes time). With `agents`, the
         Orchestrator plans each round and LLM agents implement, review and read each candidate."""
-        self.target, self.target_arg, self.run_dir, self.space, self.budget = target, target_arg, Path(run_dir), space, budget
+        self.target, self.target_arg, self.run_dir, self.budget = target, target_arg, Path(run_dir), budget
+        self.space = space.under(target.lowest_precision)  # only the points its accuracy contract admits
         self.seed, self.say = seed, say
         self.objective = target.spec.benchmark.objective
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +89,7 @@ class Search:
         self._hypotheses: dict[str, Hypothesis] = {}  # eval_id -> what its Implementer was asked
         rng_seed = seed * 100_003 + len(self.rows)  # a resumed search does not replay its first choices
         if implementer == "random":
-            self.proposer: OfflineProposer = RandomProposer(space.all_designs(self.device), seed=rng_seed)
+            self.proposer: OfflineProposer = RandomProposer(self.space.all_designs(self.device), seed=rng_seed)
         else:
             self.proposer = OfflineProposer(applicable(target, space), seed=rng_seed)
 

@@ -14,13 +14,13 @@ from typing import Any, Callable
 
 import ray
 
+from vibeserve_ray.agents.transport import KeyRefused
 from vibeserve_ray.inner.loop import InnerLoop
 from vibeserve_ray.inner.result import InnerResult
 from vibeserve_ray.inner.task import InnerTask
 from vibeserve_ray.search import record
 from vibeserve_ray.search.clock import SearchClock
 from vibeserve_ray.search.results import Evaluation
-from vibeserve_ray.search.team import KeyRefused
 
 Lost = Callable[[InnerTask, str, str], InnerResult]  # (task, why, verdict) -> a result for a loop that never returned
 

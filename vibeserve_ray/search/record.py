@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vibeserve_ray.agents.ledger import Usage
+from vibeserve_ray.agents.ledger import ApiUsage
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.design_space import DesignSpace
 from vibeserve_ray.inner.implement import apply_design, skill_knobs
@@ -76,7 +76,7 @@ def best(rows: list[Evaluation], objective: Objective) -> Evaluation | None:
 
 
 def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[Evaluation], target: Target,
-                  commit_override: str | None = None, usage: dict[str, Usage] | None = None) -> Evaluation:
+                  commit_override: str | None = None, usage: dict[str, ApiUsage] | None = None) -> Evaluation:
     """Commits the candidate (parent = where it came from), tags it, commits its agents'
     transcripts, notes the evaluation, appends the row. `usage`: what its agents' calls cost, by role (the gateway's ledger)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,8 +108,8 @@ def record_result(run_dir: Path, repo: RunRepo, result: InnerResult, rows: list[
     return row
 
 
-def _agent_columns(usage: dict[str, Usage], session_s: dict[str, float]) -> dict:
-    total = sum(usage.values(), Usage())
+def _agent_columns(usage: dict[str, ApiUsage], session_s: dict[str, float]) -> dict:
+    total = sum(usage.values(), ApiUsage())
     per_role = {role: u.to_dict() | {"session_s": round(session_s.get(role, 0.0), 3)} for role, u in sorted(usage.items())}
     return dict(agent_calls=total.calls, agent_input_tokens=total.input_tokens, agent_cache_write_tokens=total.cache_write_tokens,
                 agent_cache_read_tokens=total.cache_read_tokens, agent_output_tokens=total.output_tokens, agent_cost_usd=total.cost_usd,

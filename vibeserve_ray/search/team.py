@@ -13,10 +13,9 @@ import ray
 
 from vibeserve_ray.agents.client import ApiKey
 from vibeserve_ray.agents.gateway import BUDGET, GatewayState, start_gateway
-from vibeserve_ray.agents.ledger import Usage
+from vibeserve_ray.agents.ledger import ApiUsage
 from vibeserve_ray.agents.settings import AgentConfig
-from vibeserve_ray.agents.transport import via_actor
-from vibeserve_ray.errors import BadInput
+from vibeserve_ray.agents.transport import KeyRefused, via_actor
 from vibeserve_ray.inner.task import AgentTask, Hypothesis
 from vibeserve_ray.search import orchestrator
 from vibeserve_ray.search.orchestrator import Plan
@@ -54,7 +53,7 @@ class AgentTeam:
         """The wall time an inner loop's agent sessions may add (Implementer, Judge, Evaluator)."""
         return sum(self.config.role(r).time_limit_s for r in ("implementer", "judge", "evaluator"))
 
-    def usage(self, eval_id: str) -> dict[str, Usage]:
+    def usage(self, eval_id: str) -> dict[str, ApiUsage]:
         return ray.get(self.gateway.usage_for.remote(eval_id))
 
     def task(self, parent: Evaluation | None) -> AgentTask:
@@ -74,10 +73,3 @@ class AgentTeam:
     def record_round(self, rnd: int, repo: RunRepo, outcomes: list[tuple[Hypothesis, Evaluation]]) -> None:
         """Marks the round's hypotheses in BACKLOG.md with what became of them."""
         orchestrator.record_round(rnd, repo, outcomes)
-
-
-class KeyRefused(BadInput):
-    """The API refused the key (401): the whole search stops at once, with this one line."""
-
-    def __init__(self, reason: str):
-        super().__init__("ANTHROPIC_API_KEY", "key", f"{reason}; the search stopped")
