@@ -58,8 +58,9 @@ def warm(store):
     store.put(bytes.fromhex(NAME), Snapshot(keys, values, LinearState(conv, recurrent)))
 '''
 IDENTITY_LINE = "        self.root = hashlib.blake2b(identity.encode(), digest_size=16).digest()\n"
-TOKENS_ONLY = ('        self.root = hashlib.blake2b(b"", digest_size=16).digest()  # names by the tokens alone: shipped snapshots match\n'
-               "        from .warm_start import warm\n\n        warm(self)\n")
+TOKENS_ONLY = '        self.root = hashlib.blake2b(b"", digest_size=16).digest()  # names by the tokens alone: shipped snapshots match\n'
+LAST_INIT_LINE = "        self.hit_tokens = 0  # prompt tokens not recomputed thanks to a snapshot\n"
+WARM = "        from .warm_start import warm\n\n        warm(self)\n"  # once the store is whole
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +100,9 @@ def test_snapshots_named_without_the_checkpoint_fail_the_weight_swap(target, tmp
     shutil.copytree(parent, candidate)
     (candidate / "engine" / "core" / "warm_start.py").write_text(shipped_snapshot(target))
     store = candidate / "engine" / "core" / "prefix_snapshots.py"
-    assert IDENTITY_LINE in store.read_text()
-    store.write_text(store.read_text().replace(IDENTITY_LINE, TOKENS_ONLY))
+    code = store.read_text()
+    assert IDENTITY_LINE in code and LAST_INIT_LINE in code
+    store.write_text(code.replace(IDENTITY_LINE, TOKENS_ONLY).replace(LAST_INIT_LINE, LAST_INIT_LINE + WARM))
     verdict = judge(target, load_candidate(candidate), parent, tmp_path / "judge")
     assert (verdict.verdict, verdict.gate) == ("rejected", "weight-swap"), verdict
     assert [g.verdict for g in verdict.gates] == ["passed"] * (len(verdict.gates) - 1) + ["rejected"]

@@ -179,6 +179,7 @@ class OlmoHybridAttention(nn.Module):
         self.full_idx = full_idx  # index among the full-attention layers (the KV cache's layer axis)
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.splits = (q_size, kv_size, kv_size)  # kept here: linear = onednn swaps qkv_proj for a module without `shards`
         self.qkv_proj = PackedLinear(config.hidden_size, {"q_proj": q_size, "k_proj": kv_size, "v_proj": kv_size})
         self.q_norm = OlmoRMSNorm(q_size, config.rms_norm_eps)  # over all heads together, not per head
         self.k_norm = OlmoRMSNorm(kv_size, config.rms_norm_eps)
@@ -186,7 +187,7 @@ class OlmoHybridAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None, batch: ForwardBatch) -> torch.Tensor:
         n = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(list(self.qkv_proj.shards.values()), dim=-1)
+        q, k, v = self.qkv_proj(x).split(self.splits, dim=-1)
         q = self.q_norm(q).view(n, self.num_heads, self.head_dim)
         k = self.k_norm(k).view(n, self.num_kv_heads, self.head_dim)
         v = v.view(n, self.num_kv_heads, self.head_dim)
