@@ -90,7 +90,8 @@ def main() -> None:
     knobs = {"num_threads": args.threads}
     ours = {"best": Path(args.candidate) if args.candidate else materialise(space, work / "best", BEST, knobs),
             "generic": materialise(space, work / "generic", GENERIC, knobs)}
-    out["designs"] = {name: load_candidate(path).design | {"knobs": load_candidate(path).knobs} for name, path in ours.items()}
+    # every row at the same torch threads, a candidate's own knob included (two spin on a busy 2-core machine)
+    out["designs"] = {name: load_candidate(path).design | {"knobs": load_candidate(path).knobs | knobs} for name, path in ours.items()}
     refs = reference_outputs(target.spec.reference.kind, target.model_dir(), target.spec.reference.dtype, [r.prompt_token_ids for r in requests],
                              [r.max_tokens for r in requests], cache_root=cache_dir())
     peers, errors = ({}, {}) if args.no_vllm else vllm_peers(target, work)
@@ -98,7 +99,7 @@ def main() -> None:
     for rep in range(args.repeats):
         for name in runs:
             if name in ours:
-                result = bench_candidate(target, load_candidate(ours[name]), work / "bench" / name)
+                result = bench_candidate(target, load_candidate(ours[name]), work / "bench" / name, knobs=knobs)
             elif name in peers:
                 result = peers[name]()
             else:
