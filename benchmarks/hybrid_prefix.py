@@ -3,10 +3,10 @@
 Rows, measured in interleaved rounds (medians of `--repeats`), each held to the target's
 accuracy contract (exact: every response equal to the reference's greedy tokens):
 
-- `best`: a candidate (`--candidate`, e.g. a search's `RUN/best`; default: BEST below,
-  materialised), served as `vibeserve bench` serves it: a fresh sandboxed process per
-  round behind the HTTP front, no warm-up, so the shared prefix is computed inside the
-  measured window (once, with prefix snapshots);
+- `best`: BEST below, materialised, served as `vibeserve bench` serves it: a fresh
+  sandboxed process per round behind the HTTP front, no warm-up, so the shared prefix is
+  computed inside the measured window (once, with prefix snapshots); `winner`, with
+  `--candidate` (e.g. a search's `RUN/best`), likewise;
 - `generic`: our engine as a generic stack runs a hybrid (continuous batching, slots for
   the state, the chunked delta rule, no state snapshots: every request recomputes the
   prefix, as vLLM does without Mamba prefix caching);
@@ -70,7 +70,7 @@ def say(msg: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default=str(TARGET))
-    ap.add_argument("--candidate", help="the bespoke row's candidate directory (default: BEST, materialised)")
+    ap.add_argument("--candidate", help="a further bespoke row, `winner` (e.g. a search's RUN/best)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every row (one: on a busy 2-core machine two spin)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "hybrid-prefix"))
@@ -88,8 +88,10 @@ def main() -> None:
                        "concurrency": target.spec.benchmark.concurrency}
     space = target_space(target)
     knobs = {"num_threads": args.threads}
-    ours = {"best": Path(args.candidate) if args.candidate else materialise(space, work / "best", BEST, knobs),
-            "generic": materialise(space, work / "generic", GENERIC, knobs)}
+    ours = {"best": materialise(space, work / "best", BEST, knobs), "generic": materialise(space, work / "generic", GENERIC, knobs)}
+    if args.candidate:
+        ours = {"winner": Path(args.candidate), **ours}
+    bespoke = [name for name in ours if name != "generic"]
     # every row at the same torch threads, a candidate's own knob included (two spin on a busy 2-core machine)
     out["designs"] = {name: load_candidate(path).design | {"knobs": load_candidate(path).knobs | knobs} for name, path in ours.items()}
     refs = reference_outputs(target.spec.reference.kind, target.model_dir(), target.spec.reference.dtype, [r.prompt_token_ids for r in requests],
@@ -111,8 +113,8 @@ def main() -> None:
     accurate = {name: all(r.get("accurate") for r in rs) for name, rs in runs.items()}
     # a ratio counts only between two rows that both meet the contract in every round (docs/accuracy.md)
     out |= {"headline": "output_throughput (tok/s)", "medians": {k: round(v, 2) for k, v in medians.items()}, "runs": runs,
-            "ratios": {f"best_over_{name}": round(medians["best"] / v, 2) if accurate["best"] and accurate[name] else None
-                       for name, v in medians.items() if name != "best" and "best" in medians},
+            "ratios": {f"{ours_}_over_{name}": round(medians[ours_] / v, 2) if accurate[ours_] and accurate[name] else None
+                       for ours_ in bespoke if ours_ in medians for name, v in medians.items() if name not in bespoke},
             "accuracy": target.contract(), "all_accurate": accurate, "vllm_errors": errors}
     print(json.dumps(out, indent=2))
 
