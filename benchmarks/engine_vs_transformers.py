@@ -49,11 +49,14 @@ def hf_batch1(model, prompts: list[list[int]], new_tokens: int) -> list[list[int
     return outs
 
 
-def hf_batched(model, prompts: list[list[int]], new_tokens: int, pad: int) -> None:
+def hf_batched(model, prompts: list[list[int]], new_tokens: int, pad: int) -> list[list[int]]:
+    """All prompts in one left-padded greedy `generate`; each one's new tokens."""
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=pad)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                         pad_token_id=pad)
+    return out[:, width:].tolist()
 
 
 def timed(fn) -> tuple[float, object]:

@@ -91,7 +91,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"direct": []} | {p: [] for p in serve_paths} | ({"direct_side_load": []} if args.side_load else {})
     profiles: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="vibeserve-overhead-") as tmp, contextlib.redirect_stdout(sys.stderr):
-        spec = resolve_candidate(args.candidate, Path(tmp))
+        spec = resolve_candidate(args.candidate, Path(tmp), "llama")
         say("direct: the evaluator's engine process and front")
         with start_candidate(spec, target.model_dir(), target.tokenizer_dir(), target.served_name, target.spec.hardware.device, limits,
                              Path(tmp) / "direct", knobs=chosen.knobs) as proc:

@@ -116,7 +116,7 @@ def main() -> None:
             systems["vllm_fp32"] = (Endpoint(fp32.base_url, target.served_name, limits), fp32.pid)
         ours = {name: load_candidate(path) for name, path in candidates.items()}
         if not args.no_seed:
-            ours["seed"] = resolve_candidate("seed", work / "seed-src")
+            ours["seed"] = resolve_candidate("seed", work / "seed-src", "llama")
         for name, spec in ours.items():
             proc = stack.enter_context(start_candidate(spec, target.model_dir(), target.tokenizer_dir(), target.served_name, device,
                                                        limits, work / name))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import re
 import tomllib
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from conftest import edit, run_cli
 
 from vibeserve_ray.design_space import covering_designs, default_space_path, load_space, materialise, parse_assignments
 from vibeserve_ray.engine.config import EngineConfig
-from vibeserve_ray.engine.space import read_space
+from vibeserve_ray.engine.space import families, read_space, space_path
 from vibeserve_ray.errors import BadInput
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,14 +101,21 @@ def test_real_space_loads_typed():
     assert SPACE.knobs["block_size"].choices == (8, 16, 32) and SPACE.knobs["max_model_len"].tune is False
 
 
-def test_the_search_and_the_engine_read_one_space_file():
-    assert (ROOT / "search_spaces" / "llama.toml").resolve() == default_space_path() == SPACE.path
-    assert default_space_path().is_relative_to(ROOT / "vibeserve_ray" / "engine"), "the file travels inside every candidate's engine"
-    engine = read_space("llama")
-    assert engine.choices == SPACE.choices and (engine.default_design(), engine.knob_defaults) == SPACE.defaults()
+@pytest.mark.parametrize("family", families())
+def test_the_search_and_the_engine_read_one_space_file(family):
+    space = load_space(space_path(family))
+    assert (ROOT / "search_spaces" / f"{family}.toml").resolve() == space_path(family) == space.path and space.family == family
+    assert space.path.is_relative_to(ROOT / "vibeserve_ray" / "engine"), "the file travels inside every candidate's engine"
+    engine = read_space(family)
+    assert engine.choices == space.choices and (engine.default_design(), engine.knob_defaults) == space.defaults()
     seed = asdict(EngineConfig.resolve({}, engine, "cpu"))
-    assert seed == {**{k: v == "on" if SPACE.choices[k].options == ("off", "on") else v for k, v in DEFAULT_DESIGN.items()}, **DEFAULT_KNOBS}
-    assert SPACE.validate(*SPACE.defaults(), device="cpu") == []
+    design, knobs = space.defaults()
+    assert {k: v for k, v in seed.items() if k in design or k in knobs} == {
+        **{k: v == "on" if space.choices[k].options == ("off", "on") else v for k, v in design.items()}, **knobs}
+    # what the space leaves out runs as the plain option (no speculation for a hybrid: its state cannot roll back)
+    plain = {f.name: f.default for f in fields(EngineConfig) if f.name not in design and f.name not in knobs}
+    assert {k: seed[k] for k in plain} == plain and all(v is not MISSING for v in plain.values())
+    assert space.validate(*space.defaults(), device="cpu") == []
 
 
 @pytest.mark.parametrize("case,edit_text,field", BAD_SPACES, ids=[c[0] for c in BAD_SPACES])

@@ -16,6 +16,7 @@ import pytest
 from conftest import edit
 
 from vibeserve_ray.design_space import default_space_path, load_space
+from vibeserve_ray.engine.space import families, space_path
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.inner.task import design_key
 from vibeserve_ray.search.policy import seed_backlog
@@ -25,7 +26,8 @@ from vibeserve_ray.target import load_target
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = load_space(default_space_path())
-SKILLS = load_skills(space=SPACE)
+SPACES = {family: load_space(space_path(family)) for family in families()}
+SKILLS = load_skills(spaces=SPACES)
 REQUIRED = {"continuous-batching", "chunked-prefill", "paged-kv-cache", "prefix-caching", "prompt-lookup-speculation", "cpu-threads",
             "torch-compile", "cuda-graphs", "flashinfer-attention", "constrained-decoding", "quantisation", "profiling"}
 
@@ -42,8 +44,21 @@ def test_applies_to_names_real_choices_and_options():
     covered = [s for s in SKILLS if s.applies_to]
     assert covered  # the offline implementer has priors to use
     for s in covered:
-        for choice, option in s.applies_to.items():
-            assert option in SPACE.choices[choice].options, f"{s.name}: {choice}={option}"
+        spaces = [space for space in SPACES.values() if s.for_family(space)]
+        assert spaces and all(space.family in s.families for space in spaces) if s.families else spaces, s.name
+        for space in spaces:
+            for choice, option in s.applies_to.items():
+                assert option in space.choices[choice].options, f"{s.name}: {space.family}: {choice}={option}"
+
+
+def test_every_family_has_skills_for_its_design_choices():
+    """Each option a family's space adds to its seed is some skill's (the offline implementer's priors)."""
+    for family, space in SPACES.items():
+        covered = {(c, o) for s in SKILLS if s.for_family(space) for c, o in s.applies_to.items()}
+        seed = space.defaults()[0]
+        wanted = {(c, o) for c, choice in space.choices.items() for o in choice.options if o != seed[c]}
+        # linear = int8 is the quantisation skill's too, whose applies_to names its dtype option
+        assert wanted - covered <= {("attention", "eager"), ("linear", "int8")}, f"{family}: {sorted(wanted - covered)}"
 
 
 def _engine_classes() -> dict[str, type]:
@@ -142,6 +157,9 @@ BAD = [
     ("knobs not a mapping", edit("prior: 1.0\n", "prior: 1.0\nknobs: [block_size]\n"), "knobs"),
     ("unknown knob", edit("prior: 1.0\n", "prior: 1.0\nknobs: {block_sz: 8}\n"), "knobs.block_sz"),
     ("knob value out of range", edit("prior: 1.0\n", "prior: 1.0\nknobs: {block_size: 12}\n"), "knobs.block_size"),
+    ("unknown family", edit("layer: serving\n", "layer: serving\nfamilies: [mamba]\n"), "families"),
+    ("families not a list", edit("layer: serving\n", "layer: serving\nfamilies: llama\n"), "families"),
+    ("an option its family lacks", edit("layer: serving\n", "layer: serving\nfamilies: [olmo_hybrid]\n"), "applies_to.kv_cache"),
 ]
 
 
@@ -151,7 +169,7 @@ def test_malformed_skill_is_refused_naming_file_and_field(tmp_path, case, change
     path.parent.mkdir(parents=True)
     path.write_text(change(GOOD))
     with pytest.raises(BadInput) as info:
-        load_skills(tmp_path, space=SPACE)
+        load_skills(tmp_path, spaces=SPACES)
     assert (info.value.file, info.value.field) == (str(path), field), str(info.value)
 
 
@@ -211,7 +229,7 @@ BACKLOG_EXTRA = {"tiny-llama-cpu": {}, "tiny-llama-cpu-exact": {}, "tiny-llama-p
 def test_offline_implementer_and_backlog_make_the_same_moves(name):
     target = load_target(ROOT / "targets" / name)
     device = target.spec.hardware.device
-    skills = [s for s in SKILLS if s.applies(target)]
+    skills = [s for s in SKILLS if s.applies(target) and s.for_family(SPACE)]
     proposer = OfflineProposer(skills, seed=0)
     space = SPACE.under(target.lowest_precision)  # as the search holds it
     design, _ = space.defaults()
@@ -227,9 +245,26 @@ def test_offline_implementer_and_backlog_make_the_same_moves(name):
 
 
 def test_workload_skills_apply_where_the_requests_carry_what_they_use():
-    applies = {name: {s.name for s in SKILLS if s.applies(load_target(ROOT / "targets" / name))}
+    applies = {name: {s.name for s in SKILLS if s.applies(load_target(ROOT / "targets" / name)) and s.for_family(SPACE)}
                for name in ("tiny-llama-code-edit", "tiny-llama-json", "tiny-llama-cpu")}
     assert "prompt-lookup-speculation" in applies["tiny-llama-code-edit"] and "constrained-decoding" not in applies["tiny-llama-code-edit"]
     # a dataset without predictions has nothing to look up: the JSON search spent a candidate on it
     assert "constrained-decoding" in applies["tiny-llama-json"] and "prompt-lookup-speculation" not in applies["tiny-llama-json"]
     assert not {"prompt-lookup-speculation", "constrained-decoding", "prefix-caching"} & applies["tiny-llama-cpu"]
+
+
+def test_the_hybrid_target_is_searched_with_its_family_skills_prefix_snapshots_first():
+    """The hybrid's own skills drive its search (the Llama-only ones stay out); their priors
+    put prefix snapshots first, then batching, then the chunked rule (pinned)."""
+    target, space = load_target(ROOT / "targets" / "tiny-hybrid-prefix"), SPACES["olmo_hybrid"]
+    skills = [s for s in SKILLS if s.applies(target) and s.for_family(space)]
+    assert {"hybrid-prefix-snapshots", "hybrid-continuous-batching", "chunked-delta-rule", "hybrid-state-slots"} <= {s.name for s in skills}
+    assert not {"prefix-caching", "continuous-batching", "preallocated-kv-cache"} & {s.name for s in skills}
+    proposer, design = OfflineProposer(skills, seed=0), space.defaults()[0]
+    tried, moves = {design_key(design)}, []
+    for _ in range(3):
+        proposal = proposer.propose(design, [], tried, space.neighbours(design, "cpu"))
+        tried.add(proposal.key())
+        moves.append(proposal.changes)
+        design = proposal.design
+    assert moves == [{"kv_cache": "slab", "prefix_cache": "on"}, {"scheduler": "continuous", "state_update": "inplace"}, {"delta_rule": "chunked"}]

@@ -50,3 +50,22 @@ def test_make_tiny_cli_prints_the_directory(tmp_path):
     assert result.stdout.strip() == str(tmp_path / "m")
     assert (tmp_path / "m" / "model.safetensors").is_file()
     assert "[1/3]" in result.stderr  # progress is shown
+
+
+def test_the_hybrid_generator_is_deterministic_and_loads_as_olmo_hybrid(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from vibeserve_ray.generators import GENERATORS
+    from vibeserve_ray.target import ModelSpec
+    from vibeserve_ray.tinyhybrid import make_tiny_hybrid
+
+    assert set(ModelSpec.model_fields["generator"].annotation.__args__[0].__args__) == set(GENERATORS)  # target.toml names what exists
+    result = run_cli("model", "make-tiny", "--generator", "tiny-olmo-hybrid", "--seed", "0", "--dir", str(tmp_path / "h"), timeout=300)
+    assert result.returncode == 0, result.stderr
+    cached = make_tiny_hybrid(0, quiet=True)
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert _digest(tmp_path / "h" / name) == _digest(cached / name), name
+    assert _digest(cached / "model.safetensors") != _digest(make_tiny_hybrid(1, quiet=True) / "model.safetensors")
+    model = AutoModelForCausalLM.from_pretrained(cached)
+    assert type(model).__name__ == "OlmoHybridForCausalLM" and model.config.layer_types.count("full_attention") == 2
+    assert 30e6 <= sum(p.numel() for p in model.parameters()) <= 35e6

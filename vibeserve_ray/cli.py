@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 
 from vibeserve_ray import progress
-from vibeserve_ray.engine.space import PRECISIONS
+from vibeserve_ray.engine.space import PRECISIONS, families
 from vibeserve_ray.errors import BadInput
+from vibeserve_ray.generators import GENERATORS
 
 
 def say(line: str) -> None:
@@ -41,6 +42,7 @@ def sandbox_warning(target) -> str:
 @contextlib.contextmanager
 def _candidate_session(args: argparse.Namespace):
     """The target, the candidate and a work directory (removed after, unless --workdir)."""
+    from vibeserve_ray.design_space import target_family
     from vibeserve_ray.seed import resolve_candidate
     from vibeserve_ray.target import load_target
 
@@ -49,16 +51,17 @@ def _candidate_session(args: argparse.Namespace):
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vibeserve-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        yield target, resolve_candidate(args.candidate, workdir), workdir
+        family = target_family(target) if args.candidate == "seed" else ""
+        yield target, resolve_candidate(args.candidate, workdir, family), workdir
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
-    from vibeserve_ray.tinymodel import make_tiny
+    from vibeserve_ray.generators import make_checkpoint
 
-    print(make_tiny(args.seed, Path(args.dir) if args.dir else None))
+    print(make_checkpoint(args.generator, args.seed, Path(args.dir) if args.dir else None))
     return 0
 
 
@@ -165,7 +168,7 @@ def _portable_path(path: str) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     from vibeserve_ray.agents.client import api_base_url, take_key_from_env
     from vibeserve_ray.agents.settings import agent_config, choose_implementer, parse_models
-    from vibeserve_ray.design_space import default_space_path, load_space
+    from vibeserve_ray.design_space import load_space, target_space
     from vibeserve_ray.search.clock import SearchBudget
     from vibeserve_ray.search.controller import Search, connect_ray
     from vibeserve_ray.target import load_target
@@ -173,7 +176,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     key = take_key_from_env()  # before Ray starts: a local raylet and every worker inherit this process's environment
     target = load_target(args.target)
     sandbox_warning(target)
-    space = load_space(args.space or default_space_path())
+    space = load_space(args.space) if args.space else target_space(target)
     budget = SearchBudget.of(target, args.rounds, args.time_limit, args.max_candidates, args.trials)
     models = parse_models(args.model)
     if args.budget_usd is not None and args.budget_usd < 0:
@@ -203,9 +206,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_candidate_new(args: argparse.Namespace) -> int:
-    from vibeserve_ray.design_space import default_space_path, load_space, materialise, parse_assignments
+    from vibeserve_ray.design_space import load_space, materialise, parse_assignments
+    from vibeserve_ray.engine.space import space_path
 
-    space = load_space(args.space or default_space_path())
+    space = load_space(args.space or space_path(args.family))
     design = parse_assignments([x for group in args.design for x in group], "command line", "design")
     raw_knobs = parse_assignments([x for group in args.knobs for x in group], "command line", "knobs")
     knobs = {}
@@ -251,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     model = sub.add_parser("model", help="generated models").add_subparsers(dest="model_command", required=True)
-    tiny = model.add_parser("make-tiny", help="generate the tiny Llama checkpoint (printed: its directory)")
+    tiny = model.add_parser("make-tiny", help="generate a tiny checkpoint (printed: its directory)")
+    tiny.add_argument("--generator", choices=sorted(GENERATORS), default="tiny-llama",
+                      help="which: tiny-llama (Llama-3-shaped) or tiny-olmo-hybrid (Gated DeltaNet + attention)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--dir", help="write here instead of the cache")
     tiny.set_defaults(func=cmd_make_tiny)
@@ -297,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--budget-usd", type=float, help="US dollars the LLM agents may spend (default: [agent].budget_usd; 0: no limit)")
     search.add_argument("--model", action="append", default=[], metavar="ROLE=MODEL",
                         help="model of one agent role (orchestrator, implementer, judge, evaluator); repeatable")
-    search.add_argument("--space", help="search space file (default search_spaces/llama.toml)")
+    search.add_argument("--space", help="search space file (default: the design space of the target model's family, search_spaces/<family>.toml)")
     search.add_argument("--seed", type=int, default=0, help="seed of the implementer's and the islands' choices (default 0)")
     search.add_argument("--no-remeasure", action="store_true", help="skip benchmarking the seed and the winner side by side at the end")
     progress.add_quiet_flag(search)
@@ -308,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("dir", help="directory to create")
     new.add_argument("--design", nargs="+", action="append", default=[], metavar="CHOICE=OPTION", help="design choices (default: the seed's)")
     new.add_argument("--knobs", nargs="+", action="append", default=[], metavar="KNOB=VALUE", help="knob values (default: the space's)")
-    new.add_argument("--space", help="search space file (default search_spaces/llama.toml)")
+    new.add_argument("--family", choices=families(), default="llama", help="the model family whose design space the point is in (default llama)")
+    new.add_argument("--space", help="search space file (default search_spaces/<family>.toml)")
     new.add_argument("--device", default="cpu", help="device the candidate is for (options are checked against it)")
     new.add_argument("--force", action="store_true", help="overwrite a non-empty DIR")
     new.set_defaults(func=cmd_candidate_new)

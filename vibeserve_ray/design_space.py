@@ -23,9 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vibeserve_ray.engine.space import PRECISIONS, Choice, admits, design_problems, space_path
+from vibeserve_ray.engine.space import PRECISIONS, Choice, admits, design_problems, family_of, space_path
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.seed import materialise_seed
+from vibeserve_ray.target import Target
 
 Design = dict[str, str]
 
@@ -203,6 +204,20 @@ def materialise(space: DesignSpace, dest: Path, design: Design, knobs: dict[str,
 
 def default_space_path() -> Path:
     return space_path("llama")
+
+
+def target_family(target: Target) -> str:
+    """The engine family serving the target's model (its config.json's model_type), BadInput naming the file if none does."""
+    model_dir = target.model_dir()
+    try:
+        return family_of(model_dir)
+    except ValueError as exc:
+        raise BadInput(str(model_dir / "config.json"), "model_type", str(exc).split(": ", 1)[1]) from None
+
+
+def target_space(target: Target) -> DesignSpace:
+    """The design space a search of `target` moves through: its model's family's."""
+    return load_space(space_path(target_family(target)))
 
 
 def _device_type(device: str) -> str:

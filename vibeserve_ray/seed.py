@@ -33,8 +33,9 @@ def materialise_seed(dest: str | Path, design: dict[str, str] | None = None, kno
     return dest
 
 
-def resolve_candidate(arg: str, workdir: Path) -> CandidateSpec:
-    """`seed` materialises the template under `workdir`; anything else is a path."""
+def resolve_candidate(arg: str, workdir: Path, family: str) -> CandidateSpec:
+    """`seed` materialises the template, at `family`'s seed design, under `workdir`;
+    anything else is a candidate's path (which carries its own design)."""
     if arg == "seed":
-        return load_candidate(materialise_seed(workdir / "seed"))
+        return load_candidate(materialise_seed(workdir / "seed", family=family))
     return load_candidate(arg)

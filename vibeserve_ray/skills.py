@@ -7,7 +7,9 @@ Markdown) and, where useful, longer material in sub-folders (`references/`, ...)
     name: continuous-batching              # the folder's name
     description: One paragraph: what it does and when to use it.
     layer: serving                         # the parent folder: models | serving | hardware | workloads
-    applies_to: {scheduler: continuous}    # design choices of search_spaces/llama.toml it switches on ({} if none)
+    applies_to: {scheduler: continuous}    # design choices of its family's space it switches on ({} if none)
+    families: [llama]                      # the model families it is about (optional; default: every family
+                                           # whose space has its applies_to and knobs, search_spaces/<family>.toml)
     when: {min_concurrency: 2}             # target conditions (optional)
     keywords: [batching, scheduler]
     prior: 2.0                             # weight the offline implementer gives a matching move
@@ -29,6 +31,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 
@@ -40,7 +43,8 @@ SKILLS_DIR = Path(__file__).resolve().parent.parent / "skills"
 LAYERS = ("models", "serving", "hardware", "workloads")
 CONDITIONS = {"min_concurrency": int, "device": str, "shared_prefix": bool, "predictions": bool, "response_format": bool}  # -> the value's type
 # ours, then the optional fields of the Agent Skills specification (so a standard skill loads)
-KEYS = {"name", "description", "layer", "applies_to", "when", "keywords", "prior", "knobs", "license", "compatibility", "metadata", "allowed-tools"}
+KEYS = {"name", "description", "layer", "applies_to", "families", "when", "keywords", "prior", "knobs",
+        "license", "compatibility", "metadata", "allowed-tools"}
 NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 
@@ -57,6 +61,7 @@ class Skill:
     path: Path | None = None  # its SKILL.md
     references: tuple[str, ...] = ()  # other files of its folder, relative to it
     knobs: dict[str, object] = field(default_factory=dict)  # settings to try together where applies_to holds ("cores": the target's)
+    families: tuple[str, ...] = ()  # the model families it is about; () = every family whose space has its applies_to and knobs
 
     def applies(self, target: Target) -> bool:
         b, w = target.spec.benchmark, self.when
@@ -71,6 +76,13 @@ class Skill:
         if w.get("response_format") and not _dataset_carries(target, "response_format"):
             return False
         return True
+
+    def for_family(self, space: DesignSpace) -> bool:
+        """Whether this skill is about engines of `space`'s family: one it names, or (none
+        named) one whose space holds its applies_to options and its knobs."""
+        if self.families:
+            return space.family in self.families
+        return all(o in getattr(space.choices.get(c), "options", ()) for c, o in self.applies_to.items()) and set(self.knobs) <= set(space.knobs)
 
     def matches(self, changes: dict[str, str]) -> bool:
         """True when a design change (or a whole design) has what this skill is about switched on."""
@@ -103,10 +115,11 @@ class SkillError(LookupError):
 # --- loading -------------------------------------------------------------------------
 
 
-def load_skills(root: Path = SKILLS_DIR, space: DesignSpace | None = None) -> list[Skill]:
+def load_skills(root: Path = SKILLS_DIR, spaces: dict[str, DesignSpace] | None = None) -> list[Skill]:
     """Every skill under `root`, validated, strongest prior first (so the reasons a
-    proposal or backlog task gives lead with the strongest); with `space`, `applies_to`
-    must name its choices and options."""
+    proposal or backlog task gives lead with the strongest); with `spaces` (each family's),
+    `families` must name families of it and `applies_to` and `knobs` must name choices,
+    options and knobs of the skill's families' spaces (of one of them, where it names none)."""
     root = Path(root)
     skills: dict[str, Skill] = {}
     for layer_dir in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -117,19 +130,20 @@ def load_skills(root: Path = SKILLS_DIR, space: DesignSpace | None = None) -> li
                 continue
             if not (entry / "SKILL.md").is_file():
                 raise BadInput(str(entry), "layout", f"a skill is a folder {layer_dir.name}/<name>/ holding SKILL.md")
-            skill = _parse(entry / "SKILL.md", layer_dir.name, space)
+            skill = _parse(entry / "SKILL.md", layer_dir.name, spaces)
             if skill.name in skills:
                 raise BadInput(str(skill.path), "name", f"also the name of {skills[skill.name].path}")
             skills[skill.name] = skill
     return sorted(skills.values(), key=lambda s: (-s.prior, s.layer, s.name))
 
 
-def applicable(target: Target) -> list[Skill]:
-    """The library's skills whose conditions the target meets, strongest prior first."""
-    return [s for s in load_skills() if s.applies(target)]
+def applicable(target: Target, space: DesignSpace) -> list[Skill]:
+    """The library's skills about `space`'s family (the one serving the target's model)
+    whose conditions the target meets, strongest prior first."""
+    return [s for s in load_skills() if s.applies(target) and s.for_family(space)]
 
 
-def _parse(path: Path, layer: str, space: DesignSpace | None) -> Skill:
+def _parse(path: Path, layer: str, spaces: dict[str, DesignSpace] | None) -> Skill:
     file = str(path)
     text = path.read_text()
     if not text.startswith("---\n") or "\n---\n" not in text[4:]:
@@ -153,7 +167,10 @@ def _parse(path: Path, layer: str, space: DesignSpace | None) -> Skill:
         raise BadInput(file, "description", "required: what the skill does and when to use it, at most 1024 characters")
     if meta.get("layer") != layer:
         raise BadInput(file, "layer", f"must be {layer!r}, the folder it sits in")
-    applies_to = _applies_to(file, meta.get("applies_to"), space)
+    families = _families(file, meta.get("families"), spaces)
+    # the spaces its applies_to and knobs must fit: its families' (all of them), or any one family's
+    candidates = [spaces[f] for f in families] if spaces and families else list((spaces or {}).values())
+    applies_to = _fitting(candidates, bool(families), lambda space: _applies_to(file, meta.get("applies_to"), space))
     when = meta.get("when") or {}
     if not isinstance(when, dict):
         raise BadInput(file, "when", f"a mapping of conditions ({', '.join(CONDITIONS)})")
@@ -173,7 +190,33 @@ def _parse(path: Path, layer: str, space: DesignSpace | None) -> Skill:
     references = tuple(sorted(str(p.relative_to(path.parent)) for p in path.parent.rglob("*") if p.is_file() and p != path))
     return Skill(name=name, layer=layer, applies_to=applies_to, when=dict(when), prior=float(prior), text=body.strip(),
                  description=" ".join(description.split()), keywords=tuple(keywords), path=path, references=references,
-                 knobs=_knobs(file, meta.get("knobs"), space))
+                 knobs=_fitting(candidates, bool(families), lambda space: _knobs(file, meta.get("knobs"), space)), families=families)
+
+
+def _families(file: str, raw: object, spaces: dict[str, DesignSpace] | None) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw or not all(isinstance(f, str) for f in raw):
+        raise BadInput(file, "families", "a non-empty list of model family names")
+    if spaces is not None and (unknown := [f for f in raw if f not in spaces]):
+        raise BadInput(file, "families", f"no family {unknown[0]!r} (one of {', '.join(spaces)})")
+    return tuple(raw)
+
+
+def _fitting(spaces: list[DesignSpace], every: bool, check: Callable[[DesignSpace | None], dict[str, Any]]) -> dict[str, Any]:
+    """`check(space)`'s result where it passes in every space (`every`) or in one of them
+    (the first error otherwise); `check(None)` (shape alone) without spaces."""
+    if not spaces:
+        return check(None)
+    if every:
+        return [check(space) for space in spaces][-1]
+    errors = []
+    for space in spaces:
+        try:
+            return check(space)
+        except BadInput as exc:
+            errors.append(exc)
+    raise errors[0]
 
 
 def _knobs(file: str, raw: object, space: DesignSpace | None) -> dict[str, object]:

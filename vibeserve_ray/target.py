@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from vibeserve_ray.accuracy.contract import AccuracySpec
 from vibeserve_ray.bench.metrics import GOODPUT_BOUNDS
 from vibeserve_ray.errors import BadInput
+from vibeserve_ray.generators import make_checkpoint
 
 TARGET_FILE = "target.toml"
 METRICS_UP = ("request_throughput", "output_throughput", "total_token_throughput", "request_goodput")
@@ -62,7 +63,7 @@ class ModelSpec(_Strict):
     """Either `path` (an HF-format directory) or `generator` (a recipe made in code)."""
 
     path: str | None = None
-    generator: Literal["tiny-llama"] | None = None
+    generator: Literal["tiny-llama", "tiny-olmo-hybrid"] | None = None  # generators.GENERATORS
     seed: int = 0
     swap_seed: int = 1  # the second checkpoint of the judge's weight-swap test
     swap_path: str | None = None
@@ -274,11 +275,8 @@ class Target:
     def model_dir(self, swap: bool = False) -> Path:
         """The checkpoint (or the weight-swap one), generated on first use."""
         m = self.spec.model
-        if m.generator == "tiny-llama":
-            # making the checkpoint loads torch: only a generator target needs it
-            from vibeserve_ray.tinymodel import make_tiny
-
-            return make_tiny(m.swap_seed if swap else m.seed)
+        if m.generator is not None:
+            return make_checkpoint(m.generator, m.swap_seed if swap else m.seed)
         chosen = m.swap_path if swap else m.path
         if chosen is None:
             raise BadInput(str(self.dir / TARGET_FILE), "model.swap_path", "needed for the weight-swap test")

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 CHAT_TEMPLATE = (
@@ -55,22 +56,30 @@ def tiny_model_dir(seed: int = 0) -> Path:
 
 def make_tiny(seed: int = 0, dest: Path | None = None, shape: TinyLlamaShape = TinyLlamaShape(), quiet: bool = False) -> Path:
     """Returns the checkpoint directory for `seed`, generating it on first use."""
-    dest = Path(dest) if dest else tiny_model_dir(seed)
+    def write(out: Path, say: Callable[[str], None]) -> None:
+        say("model: [1/3] training tokenizer")
+        write_tokenizer(out, shape.vocab_size)
+        say("model: [2/3] drawing weights")
+        _write_weights(out, seed, shape)
+        say("model: [3/3] writing config")
+        _write_config(out, shape)
+
+    return generate(Path(dest) if dest else tiny_model_dir(seed), f"tiny Llama (seed {seed})", write, quiet)
+
+
+def generate(dest: Path, what: str, write: Callable[[Path, Callable[[str], None]], None], quiet: bool = False) -> Path:
+    """`dest`, made on first use by `write(tmp, say)` into a directory renamed to `dest`
+    at the end, so concurrent makers race, one wins, and every reader sees a whole one."""
     if (dest / "model.safetensors").is_file():
         return dest
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    say(f"model: generating tiny Llama (seed {seed}) into {dest}")
+    say(f"model: generating {what} into {dest}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
     try:
-        say("model: [1/3] training tokenizer")
-        _write_tokenizer(tmp, shape.vocab_size)
-        say("model: [2/3] drawing weights")
-        _write_weights(tmp, seed, shape)
-        say("model: [3/3] writing config")
-        _write_config(tmp, shape)
+        write(tmp, say)
         try:
-            tmp.rename(dest)  # atomic: concurrent makers race, one wins, both see a whole dir
+            tmp.rename(dest)
         except OSError:
             if not (dest / "model.safetensors").is_file():
                 raise
@@ -94,7 +103,8 @@ def _corpus(n_lines: int = 20000) -> list[str]:
     return lines
 
 
-def _write_tokenizer(out: Path, vocab_size: int) -> None:
+def write_tokenizer(out: Path, vocab_size: int, model_max_length: int = 2048) -> None:
+    """A byte-level BPE of `vocab_size` trained on a fixed corpus, the Llama-3 chat template and special tokens."""
     # tokenizers, torch and safetensors load only to make the model, not to find it in the cache
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -119,7 +129,7 @@ def _write_tokenizer(out: Path, vocab_size: int) -> None:
         "bos_token": "<|begin_of_text|>",
         "eos_token": "<|eot_id|>",
         "pad_token": "<|end_of_text|>",
-        "model_max_length": 2048,
+        "model_max_length": model_max_length,
         "clean_up_tokenization_spaces": False,
         "chat_template": CHAT_TEMPLATE,
     }
@@ -129,13 +139,13 @@ def _write_tokenizer(out: Path, vocab_size: int) -> None:
     )
 
 
-def _special_ids(out: Path) -> dict[str, int]:
+def special_ids(out: Path) -> dict[str, int]:
     vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
     return {t: vocab[t] for t in SPECIAL_TOKENS}
 
 
 def _write_config(out: Path, shape: TinyLlamaShape) -> None:
-    ids = _special_ids(out)
+    ids = special_ids(out)
     bos, eos = ids["<|begin_of_text|>"], [ids["<|end_of_text|>"], ids["<|eot_id|>"]]
     config = {
         "architectures": ["LlamaForCausalLM"],

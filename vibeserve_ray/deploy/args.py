@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vibeserve_ray.errors import BadInput
+from vibeserve_ray.generators import make_checkpoint
 from vibeserve_ray.runner import Limits
-from vibeserve_ray.tinymodel import make_tiny
 
 DEPLOYMENT_NAME = "vibeserve"
 IMPORT_PATH = "vibeserve_ray.deploy.replica:app_builder"  # what Serve config files (`serve deploy`, RayService) name
@@ -32,7 +32,7 @@ class ServeArgs(BaseModel):
     device: Literal["cpu", "cuda"] = "cpu"
     model_path: str | None = None
     tokenizer_path: str | None = None
-    generator: Literal["tiny-llama"] | None = None
+    generator: Literal["tiny-llama", "tiny-olmo-hybrid"] | None = None  # generators.GENERATORS
     generator_seed: int = 0
     memory_mb: int = Limits.memory_mb  # the engine process's limit (the target's [limits])
     startup_timeout_s: float = Limits.startup_timeout_s
@@ -41,8 +41,8 @@ class ServeArgs(BaseModel):
     stream_interval_ms: Annotated[float, Field(ge=0, le=1000)] = 50.0
 
     def model_dirs(self) -> tuple[Path, Path]:
-        if self.generator == "tiny-llama":
-            model = make_tiny(self.generator_seed)
+        if self.generator is not None:
+            model = make_checkpoint(self.generator, self.generator_seed)
         elif self.model_path:
             model = Path(self.model_path)
         else:

@@ -14,7 +14,7 @@ import git
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.deploy.config import CLI, Chosen
 from vibeserve_ray.deploy.remeasure import served_knobs
-from vibeserve_ray.design_space import parse_assignments
+from vibeserve_ray.design_space import parse_assignments, target_family
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.search.status import run_status
@@ -34,7 +34,7 @@ def choose(run: str | None, commit: str | None, candidate: str | None, target: s
         tgt = load_target(target)
         if candidate == "seed":
             with tempfile.TemporaryDirectory() as tmp:
-                knobs = resolve_candidate("seed", Path(tmp)).knobs
+                knobs = resolve_candidate("seed", Path(tmp), target_family(tgt)).knobs
             return Chosen("seed", knobs, tgt, "the seed engine")
         spec = load_candidate(candidate)
         return Chosen(str(spec.path), spec.knobs, tgt, str(spec.path))

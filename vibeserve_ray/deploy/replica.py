@@ -33,6 +33,7 @@ from starlette.routing import Route
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.deploy.args import API_KEY_ENV_VAR, DEPLOYMENT_NAME, ServeArgs, parse_args
 from vibeserve_ray.deploy.ingress import CountRequests, Metrics, error_response, http_error, relay, replica_schema
+from vibeserve_ray.engine.space import family_of
 from vibeserve_ray.runner import CandidateFailed, CandidateFailure, CandidateProcess, Limits, start_candidate
 from vibeserve_ray.seed import materialise_seed
 from vibeserve_ray.serve.worker import STATS_PATH
@@ -95,7 +96,7 @@ class VibeServer:
         self.sandbox = Path(tempfile.mkdtemp(prefix="vibeserve-replica-"))
         candidate = self.args.candidate
         if candidate == "seed":
-            candidate = materialise_seed(self.sandbox / "seed")
+            candidate = materialise_seed(self.sandbox / "seed", family=family_of(self.model_dir))
         self.spec = load_candidate(candidate)
         # A server runs for days: no CPU-time limit; the rest of the sandbox as evaluated.
         self.limits = Limits(startup_timeout_s=self.args.startup_timeout_s, memory_mb=self.args.memory_mb, sandbox=self.args.sandbox, cpu_time_s=None)

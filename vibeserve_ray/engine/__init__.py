@@ -5,11 +5,14 @@ Laid out by layers, as nano-vllm is:
 - `core/`: what every model family shares: the front and its step loop (`llm_engine`,
   or `engine_process` for worker processes), whose step schedules (`scheduler`), runs
   one explicit batch through the model (`model_runner`, `batch`) and postprocesses; the
-  KV cache (`kv_cache`, `block_pool`), `sampler`, `speculation`, `grammar`.
-- `layers/`: torch building blocks: attention backends, rotary, linear kinds, norms.
-- `models/`: one module per family (`llama.py`: its config and model), its design
-  space beside it (`llama.toml`: the options, defaults and rules the engine reads),
-  the table that picks the family by the checkpoint's `model_type`, and the loader.
+  KV cache (`kv_cache`, `block_pool`), a hybrid's linear-layer state beside it
+  (`state_cache`, `prefix_snapshots`), `sampler`, `speculation`, `grammar`.
+- `layers/`: torch building blocks: attention backends, rotary, linear kinds, norms,
+  the SwiGLU MLP, the gated delta rule.
+- `models/`: one module per family (`llama.py`, `olmo_hybrid.py`: its config and
+  model), its design space beside it (`llama.toml`, `olmo_hybrid.toml`: the options,
+  defaults and rules the engine reads), the table that picks the family by the
+  checkpoint's `model_type`, and the loader.
 - `config.py` (what the candidate asked for, resolved against the space by
   `space.py`) and `entrypoint.py` (`create_engine`).
 

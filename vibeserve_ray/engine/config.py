@@ -20,49 +20,61 @@ class ModelConfig(Protocol):
 
     vocab_size: int
     max_position_embeddings: int
-    num_hidden_layers: int
     num_key_value_heads: int
     head_dim: int
     tie_word_embeddings: bool
     eos_token_ids: tuple[int, ...]
+
+    @property
+    def num_attention_layers(self) -> int:
+        """Layers that keep keys and values (the KV cache's layer axis)."""
+
+    @property
+    def linear_layers(self) -> tuple[int, ...]:
+        """Layers that keep a fixed-size recurrent state instead (a hybrid's; core/state_cache.py)."""
 
 
 # An EngineConfig field's type -> how a design option or knob value becomes it.
 _AS = {"str": str, "int": int, "float": float, "bool": lambda option: option == "on"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     """The candidate's `[design]` and `[knobs]` over its family's space (`space.py`).
 
     The design is read from the `candidate.toml` beside this package (the candidate's own
     directory), so one template serves every point of the space; code that builds an
     engine directly may pass `knobs["design"]` instead. One field per choice and knob of
-    the space, so every option the space lists is one the code reads; the options, the
-    defaults and the rules between choices are the space's, not written here.
+    the spaces, so every option a space lists is one the code reads; the options, the
+    defaults and the rules between choices are the spaces', not written here. A choice
+    or knob one family's space leaves out (speculation for a hybrid, whose recurrent
+    state cannot roll back) has a value here: what that family runs, the plain option.
     """
 
     # design choices (an on/off choice is a bool)
     scheduler: str
     kv_cache: str
     prefix_cache: bool
-    attention: str
-    compile: bool
-    dtype: str
-    speculation: str  # "off", or where drafts come from: "prompt_lookup", "jump_forward"
-    step_loop: str
     linear: str
+    step_loop: str
+    attention: str = "sdpa"
+    compile: bool = False
+    dtype: str = "float32"
+    speculation: str = "off"  # or where drafts come from: "prompt_lookup", "jump_forward"
+    delta_rule: str = "chunked"  # a hybrid's prompt form: "chunked" (the UT transform), "recurrent" (token by token)
+    state_update: str = "gather"  # a hybrid's decode state: "gather" (and scatter back) or "inplace" (a view of the slots)
     # knobs
     num_threads: int
     max_num_seqs: int
     max_num_batched_tokens: int
-    batch_wait_ms: float
     max_model_len: int
     block_size: int
-    num_kv_blocks: int
-    spec_k: int
-    spec_ngram: int
     engine_workers: int
+    batch_wait_ms: float = 5.0
+    num_kv_blocks: int = 1024
+    spec_k: int = 4
+    spec_ngram: int = 2
+    snapshot_blocks: int = 64  # a hybrid's prefix snapshots kept (each a block of KV and the state at its end)
 
     @classmethod
     def resolve(cls, knobs: dict[str, Any] | None, space: Space, device: str) -> EngineConfig:
@@ -73,10 +85,12 @@ class EngineConfig:
         if problems := design_problems(space.choices, design, device):
             raise ValueError(problems[0])
         values = {**design, **{name: knobs.get(name, default) for name, default in space.knob_defaults.items()}}
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        if set(types) != set(values):
-            raise ValueError(f"the {space.family} design space and EngineConfig disagree on {sorted(set(types) ^ set(values))}")
-        config = cls(**{name: _AS[types[name]](value) for name, value in values.items()})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unread = set(values) - set(fields)
+        unset = {name for name, f in fields.items() if name not in values and f.default is dataclasses.MISSING}
+        if unread or unset:
+            raise ValueError(f"the {space.family} design space and EngineConfig disagree on {sorted(unread | unset)}")
+        config = cls(**{name: _AS[fields[name].type](value) for name, value in values.items()})
         config.check()
         return config
 
@@ -84,8 +98,8 @@ class EngineConfig:
         """Knob values the code cannot run (the space's ranges are the search's, not limits)."""
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1 or self.num_kv_blocks < 1 or self.spec_k < 1 or self.spec_ngram < 1:
             raise ValueError("knobs max_num_seqs, max_num_batched_tokens, block_size, num_kv_blocks, spec_k and spec_ngram must be positive")
-        if self.engine_workers < 1:
-            raise ValueError("knob engine_workers must be positive")
+        if self.engine_workers < 1 or self.snapshot_blocks < 1:
+            raise ValueError("knobs engine_workers and snapshot_blocks must be positive")
 
 
 def _candidate_design() -> dict[str, str]:

@@ -17,6 +17,7 @@ module, and importing the engine package must not load torch (`entrypoint.py`).
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,20 @@ def design_precision(choices: dict[str, Choice], design: dict[str, str]) -> str:
 
 def space_path(family: str) -> Path:
     return MODELS_DIR / f"{family}.toml"
+
+
+def families() -> list[str]:
+    """Every family this engine serves (one design space file each)."""
+    return sorted(p.stem for p in MODELS_DIR.glob("*.toml"))
+
+
+def family_of(model_dir: str | Path) -> str:
+    """The family that serves a checkpoint: its config.json's model_type names it (the
+    engine's FAMILIES table is keyed the same way); ValueError when none does."""
+    model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type", "llama")
+    if model_type not in families():
+        raise ValueError(f"config.json: model_type={model_type!r} is not supported by this engine (families: {', '.join(families())})")
+    return model_type
 
 
 def read_space(family: str) -> Space:

@@ -83,15 +83,15 @@ async def bench_running(proc: CandidateProcess | Endpoint, target: Target, reque
 
 
 def bench_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, num_requests: int | None = None,
-                    limits: Limits | None = None, say: Callable[[str], None] = lambda s: None) -> Measurement | CandidateFailure:
-    """Starts the candidate, benchmarks it, stops it, and checks its responses against the
-    reference; a failure is returned, not raised (responses that fail the accuracy contract
-    are not a failure: the caller decides what they mean)."""
+                    limits: Limits | None = None, knobs: dict | None = None, say: Callable[[str], None] = lambda s: None) -> Measurement | CandidateFailure:
+    """Starts the candidate (`knobs` over its own), benchmarks it, stops it, and checks its
+    responses against the reference; a failure is returned, not raised (responses that fail
+    the accuracy contract are not a failure: the caller decides what they mean)."""
     requests = target_workload(target, num_requests)
     limits = limits or Limits(**target.spec.limits.model_dump())
     try:
         with start_candidate(spec, target.model_dir(), target.tokenizer_dir(), target.served_name, target.spec.hardware.device,
-                             limits, workdir) as proc:
+                             limits, workdir, knobs=knobs) as proc:
             report = asyncio.run(bench_running(proc, target, requests, say))
             if report.metrics.completed == 0:
                 return proc.explain("bench", "no request completed")

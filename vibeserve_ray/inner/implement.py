@@ -58,7 +58,7 @@ def apply_design(proposal: Proposal, candidate_dir: Path, knobs: dict[str, Any] 
 def skill_knobs(proposal: Proposal, target: Target, space: DesignSpace) -> dict[str, Any]:
     """The knobs the skills behind the proposal's change set with it (the offline
     implementer writes them with the design; a lost result records them too)."""
-    return skill_settings(proposal.changes, space.active_knobs(proposal.design), int(target.spec.hardware.num_cpus), applicable(target))
+    return skill_settings(proposal.changes, space.active_knobs(proposal.design), int(target.spec.hardware.num_cpus), applicable(target, space))
 
 
 # --- with agents: one LLM session per hypothesis --------------------------------------

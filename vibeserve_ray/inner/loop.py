@@ -146,7 +146,7 @@ def _tune(task: InnerTask, ws: Workspace, target: Target, space: DesignSpace, sa
     spec = load_candidate(ws.candidate)
     active = space.active_knobs(spec.design)
     cores = int(target.spec.hardware.num_cpus)
-    moves = knob_moves(spec.design, spec.knobs, active, cores, applicable(target))
+    moves = knob_moves(spec.design, spec.knobs, active, cores, applicable(target, space))
     message = f"tune: {task.n_trials} knob moves over {task.parent[:12]}'s"
     say(f"evaluate: {message} ({len(moves)} moves)")
     t0 = time.time()

@@ -91,7 +91,7 @@ class Search:
         if implementer == "random":
             self.proposer: OfflineProposer = RandomProposer(self.space.all_designs(self.device), seed=rng_seed)
         else:
-            self.proposer = OfflineProposer(applicable(target), seed=rng_seed)
+            self.proposer = OfflineProposer(applicable(target, space), seed=rng_seed)
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -166,7 +166,7 @@ class Search:
         if seeds:
             return seeds[0]
         tmp = self.run_dir / ".seed"
-        materialise_seed(tmp)
+        materialise_seed(tmp, family=self.space.family)
         commit = self.repo.commit_candidate(tmp, None, "seed: the engine template", branch="seed")
         for i in range(self.target.spec.search.islands):
             self.repo.set_branch(f"island-{i}", commit)

@@ -1,8 +1,9 @@
 """One forward step's work: chunks of tokens from several sequences (sequence.Chunk), flattened.
 
 Every linear layer runs once over all the step's tokens (where batching pays on any
-device); only attention needs to know where one sequence ends and the next begins,
-and `ForwardBatch.attend` is where it learns it.
+device); only the token mixers need to know where one sequence ends and the next
+begins: attention in `ForwardBatch.attend`, a hybrid's linear attention (its recurrent
+state, core/state_cache.py) in `ForwardBatch.recur`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..layers.attention import AttentionBackend
+from ..layers.gated_delta import DeltaHeads
 from .kv_cache import KVCache
 from .sequence import Chunk
 
@@ -68,3 +70,19 @@ class ForwardBatch:
         # the cache attends over its own rows (slab slots): put each query on its row, then take the answers back
         placed = q.new_zeros((ck.shape[0], *q.shape[1:])).index_copy_(0, rows, q)
         return self.backend.decode(placed, ck, cv, mask).index_select(0, rows)
+
+    def recur(self, layer: int, mixed: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, conv_weight: torch.Tensor,
+              heads: DeltaHeads) -> torch.Tensor:
+        """Linear-attention layer `layer` (among the linear ones): each sequence's tokens
+        (mixed [tokens, conv_dim], g and beta [tokens, Hv]) continue its conv and recurrent
+        state -> [tokens, Hv, dv] float32."""
+        if self.all_decode:
+            return self.cache.recur_decode(layer, mixed, g, beta, conv_weight, heads)
+        out = torch.empty(self.num_tokens, heads.num_v_heads, heads.head_v_dim, dtype=torch.float32, device=mixed.device)
+        for i in self.others:
+            o, n = self.offsets[i], self.chunks[i].length
+            out[o:o + n] = self.cache.recur_chunk(layer, i, mixed[o:o + n], g[o:o + n], beta[o:o + n], conv_weight, heads)
+        if self.decode:
+            r = self.decode_rows
+            out[r] = self.cache.recur_decode(layer, mixed[r], g[r], beta[r], conv_weight, heads)
+        return out

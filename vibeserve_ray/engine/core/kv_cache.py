@@ -46,6 +46,10 @@ class KVCache:
     def commit(self, seq: Sequence) -> None:
         """Called after each step that advanced `seq` (num_cached is up to date)."""
 
+    def reuse(self, seq: Sequence) -> None:
+        """Called before each prompt chunk of `seq` is scheduled: a cache that learnt a
+        longer prefix of this prompt since `allocate` may move num_cached past it."""
+
     def step(self, chunks: list[Chunk], decode: list[int]) -> CacheStep:
         raise NotImplementedError
 
@@ -72,9 +76,9 @@ def _pad_mask(lengths: list[int], device: torch.device) -> torch.Tensor:
 
 
 def _preallocate(model: ModelConfig, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[list, list]:
-    """Keys and values of `shape` for every layer, zeroed once up front."""
+    """Keys and values of `shape` for every attention layer, zeroed once up front."""
     def make() -> list[torch.Tensor]:
-        return [torch.zeros(shape, device=device, dtype=dtype) for _ in range(model.num_hidden_layers)]
+        return [torch.zeros(shape, device=device, dtype=dtype) for _ in range(model.num_attention_layers)]
 
     return make(), make()
 
@@ -165,6 +169,17 @@ class SlabKVCache(KVCache):
 
     def step(self, chunks: list[Chunk], decode: list[int]) -> CacheStep:
         return _SlabStep(self, chunks, decode)
+
+    def copy_out(self, seq: Sequence, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of `seq`'s keys and values at positions [start, end): [layers, kv_heads, n, head_dim]."""
+        return (torch.stack([k[seq.slot, :, start:end] for k in self.keys]), torch.stack([v[seq.slot, :, start:end] for v in self.values]))
+
+    def copy_in(self, seq: Sequence, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Writes `copy_out`'s keys and values into `seq`'s slot from position `start`."""
+        end = start + keys.shape[2]
+        for layer, (k, v) in enumerate(zip(keys, values)):
+            self.keys[layer][seq.slot, :, start:end].copy_(k)
+            self.values[layer][seq.slot, :, start:end].copy_(v)
 
 
 class _SlabStep(CacheStep):
@@ -264,7 +279,7 @@ class _PagedStep(CacheStep):
 
 def make_kv_cache(model: ModelConfig, config: EngineConfig, device: torch.device, dtype: torch.dtype) -> KVCache:
     if config.kv_cache == "dynamic":
-        return DynamicKVCache(model.num_hidden_layers)
+        return DynamicKVCache(model.num_attention_layers)
     if config.kv_cache == "slab":
         return SlabKVCache(model, config, device, dtype)
     return PagedKVCache(model, config, device, dtype)

@@ -22,12 +22,13 @@ from ..config import EngineConfig, ModelConfig
 from ..layers import int8_linear, onednn_linear
 from ..layers.attention import make_attention
 from ..models import load_family
-from ..models.loader import load_model
+from ..models.loader import checkpoint_identity, load_model
 from .grammar import Grammars
 from .kv_cache import make_kv_cache
 from .model_runner import ModelRunner
 from .scheduler import make_scheduler
 from .sequence import Sequence, Status
+from .state_cache import make_state_cache
 
 FINISHED = object()  # end-of-stream marker put on a request's queue
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -58,6 +59,8 @@ class LLMEngine:
             for layer in model.model.layers:
                 layer.mlp = torch.compile(layer.mlp, dynamic=True)
         cache = make_kv_cache(self.config, ec, self.device, dtype)
+        if self.config.linear_layers:  # a hybrid: its linear-attention layers keep a state beside the attention layers' KV
+            cache = make_state_cache(cache, self.config, ec, self.device, dtype, checkpoint_identity(model_dir) if ec.prefix_cache else "")
         self.runner = ModelRunner(model, cache, make_attention(ec.attention), self.device)
         self.scheduler = make_scheduler(cache, ec)
         self.grammars = Grammars(model_dir)

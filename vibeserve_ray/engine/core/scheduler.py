@@ -66,8 +66,10 @@ class Scheduler:
 
     def _chunk(self, seq: Sequence, budget: int | None = None) -> Chunk:
         """The next chunk of `seq`: its pending tokens (at most `budget`), plus a draft when decoding."""
-        pending = seq.pending if budget is None else seq.pending[:max(budget, 1)]
         decoding = seq.num_cached >= seq.num_prompt_tokens
+        if not decoding:
+            self.cache.reuse(seq)
+        pending = seq.pending if budget is None else seq.pending[:max(budget, 1)]
         draft = speculation.propose(seq, self.config.speculation, self.config.spec_k, self.config.spec_ngram) if decoding and self.config.speculation != "off" else []
         return Chunk(seq, seq.num_cached, pending, draft)
 

@@ -41,6 +41,7 @@ class Sequence:
     slot: int | None = None  # slab
     block_table: list[int] = field(default_factory=list)  # paged
     num_hashed_blocks: int = 0  # paged with prefix caching: leading blocks already named
+    state: Any = None  # a hybrid's linear-layer state, when it is the request's own (state_cache.RequestStates)
     arrived: float = 0.0  # monotonic time it was queued (static batching waits on it)
     spec_cursor: int = 0  # prompt lookup: where in the lookup text the last draft ended
     grammar: Any = None  # an xgrammar GrammarMatcher when the request has a response_format

@@ -1,2 +1,3 @@
 """Building blocks a family's model is made of: attention backends, rotary embedding,
-linear kinds and norms. Plain torch modules that import nothing else of the engine."""
+linear kinds, norms, the SwiGLU MLP and the gated delta rule. Plain torch modules and
+functions that import nothing else of the engine."""

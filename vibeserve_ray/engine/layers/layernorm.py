@@ -1,4 +1,4 @@
-"""RMSNorm, as transformers computes it."""
+"""RMSNorm, as transformers computes it for each family."""
 
 from __future__ import annotations
 
@@ -17,3 +17,13 @@ class RMSNorm(nn.Module):
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
+
+
+class OlmoRMSNorm(RMSNorm):
+    """Olmo's RMSNorm multiplies by the weight before casting back (Llama casts first):
+    the same in float32, not in bfloat16."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        return (self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))).to(dtype)

@@ -17,6 +17,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..space import Space, read_space
 from .llama import LlamaConfig, LlamaForCausalLM
+from .olmo_hybrid import OlmoHybridConfig, OlmoHybridForCausalLM
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Family:
 
 FAMILIES = {  # config.json's model_type -> its family
     "llama": Family("llama", LlamaConfig.from_dict, LlamaForCausalLM),
+    "olmo_hybrid": Family("olmo_hybrid", OlmoHybridConfig.from_dict, OlmoHybridForCausalLM),
 }
 
 

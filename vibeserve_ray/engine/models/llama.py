@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..layers.layernorm import RMSNorm
 from ..layers.linear import PackedLinear
+from ..layers.mlp import GatedMLP
 from ..layers.rotary import Llama3RopeScaling, RotaryEmbedding, apply_rotary
 
 if TYPE_CHECKING:
@@ -47,6 +47,14 @@ class LlamaConfig:
     max_position_embeddings: int
     tie_word_embeddings: bool
     eos_token_ids: tuple[int, ...]
+
+    @property
+    def num_attention_layers(self) -> int:
+        return self.num_hidden_layers  # every layer keeps keys and values
+
+    @property
+    def linear_layers(self) -> tuple[int, ...]:
+        return ()  # no layer keeps a recurrent state
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> LlamaConfig:
@@ -136,22 +144,11 @@ class LlamaAttention(nn.Module):
         return self.o_proj(batch.attend(self.layer_idx, q, k, v).reshape(n, -1))
 
 
-class LlamaMLP(nn.Module):
-    def __init__(self, config: LlamaConfig):
-        super().__init__()
-        self.gate_up_proj = PackedLinear(config.hidden_size, {"gate_proj": config.intermediate_size, "up_proj": config.intermediate_size})
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
-
-
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: LlamaConfig, layer_idx: int):
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_idx)
-        self.mlp = LlamaMLP(config)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 

@@ -42,7 +42,7 @@ from typing import Callable
 import psutil
 
 from vibeserve_ray.candidate import CandidateSpec
-from vibeserve_ray.design_space import default_space_path, load_space
+from vibeserve_ray.design_space import target_space
 from vibeserve_ray.engine.space import below
 from vibeserve_ray.inner.judge import load, protect
 from vibeserve_ray.inner.judge.checker import CheckVerdict, check_phases, fresh_prompts, held_out_prompts, references
@@ -122,7 +122,7 @@ def gates_run(target: Target) -> tuple[str, ...]:
 
 def precision_problem(target: Target, spec: CandidateSpec) -> str:
     """'' when the declared design computes in no lower precision than the contract admits."""
-    choices = load_space(default_space_path()).choices  # the harness's copy: the candidate's own may be edited
+    choices = target_space(target).choices  # the harness's copy of the family's space: the candidate's own may be edited
     found = below(choices, spec.design, target.lowest_precision)
     return "; ".join(f"design.{name} = {option!r} computes in {p}; the target's accuracy contract ({target.contract()}) admits nothing "
                      f"below {target.lowest_precision}" for name, option, p in found)
