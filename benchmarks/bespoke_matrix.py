@@ -8,8 +8,10 @@
    (benchmarks/vllm_peer.py); with --vllm-fp32 also "vllm-fp32", vLLM at the reference's
    precision (`--dtype float32`; its default runs a float32 checkpoint in bfloat16 on CPU).
    Each column's rows are measured in interleaved rounds and
-   the median kept; every response is compared with the reference. Finished cells are
-   saved (cells.json) and not measured again on a rerun.
+   the median kept; every response of every row, vLLM's too, is held to the column
+   target's accuracy contract, and a comparison counts only between cells that both meet
+   it in every round (`accuracy` has each cell's verdict and statistics). Finished cells
+   are saved (cells.json) and not measured again on a rerun.
 3. The checks of the claim: each winner is best among the winners (or within --noise) on its own target;
    at least three winners differ in design; each beats the generic row on its own
    target, and vLLM on the JSON and code-edit targets where they exist.
@@ -96,7 +98,9 @@ def main() -> None:
             for rep in range(args.repeats if todo else 0):
                 for row in todo:
                     runs[row].append(measure(row, rows[row], target, peers, work / "bench" / col, args.num_requests))
-                    say(f"{col}: round {rep + 1}/{args.repeats}: {row}: {runs[row][-1]}")
+                    r = runs[row][-1]
+                    verdict = "" if "accuracy" not in r else f"{'PASS' if r['accuracy']['passed'] else 'FAIL'} {r['summary']}"
+                    say(f"{col}: round {rep + 1}/{args.repeats}: {row}: {r['headline']} {verdict or r.get('failure', '')} (load {r['load']})")
             for row, rs in runs.items():
                 values = [r["headline"] for r in rs if r["headline"] is not None]
                 cells[f"{row}|{col}"] = {"headline": statistics.median(values) if values else None, "runs": rs}
@@ -131,13 +135,28 @@ def measure(row: str, path: Path | None, target, peers: dict[tuple[str, str], st
         result = bench_candidate(target, load_candidate(path), work / row.replace(":", "-"), num_requests=num_requests)
     if not isinstance(result, Measurement):
         return {"headline": None, "failure": f"{result.phase}: {result.reason[:200]}", "load": round(os.getloadavg()[0], 1)}
-    e = result.exactness
-    return {"headline": round(result.report.headline_value, 2), "exact_responses": f"{e.exact}/{e.checked}", "load": round(os.getloadavg()[0], 1)}
+    a = result.accuracy
+    return {"headline": round(result.report.headline_value, 2), "exact_responses": f"{a.exact}/{a.checked}", "accuracy": a.to_dict(),
+            "summary": a.summary(), "load": round(os.getloadavg()[0], 1)}
+
+
+def cell_accuracy(cell: dict) -> dict:
+    """Whether a cell's every measured round met its target's contract, the first failure, and the worst mean deficit."""
+    rounds = [r["accuracy"] for r in cell.get("runs", []) if "accuracy" in r]
+    failures = [r["failure"] for r in rounds if not r["passed"]]
+    deficits = [r["greedy"]["mean_deficit"] for r in rounds if r.get("greedy")]
+    return {"passed": bool(rounds) and not failures, "failure": failures[0] if failures else ("" if rounds else "not measured"),
+            "worst_mean_deficit": max(deficits, default=None)}
 
 
 def report(targets: dict, rows: dict, cells: dict, noise: float, load_start) -> dict:
-    """The matrix and the claim's checks, each true or false with its figures."""
-    value = lambda row, col: cells.get(f"{row}|{col}", {}).get("headline")  # noqa: E731
+    """The matrix and the claim's checks, each true or false with its figures. A comparison
+    counts only between two cells that both meet the column's accuracy contract."""
+    accuracy = {key: cell_accuracy(cell) for key, cell in cells.items()}
+    # a cell measured before verdicts were recorded (no `accuracy` in its runs) keeps counting, as it did then
+    legacy = lambda key: not any("accuracy" in r for r in cells.get(key, {}).get("runs", []))  # noqa: E731
+    raw = lambda row, col: cells.get(f"{row}|{col}", {}).get("headline")  # noqa: E731
+    value = lambda row, col: raw(row, col) if legacy(f"{row}|{col}") or accuracy[f"{row}|{col}"]["passed"] else None  # noqa: E731
     designs = {col: _design(rows[f"winner:{col}"]) for col in targets}
     checks = {}
     for col, target in targets.items():
@@ -159,7 +178,8 @@ def report(targets: dict, rows: dict, cells: dict, noise: float, load_start) -> 
         "benchmark": "bespoke_matrix",
         "load_average": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]},
         "headlines": {col: f"{t.spec.benchmark.headline} ({t.spec.benchmark.objective.direction})" for col, t in targets.items()},
-        "matrix": {row: {col: value(row, col) for col in targets} for row in rows},
+        "matrix": {row: {col: raw(row, col) for col in targets} for row in rows},
+        "accuracy": accuracy,
         "winner_designs": designs,
         "checks": checks,
         "distinct_winner_designs": len(distinct),

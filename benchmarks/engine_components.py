@@ -97,7 +97,7 @@ class Bench:
         self.runs.setdefault(name, []).append(result.report.headline_value)
         self.measurements[name] = result
         say(f"  {self.target.name}: {name}: {result.report.headline_name} = {result.report.headline_value:.1f} "
-            f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}, {result.exactness.summary()})")
+            f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}, {result.accuracy.summary()})")
         return result.report.headline_value
 
     def median(self, name: str) -> float:
@@ -106,10 +106,10 @@ class Bench:
     def exactness(self, name: str) -> dict:
         """The checker on the held-out prompts, and the last run's responses against the reference."""
         verdict = check_candidate(self.target, load_candidate(self.dirs[name]), self.work / "check" / name.replace(" ", "_"))
-        exact = self.measurements[name].exactness
+        exact = self.measurements[name].accuracy
         say(f"  exactness of {name}: checker {'PASS' if verdict.passed else 'FAIL'}, {exact.summary()}")
         return {"passed": verdict.passed and exact.ok, "checker": verdict.summary().splitlines()[0],
-                "exact_responses": f"{exact.exact}/{exact.checked}", "first_difference": exact.mismatch}
+                "exact_responses": f"{exact.exact}/{exact.checked}", "first_difference": exact.failure}
 
 
 def transformers_batched(target: Target, num_requests: int, threads: int) -> float:

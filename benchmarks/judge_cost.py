@@ -28,7 +28,7 @@ from vibeserve_ray.design_space import default_space_path, load_space  # noqa: E
 from vibeserve_ray.inner.evaluate import evaluate  # noqa: E402
 from vibeserve_ray.inner.judge import load  # noqa: E402
 from vibeserve_ray.inner.judge.checker import held_out_prompts, references  # noqa: E402
-from vibeserve_ray.inner.judge.exact import check_fraction  # noqa: E402
+from vibeserve_ray.inner.judge.responses import check_fraction  # noqa: E402
 from vibeserve_ray.inner.judge.gates import judge  # noqa: E402
 from vibeserve_ray.inner.workload import target_workload  # noqa: E402
 from vibeserve_ray.reference import reference_outputs  # noqa: E402

@@ -29,7 +29,6 @@ import itertools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,8 +49,10 @@ from vibeserve_ray import checkpoint  # noqa: E402
 from vibeserve_ray.bench import LLAMA_CPP, compute_metrics  # noqa: E402
 from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
+from vibeserve_ray.engine.space import admits  # noqa: E402
 from vibeserve_ray.inner.evaluate import Endpoint, bench_running  # noqa: E402
-from vibeserve_ray.inner.judge.exact import check_responses  # noqa: E402
+from vibeserve_ray.inner.judge.responses import check_responses  # noqa: E402
+from vibeserve_ray.inner.judge.script import run_script  # noqa: E402
 from vibeserve_ray.inner.workload import target_workload  # noqa: E402
 from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
 from vibeserve_ray.target import Target, load_target  # noqa: E402
@@ -59,7 +60,6 @@ from vibeserve_ray.target import Target, load_target  # noqa: E402
 GOAL, STRETCH = 1.5, 2.0
 SYSTEMS = ("ours", "vllm", "llama.cpp", "transformers")
 FIGURES = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "median_itl_ms", "completed", "failed")
-ACCURACY_SCRIPT = "known_answers.py"
 
 
 def say(msg: str) -> None:
@@ -91,7 +91,8 @@ def start_systems(stack: contextlib.ExitStack, args, target: Target, work: Path)
     served: dict[str, Served] = {}
     about: dict = {}
     if "ours" in args.systems:
-        paths = [Path(c) for c in args.candidate] or [materialise(load_space(default_space_path()), work / "best", BEST, BEST_KNOBS, device=device)]
+        best = {**BEST, "dtype": "bfloat16"} if admits(target.lowest_precision, "bfloat16") else BEST
+        paths = [Path(c) for c in args.candidate] or [materialise(load_space(default_space_path()), work / "best", best, BEST_KNOBS, device=device)]
         for i, path in enumerate(paths):
             name = "ours" if i == 0 else f"ours{i + 1}"
             spec = load_candidate(path)
@@ -130,15 +131,11 @@ def measure_hf(hf: HFGenerate, target: Target, requests) -> dict:
 
 
 def script_verdict(target: Target, s: Served) -> dict:
-    """The target's own accuracy check against a server, run as the judge runs it."""
-    script = target.dir / ACCURACY_SCRIPT
-    if not script.is_file():
+    """The target's own accuracy check (`[accuracy] script`) against a server, run as the judge runs it."""
+    if not target.accuracy.script:
         return {"passed": True, "accuracy": "no accuracy script"}
-    done = subprocess.run([sys.executable, str(script), s.endpoint.base_url, s.endpoint.served_name], cwd=target.dir,
-                          capture_output=True, text=True, timeout=900,
-                          env=os.environ | {"VIBESERVE_MODEL_DIR": str(target.model_dir()), "VIBESERVE_TOKENIZER_DIR": str(target.tokenizer_dir())})
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    return {"passed": done.returncode == 0, "accuracy": lines[-1] if lines else done.stderr[-300:], "answers": lines[:-1]}
+    failure = run_script(target, s.endpoint.base_url, s.endpoint.served_name)
+    return {"passed": not failure, "accuracy": failure or f"{target.accuracy.script}: pass"}
 
 
 def profile(name: str, s: Served | None, hf: HFGenerate | None, target: Target, requests, work: Path) -> dict:

@@ -34,7 +34,7 @@ from vibeserve_ray.bench import BenchReport, Request  # noqa: E402
 from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
 from vibeserve_ray.inner.evaluate import bench_running  # noqa: E402
-from vibeserve_ray.inner.judge.exact import check_responses  # noqa: E402
+from vibeserve_ray.inner.judge.responses import check_responses  # noqa: E402
 from vibeserve_ray.inner.workload import target_workload  # noqa: E402
 from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
 from vibeserve_ray.target import Target, load_target  # noqa: E402
@@ -49,7 +49,7 @@ def say(msg: str) -> None:
 
 
 def measure(target: Target, cand: Path, requests: list[Request], work: Path, check: bool) -> tuple[BenchReport, str]:
-    """One benchmark of `requests` on the candidate, and (when `check`) its exactness summary."""
+    """One benchmark of `requests` on the candidate, and (when `check`) its accuracy summary."""
     limits = Limits(**target.spec.limits.model_dump())
     spec = load_candidate(cand)
     with start_candidate(spec, target.model_dir(), target.tokenizer_dir(), target.served_name, "cpu", limits, work) as proc:
@@ -66,7 +66,7 @@ def rounds(target: Target, configs: dict[str, tuple[Path, list[Request], bool]],
             runs[name].append(report)
             say(f"  {target.name} round {rep + 1}/{repeats}: {name}: {report.headline_name} = {report.headline_value:.2f}, "
                 f"failed {report.metrics.failed}, {exact} (load {os.getloadavg()[0]:.1f})")
-            if exact.startswith("exact_responses") and "differs" in exact:
+            if exact.startswith("accurate_responses") and exact.endswith(")"):  # the failure, in parentheses
                 raise SystemExit(f"{name} differs from the reference: {exact}")
     return runs
 

@@ -5,13 +5,16 @@ runs from a virtual environment of its own (benchmarks/vllm_peer.py: created on 
 use, reused after, outside the repository). The seed and a candidate (default: the best
 design of benchmarks/engine_components.py) run as `vibeserve bench` runs them. All three
 stay up; each round measures them in turn (the target's warm-up, then its benchmark,
-through vibeserve_ray.bench), and every response of every run is compared with the
-reference. The figures are medians over `--repeats` rounds. Then, outside the timed
+through vibeserve_ray.bench), and every response of every run is held to the target's
+accuracy contract, vLLM's as ours (a ratio counts only between systems that both pass
+it in every round; `accuracy` in the JSON has each system's statistics and verdict).
+The figures are medians over `--repeats` rounds. Then, outside the timed
 rounds, each system serves the workload once more under py-spy, which says where its
 time goes (per process and thread: model forward, scheduling, detokenising, HTTP, ...).
 On a CPU, `precision_ceiling` adds what one core's matmuls reach for the model's layers
 in float32 and in bfloat16: vLLM-CPU runs a float32 checkpoint in bfloat16 by default
-(answers unlike the reference's; `--vllm-fp32` measures it in float32 too).
+(`--vllm-fp32` measures it in float32 too). The default candidate is the best design of
+engine_components in bfloat16 where the target's contract admits it.
 
     python benchmarks/vs_vllm.py [--target DIR] [--candidate PATH ...] [--repeats 3] [--num-requests N] [--no-profile]
 
@@ -43,8 +46,9 @@ from benchmarks.vllm_peer import DEFAULT_VENV, ensure_venv, precision_ceiling, s
 from vibeserve_ray.candidate import load_candidate  # noqa: E402
 from vibeserve_ray.design_space import default_space_path, load_space, materialise  # noqa: E402
 from vibeserve_ray.engine.models.llama import LlamaConfig  # noqa: E402
+from vibeserve_ray.engine.space import admits  # noqa: E402
 from vibeserve_ray.inner.evaluate import Endpoint, bench_running  # noqa: E402
-from vibeserve_ray.inner.judge.exact import check_responses  # noqa: E402
+from vibeserve_ray.inner.judge.responses import check_responses  # noqa: E402
 from vibeserve_ray.inner.workload import target_workload  # noqa: E402
 from vibeserve_ray.runner import Limits, start_candidate  # noqa: E402
 from vibeserve_ray.seed import resolve_candidate  # noqa: E402
@@ -86,10 +90,11 @@ def main() -> None:
     say(f"vs_vllm: {target.name}, {len(requests)} requests at concurrency {b.concurrency}; work dir {work}; load {load_start[0]:.1f}")
     candidates = {f"candidate{i or ''}": Path(c) for i, c in enumerate(args.candidate)}
     if not candidates:
-        candidates["candidate"] = materialise(load_space(default_space_path()), work / "best", BEST, BEST_KNOBS, device=device)
+        best = {**BEST, "dtype": "bfloat16"} if admits(target.lowest_precision, "bfloat16") else BEST
+        candidates["candidate"] = materialise(load_space(default_space_path()), work / "best", best, BEST_KNOBS, device=device)
 
     runs: dict[str, list[dict]] = {}
-    exactness: dict[str, list[str]] = {}
+    accuracy: dict[str, list[dict]] = {}
     profiles: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
         systems: dict[str, tuple[Endpoint, int]] = {}
@@ -110,11 +115,11 @@ def main() -> None:
         for rep in range(args.repeats):
             for name, (endpoint, _) in systems.items():
                 report = asyncio.run(bench_running(endpoint, target, requests, lambda s: None))
-                exact = check_responses(target, requests, report.results)
+                acc = check_responses(target, requests, report.results)
                 runs.setdefault(name, []).append({k: getattr(report.metrics, k) for k in FIGURES} | {"headline": report.headline_value})
-                exactness.setdefault(name, []).append(exact.summary())
-                say(f"round {rep + 1}/{args.repeats}: {name}: {b.headline} = {report.headline_value:.1f}, {exact.summary()}, "
-                    f"load {os.getloadavg()[0]:.1f}")
+                accuracy.setdefault(name, []).append(acc.to_dict())
+                say(f"round {rep + 1}/{args.repeats}: {name}: {b.headline} = {report.headline_value:.1f}, "
+                    f"{'PASS' if acc.ok else 'FAIL'} {acc.summary()}, load {os.getloadavg()[0]:.1f}")
         if not args.no_profile:
             for name, (endpoint, pid) in systems.items():
                 say(f"profile: {name} under py-spy")
@@ -137,24 +142,50 @@ def main() -> None:
         "candidates": {name: {"path": str(spec.path), "design": spec.design, "knobs": spec.knobs} for name, spec in ours.items()},
         "medians": medians,
         "runs": {name: [_round(r["headline"]) for r in rs] for name, rs in runs.items()},
-        "exact_responses": exactness,
+        "contract": target.contract(),
+        "accuracy": {name: verdict(rounds) for name, rounds in accuracy.items()},
+        "exact_responses": {name: [r["exact_responses"] for r in rounds] for name, rounds in accuracy.items()},
     }
-    ratios = {name: round(objective.speedup(medians[name]["headline"], vllm_value), 3) for name in ours}
-    best = max(ratios, key=ratios.get)
+    passed = {name: out["accuracy"][name]["passed"] for name in accuracy}
+
+    def ratio(name: str, peer: str) -> float | None:
+        """Only between two systems that both meet the contract in every round."""
+        both = passed[name] and passed[peer]
+        return round(objective.speedup(medians[name]["headline"], medians[peer]["headline"]), 3) if both else None
+
+    ratios = {name: ratio(name, "vllm") for name in ours}
+    counted = {name: r for name, r in ratios.items() if r is not None}
+    best = max(counted, key=counted.get) if counted else next(iter(ours))
     out |= {"ratio_to_vllm": ratios[best], "best_candidate": best, "ratios_to_vllm": ratios,
             "ratio_to_vllm_per_round": [round(objective.speedup(c["headline"], v["headline"]), 3) for c, v in zip(runs[best], runs["vllm"])]}
+    if ratios[best] is None:
+        out["ratio_void"] = {name: out["accuracy"][name]["failure"] for name in (best, "vllm") if not passed[name]}
     if "vllm_fp32" in medians:
-        out["ratios_to_vllm_fp32"] = {name: round(objective.speedup(medians[name]["headline"], medians["vllm_fp32"]["headline"]), 3)
-                                      for name in ours}
+        out["ratios_to_vllm_fp32"] = {name: ratio(name, "vllm_fp32") for name in ours}
         out["ratio_to_vllm_fp32"] = out["ratios_to_vllm_fp32"][best]
     if "seed" in medians:
-        out["seed_ratio_to_vllm"] = round(objective.speedup(medians["seed"]["headline"], vllm_value), 3)
-    out |= {"goal": GOAL, "stretch": STRETCH, "goal_met": out["ratio_to_vllm"] >= GOAL}
+        out["seed_ratio_to_vllm"] = ratio("seed", "vllm")
+    out |= {"goal": GOAL, "stretch": STRETCH, "goal_met": (out["ratio_to_vllm"] or 0) >= GOAL}
+    for name in systems:
+        a = out["accuracy"][name]
+        say(f"{name}: {b.headline} {medians[name]['headline']}, {'PASS' if a['passed'] else 'FAIL'} ({target.contract()}): "
+            f"{a['failure'] or a['statistics']}")
     if profiles:
         out["profiles"] = profiles
     if device == "cpu":
         out["precision_ceiling"] = precision_ceiling(LlamaConfig.from_dir(target.model_dir()))
     print(json.dumps(out, indent=2))
+
+
+def verdict(rounds: list[dict]) -> dict:
+    """A system's accuracy over the rounds: it passes when every round's responses meet the
+    contract; the statistics of the worst round (by mean deficit), and the first failure."""
+    failures = [f"round {i + 1}: {r['failure']}" for i, r in enumerate(rounds) if not r["passed"]]
+    worst = max(rounds, key=lambda r: (not r["passed"], (r["greedy"] or {}).get("mean_deficit") or 0))
+    g = worst["greedy"] or {}
+    stats = (f"accurate_responses {worst['accurate_responses']}, exact {worst['exact_responses']}" +
+             (f", mean deficit {g['mean_deficit']}, gross {g['gross']}/{g['positions']}, worst response {g['worst_response_deficit']}" if g else ""))
+    return {"passed": not failures, "failure": failures[0] if failures else "", "statistics": stats, "worst_round": worst, "rounds": rounds}
 
 
 def _idle_cpu(pids: dict[str, int], seconds: float = 3.0) -> dict[str, float]:

@@ -17,7 +17,8 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_TARGET = ROOT / "targets" / "tiny-llama-cpu"
+TINY_TARGET = ROOT / "targets" / "tiny-llama-cpu"  # a tolerance contract at the bfloat16 tier
+EXACT_TARGET = ROOT / "targets" / "tiny-llama-cpu-exact"  # the same, bit-exact to the float32 reference
 TEST_CANDIDATES = Path(__file__).resolve().parent / "candidates"
 
 

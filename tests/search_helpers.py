@@ -25,13 +25,13 @@ from conftest import TINY_TARGET
 KEPT_PROMPTS = [0, 4, 9, 11, 12, 15]
 
 
-def small_target(tmp_path: Path, name: str = "t", held_out: list[int] | None = KEPT_PROMPTS, **search) -> Path:
-    """A copy of the tiny target with its [search] (and optionally [hardware]) edited, the
-    held-out prompts cut to `held_out` (None: all 16); no finalist tuning pass unless asked
-    (`finalist_trials=N`)."""
+def small_target(tmp_path: Path, name: str = "t", held_out: list[int] | None = KEPT_PROMPTS, source: Path = TINY_TARGET, **search) -> Path:
+    """A copy of the tiny target (or `source`) with its [search] (and optionally [hardware])
+    edited, the held-out prompts cut to `held_out` (None: all 16); no finalist tuning pass
+    unless asked (`finalist_trials=N`)."""
     search.setdefault("finalist_trials", 0)
     dest = tmp_path / name
-    shutil.copytree(TINY_TARGET, dest)
+    shutil.copytree(source, dest)
     if held_out is not None:
         prompts = dest / "checker" / "prompts.jsonl"
         lines = prompts.read_text().splitlines()

@@ -111,7 +111,7 @@ def test_implementer_benchmarks_and_profiles_its_candidate_in_the_sandbox(tmp_pa
     assert out.submitted and out.result["outcome"] == "disproven"
     bench, profile = fake.tool_results("implementer")[:2]
     metrics = json.loads(bench["content"])
-    assert metrics["completed"] == 4 and metrics["output_throughput"] > 0 and metrics["exact_responses"].startswith("exact_responses: 4/4")
+    assert metrics["completed"] == 4 and metrics["output_throughput"] > 0 and metrics["accuracy"].startswith("accurate_responses: 4/4")
     assert "aten::mm" in profile["content"] and "self ms" in profile["content"], profile["content"][:2000]
     assert not (ws / "profile").exists() and not list(ws.rglob("*.json")), "runs leave nothing in the candidate tree"
     tools = {t["name"] for t in fake.by_role("implementer")[0].body["tools"]}

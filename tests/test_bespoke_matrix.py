@@ -47,6 +47,23 @@ def test_matrix_without_the_fp32_row_reports_no_fp32_ratio(tmp_path):
     assert out["checks"]["tiny-llama-cpu"] == {"best_on_own_target": True, "beats_generic": False, "ratio_to_vllm": None}
 
 
+def test_a_ratio_counts_only_between_cells_that_both_meet_the_contract(tmp_path):
+    targets = {"tiny-llama-cpu": load_target(ROOT / "targets" / "tiny-llama-cpu")}
+    rows = {"winner:tiny-llama-cpu": _winner(tmp_path, "cpu", {"scheduler": "continuous"}), "generic": _winner(tmp_path, "g", {}), "vllm": None}
+
+    def cell(headline: float, failure: str = "") -> dict:
+        verdict = {"passed": not failure, "failure": failure, "greedy": {"mean_deficit": 0.5 if failure else 0.001}}
+        return {"headline": headline, "runs": [{"headline": headline, "accuracy": verdict}] * 3}
+
+    cells = {"winner:tiny-llama-cpu|tiny-llama-cpu": cell(600), "generic|tiny-llama-cpu": cell(700, "mean deficit 0.5 > 0.01"),
+             "vllm|tiny-llama-cpu": cell(1000, "gross errors")}
+    out = report(targets, rows, cells, noise=0.05, load_start=(0.0, 0.0, 0.0))
+    assert out["checks"]["tiny-llama-cpu"] == {"best_on_own_target": True, "beats_generic": False, "ratio_to_vllm": None}
+    assert out["matrix"]["vllm"]["tiny-llama-cpu"] == 1000  # the speed is shown; it is not compared
+    assert out["accuracy"]["vllm|tiny-llama-cpu"] == {"passed": False, "failure": "gross errors", "worst_mean_deficit": 0.5}
+    assert out["accuracy"]["winner:tiny-llama-cpu|tiny-llama-cpu"]["passed"]
+
+
 def test_the_precision_ceiling_measures_both_precisions_on_the_models_own_layers():
     from benchmarks.vllm_peer import precision_ceiling
     from vibeserve_ray.engine.models.llama import LlamaConfig

@@ -1,10 +1,11 @@
-"""The checker gates candidates: the seed passes, a one-logit perturbation fails."""
+"""The checker gates candidates: the seed passes, a one-logit perturbation fails, under either contract."""
 
 from __future__ import annotations
 
 import json
 
-from conftest import TINY_TARGET, run_cli
+import pytest
+from conftest import EXACT_TARGET, TINY_TARGET, run_cli
 
 from vibeserve_ray.inner.judge.checker import Completion, compare
 from vibeserve_ray.reference import RefOutput
@@ -39,15 +40,21 @@ def test_seed_passes_on_the_swapped_weights(tiny_target):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_perturbed_logit_fails_showing_first_mismatch(tmp_path, tiny_target):
+@pytest.mark.parametrize("target", [EXACT_TARGET, TINY_TARGET], ids=["exact", "tolerance"])
+def test_perturbed_logit_fails_showing_where(tmp_path, tiny_target, target):
+    """Exact: the first mismatch, token by token. Tolerance: the statistic it breaks, and which response."""
     cand = materialise_seed(tmp_path / "perturbed")
     sampler = cand / "engine" / "core" / "sampler.py"
     sampler.write_text(sampler.read_text() + PERTURB)
-    result = run_cli("check", str(TINY_TARGET), "--candidate", str(cand), "--json", str(tmp_path / "v.json"))
+    result = run_cli("check", str(target), "--candidate", str(cand), "--json", str(tmp_path / "v.json"))
     assert result.returncode == 1, result.stdout + result.stderr
-    out = result.stdout
+    out, verdict = result.stdout, json.loads((tmp_path / "v.json").read_text())
+    if target == TINY_TARGET:
+        assert out.startswith("FAIL") and "accurate_responses" in out and verdict["mismatch"] is None
+        assert "gross errors" in verdict["accuracy"]["failure"] and "held-out #" in verdict["accuracy"]["failure"], verdict["accuracy"]
+        return
     assert out.startswith("FAIL") and "held-out #" in out and "expected:" in out and "got:" in out
-    mismatch = json.loads((tmp_path / "v.json").read_text())["mismatch"]
+    mismatch = verdict["mismatch"]
     # the nudged logit shows either as a wrong token or as a shifted logprob
     step = mismatch["step"]
     assert (mismatch["got"][step] == 7 != mismatch["expected"][step]) or "logprob" in mismatch["reason"], mismatch

@@ -75,6 +75,9 @@ BAD_SPACES = [
      "knobs.spec_k.applies_when.speculate"),
     ("applies_when an unknown option", edit('applies_when = { scheduler = ["static"] }', 'applies_when = { scheduler = ["batch"] }'),
      "knobs.batch_wait_ms.applies_when.scheduler"),
+    ("precision of an option the choice lacks", edit('precision.bfloat16 = "bfloat16"', 'precision.float8 = "bfloat16"'),
+     "choices.dtype.precision.float8"),
+    ("precision off the ladder", edit('precision.bfloat16 = "bfloat16"', 'precision.bfloat16 = "bf16"'), "choices.dtype.precision.bfloat16"),
     ("not toml", lambda s: s + "\n[[[", "search space"),
 ]
 
@@ -154,12 +157,24 @@ def test_batching_schedulers_need_a_preallocated_kv_cache():
         assert SPACE.is_valid({"scheduler": scheduler, "kv_cache": "slab"}, "cpu")
 
 
-def test_flashinfer_and_bfloat16_only_on_cuda():
-    for design in ({"attention": "flashinfer"}, {"dtype": "bfloat16"}):
-        assert not SPACE.is_valid(design, "cpu")
-        assert SPACE.is_valid(design, "cuda") and SPACE.is_valid(design, "cuda:1")
+def test_flashinfer_only_on_cuda():
+    assert not SPACE.is_valid({"attention": "flashinfer"}, "cpu")
+    assert SPACE.is_valid({"attention": "flashinfer"}, "cuda") and SPACE.is_valid({"attention": "flashinfer"}, "cuda:1")
     [problem] = SPACE.validate({"attention": "flashinfer"}, {}, "cpu")
     assert problem.startswith("design.attention") and "cuda" in problem
+
+
+def test_reduced_precision_only_where_the_accuracy_contract_admits_it():
+    bf16, int8 = {"dtype": "bfloat16"}, {"dtype": "bfloat16", "linear": "int8"}
+    assert SPACE.is_valid(bf16, "cpu") and SPACE.is_valid(int8, "cpu")  # the engine serves both; the target's contract decides
+    exact, bf16_tier, int8_tier = SPACE.under("float32"), SPACE.under("bfloat16"), SPACE.under("int8")
+    assert not exact.is_valid(bf16, "cpu") and bf16_tier.is_valid(bf16, "cpu") and int8_tier.is_valid(bf16, "cpu")
+    assert not bf16_tier.is_valid(int8, "cpu") and int8_tier.is_valid(int8, "cpu")
+    [problem] = exact.validate(bf16, {}, "cpu")
+    assert problem.startswith("design.dtype") and "computes in bfloat16" in problem and "accuracy contract" in problem
+    [problem] = SPACE.validate({"linear": "int8"}, {}, "cpu")  # int8 weights multiply bfloat16 activations
+    assert problem.startswith("design.linear") and "dtype" in problem
+    assert not SPACE.is_valid(int8, "cuda")  # measured on a CPU kernel only
 
 
 def test_unknown_choices_options_and_knobs_are_named():
@@ -176,7 +191,9 @@ def test_all_designs_are_exactly_the_valid_products():
     for device in ("cpu", "cuda"):
         assert SPACE.all_designs(device) == [d for d in every if SPACE.is_valid(d, device)]
     cpu = SPACE.all_designs("cpu")
-    assert DEFAULT_DESIGN in cpu and not any(d["attention"] == "flashinfer" or d["dtype"] == "bfloat16" for d in cpu)
+    assert DEFAULT_DESIGN in cpu and not any(d["attention"] == "flashinfer" for d in cpu) and any(d["dtype"] == "bfloat16" for d in cpu)
+    exact = SPACE.under("float32").all_designs("cpu")
+    assert exact == [d for d in cpu if d["dtype"] == "float32" and d["linear"] != "int8"]
 
 
 # --- moving through the space ------------------------------------------------------
@@ -189,9 +206,12 @@ def test_repair_makes_an_invalid_design_valid_and_keeps_the_rest():
     assert fixed == {**DEFAULT_DESIGN, "prefix_cache": "on", "kv_cache": "paged", "attention": "eager", "compile": "on"}
 
 
-def test_repair_falls_back_from_cuda_only_options_on_cpu():
+def test_repair_falls_back_from_cuda_only_options_on_cpu_and_from_precision_the_contract_refuses():
     fixed = SPACE.repair({"attention": "flashinfer", "dtype": "bfloat16", "speculation": "prompt_lookup"}, "cpu")
+    assert fixed == {**DEFAULT_DESIGN, "dtype": "bfloat16", "speculation": "prompt_lookup"}
+    fixed = SPACE.under("float32").repair({"attention": "flashinfer", "dtype": "bfloat16", "speculation": "prompt_lookup"}, "cpu")
     assert fixed == {**DEFAULT_DESIGN, "speculation": "prompt_lookup"}
+    assert SPACE.under("bfloat16").repair({"dtype": "bfloat16", "linear": "int8"}, "cpu") == {**DEFAULT_DESIGN, "dtype": "bfloat16"}
     assert SPACE.repair({"attention": "flashinfer"}, "cuda") == {**DEFAULT_DESIGN, "attention": "flashinfer"}
 
 
@@ -235,7 +255,10 @@ def test_neighbours_of_the_seed():
         (("kv_cache", "paged"), ("prefix_cache", "on")),
         (("kv_cache", "slab"), ("scheduler", "static")), (("kv_cache", "paged"), ("scheduler", "static")),
         (("kv_cache", "slab"), ("scheduler", "continuous")), (("kv_cache", "paged"), ("scheduler", "continuous")),
+        (("dtype", "bfloat16"),), (("dtype", "bfloat16"), ("linear", "int8")),
     }
+    exact = {tuple(sorted((k, v) for k, v in n.items() if DEFAULT_DESIGN[k] != v)) for n in SPACE.under("float32").neighbours(DEFAULT_DESIGN, "cpu")}
+    assert exact == {m for m in moves if ("dtype", "bfloat16") not in m}  # an exact contract never proposes reduced precision
     on_cuda = SPACE.neighbours(DEFAULT_DESIGN, "cuda")
     assert {**DEFAULT_DESIGN, "attention": "flashinfer"} in on_cuda and {**DEFAULT_DESIGN, "dtype": "bfloat16"} in on_cuda
 
@@ -251,7 +274,7 @@ def test_active_knobs_drop_those_that_do_not_apply():
 
 
 def test_interacting_choices_come_from_requirements_and_knob_conditions(tmp_path):
-    assert SPACE.interacting() == [("compile", "linear"), ("kv_cache", "prefix_cache"), ("kv_cache", "scheduler")]
+    assert SPACE.interacting() == [("compile", "linear"), ("dtype", "linear"), ("kv_cache", "prefix_cache"), ("kv_cache", "scheduler")]
     path = tmp_path / "space.toml"
     path.write_text(GOOD + '\n[knobs.overlap]\ntype = "int"\nlow = 0\nhigh = 1\ndefault = 0\n'
                     'applies_when = { compile = ["on"], speculation = ["prompt_lookup"] }\n')
@@ -266,7 +289,7 @@ def test_covering_designs_cover_every_option_and_interacting_pair(device):
     for name, choice in SPACE.choices.items():
         possible = {d[name] for d in valid}
         assert {d[name] for d in cover} == possible
-        assert possible == set(choice.options) - ({"flashinfer", "bfloat16"} if device == "cpu" else {"onednn"})
+        assert possible == set(choice.options) - ({"flashinfer"} if device == "cpu" else {"onednn", "int8"})
     for a, b in SPACE.interacting():
         assert {(d[a], d[b]) for d in cover} == {(d[a], d[b]) for d in valid}, (a, b)
 

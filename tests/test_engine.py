@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 from vibeserve_ray.candidate import GenerationRequest, sample_token
 from vibeserve_ray.engine import create_engine
 from vibeserve_ray.engine.layers import onednn_linear
+from vibeserve_ray.engine.layers.int8_linear import Int8Linear
 from vibeserve_ray.engine.layers.rotary import rope_inv_freq
 from vibeserve_ray.engine.models import FAMILIES, llama, load_family
 
@@ -206,7 +208,7 @@ def test_packed_linear_layers_give_the_greedy_tokens_of_transformers(model_dir, 
     layer = torch.nn.Linear(64, 96, bias=False)
     x = torch.randn(5, 64)
     assert torch.allclose(onednn_linear.OneDNNLinear(layer)(x), layer(x), atol=1e-5)
-    with pytest.raises(ValueError, match="bias-free float32"):
+    with pytest.raises(ValueError, match="bias-free float32 or bfloat16"):
         onednn_linear.pack_linears(torch.nn.Sequential(torch.nn.Linear(4, 4)))
     engine = create_engine(str(model_dir), "cpu", {"design": {"linear": "onednn"}})
     try:
@@ -216,3 +218,31 @@ def test_packed_linear_layers_give_the_greedy_tokens_of_transformers(model_dir, 
             assert [o.token_id for o in run(engine, GenerationRequest(prompt, max_tokens=12))] == tokens
     finally:
         asyncio.run(engine.close())
+
+
+@pytest.mark.skipif(not onednn_linear.bf16_supported(), reason="this CPU has neither AVX512-BF16 nor AMX")
+@pytest.mark.parametrize("design", [{"dtype": "bfloat16"}, {"dtype": "bfloat16", "linear": "onednn"}, {"dtype": "bfloat16", "linear": "int8"}],
+                         ids=["bfloat16", "bfloat16-onednn", "int8-weights"])
+def test_reduced_precision_on_cpu_serves_the_tokens_float32_would_where_they_are_decisive(model_dir, hf_model, design):
+    """bfloat16 weights, activations and KV cache (packed for oneDNN, or int8 weights): not exact,
+    but on a model with peaked logits every greedy token is float32's, and logprobs stay close."""
+    engine = create_engine(str(model_dir), "cpu", {"design": {"scheduler": "continuous", "kv_cache": "slab", **design}})
+    try:
+        kinds = {type(m) for m in engine.runner.model.modules()}
+        assert (onednn_linear.OneDNNLinear in kinds) == (design.get("linear") == "onednn") and (Int8Linear in kinds) == (design.get("linear") == "int8")
+        assert engine.runner.cache.keys[0].dtype == torch.bfloat16
+        for prompt in PROMPTS:
+            tokens, logprobs = hf_greedy(hf_model, prompt, 12)
+            outs = run(engine, GenerationRequest(prompt, max_tokens=12, want_logprobs=True))
+            assert [o.token_id for o in outs] == tokens
+            assert max(abs(o.logprob - lp) for o, lp in zip(outs, logprobs)) < 0.5
+    finally:
+        asyncio.run(engine.close())
+
+
+def test_bfloat16_is_refused_on_a_cpu_that_would_emulate_it(model_dir, monkeypatch):
+    monkeypatch.setattr(onednn_linear, "FAST_BF16_FLAGS", ("a_flag_no_cpu_has",))  # the CPU as /proc/cpuinfo would describe one without
+    if not onednn_linear.available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported() or not Path("/proc/cpuinfo").is_file():
+        pytest.skip("no oneDNN bfloat16 or no /proc/cpuinfo to read the CPU from")
+    with pytest.raises(ValueError, match="design.dtype = 'bfloat16' needs a CPU with AVX512-BF16 or AMX"):
+        create_engine(str(model_dir), "cpu", {"design": {"dtype": "bfloat16"}})

@@ -25,6 +25,24 @@ def test_tiny_target_loads_typed():
     assert t.checker_concurrency == 16
 
 
+def test_accuracy_contracts_of_the_laptop_targets():
+    """The laptop targets hold a tolerance contract at the bfloat16 tier with the default thresholds;
+    tiny-llama-cpu-exact the float32 bit-exact one; the int8 tier has defaults of its own."""
+    from vibeserve_ray.accuracy.contract import AccuracySpec
+
+    for target_dir in sorted(TINY_TARGET.parent.glob("tiny-llama-*/target.toml")):
+        t = load_target(target_dir)
+        exact = t.name == "tiny-llama-cpu-exact"
+        assert t.accuracy.mode == ("exact" if exact else "tolerance") and t.accuracy.script is None, t.name
+        assert t.lowest_precision == ("float32" if exact else "bfloat16")
+    t = load_target(TINY_TARGET)
+    assert (t.accuracy.mean_deficit, t.accuracy.gross_deficit, t.accuracy.max_abs_z) == (0.01, 1.0, 4.0)
+    assert t.contract() == 'mode = "tolerance" down to bfloat16'
+    int8 = AccuracySpec.model_validate({"mode": "tolerance", "tier": "int8"})
+    assert (int8.mean_deficit, int8.logprob_error) == (0.02, 0.15)
+    assert AccuracySpec.model_validate({"mode": "tolerance", "tier": "int8", "mean_deficit": 0.05}).mean_deficit == 0.05  # given beats the tier's
+
+
 @pytest.mark.parametrize("target_dir", sorted(p.parent for p in TINY_TARGET.parent.glob("*/target.toml")), ids=lambda p: p.name)
 def test_every_shipped_target_loads_and_its_workload_builds(target_dir):
     from vibeserve_ray.inner.workload import target_workload
@@ -71,6 +89,14 @@ BAD_CASES = [
     ("unknown agent role", lambda s: s.replace('backend = "auto"', 'backend = "auto"\nroles = {planner = "m"}'), "agent"),
     ("bad agent budget", lambda s: s.replace('backend = "auto"', 'backend = "auto"\nbudget_usd = -1'), "agent.budget_usd"),
     ("unknown role limit", lambda s: s + "\n[agent.judge]\nturns = 3\n", "agent.judge.turns"),
+    ("unknown accuracy mode", lambda s: s.replace('mode = "tolerance"', 'mode = "close"'), "accuracy.mode"),
+    ("unknown tier", lambda s: s.replace('tier = "bfloat16"', 'tier = "int4"'), "accuracy.tier"),
+    ("a threshold under the exact contract", lambda s: s.replace('mode = "tolerance"\ntier = "bfloat16"', 'mode = "exact"\nmean_deficit = 0.1'),
+     "accuracy.mean_deficit"),
+    ("a tier under the exact contract", lambda s: s.replace('mode = "tolerance"', 'mode = "exact"'), "accuracy.tier"),
+    ("a negative threshold", lambda s: s.replace('tier = "bfloat16"', 'tier = "bfloat16"\ngross_deficit = -1'), "accuracy.gross_deficit"),
+    ("a rate of one", lambda s: s.replace('tier = "bfloat16"', 'tier = "bfloat16"\ngross_rate = 1.0'), "accuracy.gross_rate"),
+    ("a missing accuracy script", lambda s: s.replace('tier = "bfloat16"', 'tier = "bfloat16"\nscript = "nope.py"'), "accuracy.script"),
 ]
 
 

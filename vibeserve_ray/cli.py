@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from vibeserve_ray import progress
+from vibeserve_ray.engine.space import PRECISIONS
 from vibeserve_ray.errors import BadInput
 
 
@@ -135,17 +136,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps({"failure": result.to_dict()}, indent=2))
         return 1
-    report, exact = result.report, result.exactness
+    report, accuracy = result.report, result.accuracy
     print(format_table(report))
-    print(exact.summary())
+    print(f"accuracy ({target.contract()}): {'PASS' if accuracy.ok else 'FAIL'}: {accuracy.summary()}")
     if about.get("sandbox_warning"):
         print(f"WARNING: {about['sandbox_warning']}")
-    out = report.to_json() | {"exact_responses": f"{exact.exact}/{exact.checked}", "exact_mismatch": exact.mismatch,
+    # exact_responses and exact_mismatch as before (n/m equal to the reference's greedy output); the contract's verdict beside them
+    out = report.to_json() | {"exact_responses": f"{accuracy.exact}/{accuracy.checked}", "exact_mismatch": accuracy.failure if accuracy.mode == "exact" else "",
+                              "accurate_responses": f"{accuracy.accurate}/{accuracy.checked}", "accuracy": accuracy.to_dict(),
                               "target": target.name} | about
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2))
         say(f"bench: wrote {args.out}")
-    return 0 if report.slo_passed and report.metrics.failed == 0 and exact.ok else 1
+    return 0 if report.slo_passed and report.metrics.failed == 0 and accuracy.ok else 1
+
+
+def cmd_target_calibrate(args: argparse.Namespace) -> int:
+    from vibeserve_ray.accuracy.calibrate import calibrate, table
+    from vibeserve_ray.target import load_target
+
+    target = load_target(args.target)
+    tier = args.tier or (target.accuracy.tier if target.accuracy.tolerant else "bfloat16")
+    if args.max_tokens < 2:
+        raise BadInput("command line", "--max-tokens", f"{args.max_tokens} is too few to judge (at least 2)")
+    say(f"calibrate: {target.name} ({target.contract()}), controls against the {tier} tier")
+    cal = calibrate(target, tier, args.max_tokens, say)
+    print(table(cal))
+    if args.json:
+        Path(args.json).write_text(json.dumps(cal.to_dict(), indent=2))
+    return 0 if cal.judgeable else 1
 
 
 def _portable_path(path: str) -> str:
@@ -325,6 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", help="run directory")
     report.add_argument("--out", metavar="FILE", help="write here (default RUN/report.html)")
     report.set_defaults(func=cmd_report)
+
+    tgt = sub.add_parser("target", help="target contracts").add_subparsers(dest="target_command", required=True)
+    cal = tgt.add_parser("calibrate", help="run controls and cheats through the accuracy statistics and propose a tolerance contract; "
+                                           "exit 1 when the model is too flat to judge")
+    cal.add_argument("target", help="target directory (holding target.toml)")
+    cal.add_argument("--tier", choices=PRECISIONS,
+                     help="the lowest precision to admit (default: the target's tier, or bfloat16 for an exact target)")
+    cal.add_argument("--max-tokens", type=int, default=48, help="greedy tokens per held-out prompt (default 48)")
+    cal.add_argument("--json", help="write the controls' statistics and the proposal as JSON here")
+    progress.add_quiet_flag(cal)
+    cal.set_defaults(func=cmd_target_calibrate)
 
     from vibeserve_ray.deploy.cli import add_deploy_parser
 

@@ -2,8 +2,9 @@
 
 Design choices are named options the engine template implements; knobs are numbers
 (or categories) Optuna tunes. Constraints say which options need which others
-(`requires`), which only run on some devices (`devices`), and which knobs matter for
-which options (`applies_when`). The search moves through this space; `vibeserve
+(`requires`), which only run on some devices (`devices`), which compute below float32
+(`precision`: a target's accuracy contract admits them or not, `DesignSpace.under`),
+and which knobs matter for which options (`applies_when`). The search moves through this space; `vibeserve
 candidate new` writes any point of it as a candidate directory.
 
 This is the search's view of the one file the engine reads too: each family's space
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vibeserve_ray.engine.space import Choice, design_problems, space_path
+from vibeserve_ray.engine.space import PRECISIONS, Choice, admits, design_problems, space_path
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.seed import materialise_seed
 
@@ -76,13 +77,19 @@ class DesignSpace:
     engine: str
     choices: dict[str, Choice]
     knobs: dict[str, KnobSpec]
+    lowest: str | None = None  # the lowest precision the target's accuracy contract admits (None: every option)
+
+    def under(self, lowest: str) -> DesignSpace:
+        """The points a target whose accuracy contract admits down to `lowest` may take
+        (the search never proposes the others; the inner loop rejects them)."""
+        return replace(self, lowest=lowest)
 
     def defaults(self) -> tuple[Design, dict[str, Any]]:
         return {c.name: c.default for c in self.choices.values()}, {k.name: k.default for k in self.knobs.values()}
 
     def validate(self, design: Design, knobs: dict[str, Any], device: str) -> list[str]:
         """Every way this point breaks the space, as sentences naming the field; [] if valid."""
-        problems = design_problems(self.choices, design, device)
+        problems = design_problems(self.choices, design, device, self.lowest)
         for name, value in knobs.items():
             if name not in self.knobs:
                 problems.append(f"knobs.{name}: unknown knob (known: {', '.join(self.knobs)})")
@@ -91,7 +98,7 @@ class DesignSpace:
         return problems
 
     def is_valid(self, design: Design, device: str) -> bool:
-        return not design_problems(self.choices, design, device)
+        return not design_problems(self.choices, design, device, self.lowest)
 
     def active_knobs(self, design: Design) -> list[KnobSpec]:
         """The knobs worth tuning for this design."""
@@ -104,13 +111,15 @@ class DesignSpace:
 
     def repair(self, design: Design, device: str) -> Design | None:
         """The nearest valid design: unmet requirements get their first allowed option,
-        device-unsupported options fall back to the default. None if that is not enough."""
+        device-unsupported options and those below the admitted precision fall back to the
+        default. None if that is not enough."""
         fixed = {**self.defaults()[0], **design}
         dev = _device_type(device)
         for _ in range(len(self.choices)):
             for name, choice in self.choices.items():
                 option = fixed[name]
-                if option in choice.devices and dev not in choice.devices[option]:
+                refused = self.lowest is not None and not admits(self.lowest, choice.precision.get(option, PRECISIONS[0]))
+                if refused or (option in choice.devices and dev not in choice.devices[option]):
                     fixed[name] = choice.default
                 for other, allowed in choice.requires.get(fixed[name], {}).items():
                     if fixed[other] not in allowed:
@@ -244,7 +253,7 @@ def _choice(file: str, name: str, spec: Any) -> Choice:
     where = f"choices.{name}"
     if not isinstance(spec, dict):
         raise BadInput(file, where, "must be a table")
-    unknown = set(spec) - {"options", "doc", "requires", "devices"}
+    unknown = set(spec) - {"options", "doc", "requires", "devices", "precision"}
     if unknown:
         raise BadInput(file, f"{where}.{sorted(unknown)[0]}", "unknown key")
     options = spec.get("options")
@@ -263,8 +272,17 @@ def _choice(file: str, name: str, spec: Any) -> Choice:
             return {k: tuple(v) for k, v in value.items()}
         return {k: table_of_lists(f"{key}.{k}", v, 1) for k, v in value.items()}
 
+    precision = spec.get("precision", {})
+    if not isinstance(precision, dict):
+        raise BadInput(file, f"{where}.precision", "must be a table")
+    for option, value in precision.items():
+        if option not in options:
+            raise BadInput(file, f"{where}.precision.{option}", f"{option!r} is not an option of {name}")
+        if value not in PRECISIONS:
+            raise BadInput(file, f"{where}.precision.{option}", f"must be one of {', '.join(PRECISIONS)}")
     return Choice(name=name, options=tuple(options), doc=str(spec.get("doc", "")),
-                  requires=table_of_lists("requires", spec.get("requires", {}), 2), devices=table_of_lists("devices", spec.get("devices", {}), 1))
+                  requires=table_of_lists("requires", spec.get("requires", {}), 2), devices=table_of_lists("devices", spec.get("devices", {}), 1),
+                  precision=dict(precision))
 
 
 def _knob(file: str, name: str, spec: Any, choices: dict[str, Choice]) -> KnobSpec:

@@ -7,8 +7,12 @@ and it needs the gap to tell. Sampling uses the contract's rule
 `response_format` masks each step by the contract's grammar (`response_grammar`) before
 it, ending where the grammar accepts a stop token.
 
+A tolerance contract asks the reference instead to judge a server's own tokens
+(`logprob_rows`: teacher-forced, one forward over prompt + completion, many at once).
+
 A target may name its own reference as `module:function`: a factory called as
-`factory(model_dir: str, dtype: str)` returning an object with this class's `generate`.
+`factory(model_dir: str, dtype: str)` returning an object with this class's `generate`
+(and `logprob_rows`, for a tolerance contract).
 """
 
 from __future__ import annotations
@@ -76,6 +80,23 @@ class TransformersReference:
                 if step + 1 < max_tokens:
                     out = self.model(input_ids=torch.tensor([[token]]), use_cache=True, **_cache_kwargs(out))
         return RefOutput(tokens, logprobs, gaps)
+
+    def logprob_rows(self, prompts: list[list[int]], completions: list[list[int]]):
+        """The reference's float32 log_softmax at every completion position, teacher-forced:
+        for each pair a tensor [len(completion), vocab] whose row t scores completion[t]
+        given the prompt and completion[:t]. One forward for the batch: right-padded (a
+        causal model's real tokens never see the padding after them), and the vocabulary
+        projection only for the rows asked for."""
+        torch = self._torch
+        seqs = [p + c[:-1] for p, c in zip(prompts, completions)]
+        width = max(map(len, seqs))
+        ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+        with torch.inference_mode(), _threads(torch, self._threads):
+            hidden = self.model.get_decoder()(input_ids=ids).last_hidden_state
+            picks = [(b, len(p) - 1 + t) for b, (p, c) in enumerate(zip(prompts, completions)) for t in range(len(c))]
+            rows = hidden[torch.tensor([b for b, _ in picks]), torch.tensor([i for _, i in picks])]
+            logprobs = torch.log_softmax(self.model.get_output_embeddings()(rows).float(), -1)
+        return list(logprobs.split([len(c) for c in completions]))
 
     def score(self, prompt_token_ids: list[int]) -> list[float | None]:
         """Each prompt token's logprob given the tokens before it (None for the first):
@@ -146,7 +167,7 @@ def _fingerprint_of(model_dir: Path, stamp: tuple) -> str:
     return h.hexdigest()[:16]
 
 
-def _fingerprint(model_dir: Path) -> str:
+def fingerprint(model_dir: Path) -> str:
     """Content hash of the weights and config: a cached answer is only reused for them
     (hashed once per process while the files' sizes and times stay as they were)."""
     model_dir = Path(model_dir)
@@ -179,7 +200,7 @@ def reference_outputs(
     def cache_file(prompt: list[int], n: int, fmt: dict | None) -> Path | None:
         if cache_root is None:
             return None
-        key = [kind, _fingerprint(model_dir), dtype, prompt, n, temperature, top_p, seed, transformers.__version__]
+        key = [kind, fingerprint(model_dir), dtype, prompt, n, temperature, top_p, seed, transformers.__version__]
         if fmt is not None:
             from importlib.metadata import version
 
@@ -195,8 +216,13 @@ def reference_outputs(
             constrained = {"response_format": formats[i]} if formats[i] is not None else {}  # a custom reference may not take it
             outs[i] = out = ref.generate(prompts[i], lengths[i], temperature, top_p, seed, **constrained)
             if files[i] is not None:
-                files[i].parent.mkdir(parents=True, exist_ok=True)
-                tmp = files[i].with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(asdict(out)))
-                tmp.replace(files[i])
+                write_cached(files[i], asdict(out))
     return outs  # type: ignore[return-value]
+
+
+def write_cached(file: Path, data: dict) -> None:
+    """`data` as JSON at `file`, whole or not at all (judgings in parallel share the cache)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(file)

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vibeserve_ray import checkpoint
+from vibeserve_ray.accuracy.contract import AccuracySpec
 from vibeserve_ray.bench.metrics import GOODPUT_BOUNDS
 from vibeserve_ray.errors import BadInput
 
@@ -251,6 +252,7 @@ class TargetSpec(_Strict):
     description: str = ""
     model: ModelSpec
     reference: ReferenceSpec = ReferenceSpec()
+    accuracy: AccuracySpec = AccuracySpec()
     checker: CheckerSpec
     benchmark: BenchmarkSpec
     hardware: HardwareSpec = HardwareSpec()
@@ -303,6 +305,19 @@ class Target:
     def checker_concurrency(self) -> int:
         return self.spec.checker.concurrency or self.spec.benchmark.concurrency
 
+    @property
+    def accuracy(self) -> AccuracySpec:
+        return self.spec.accuracy
+
+    @property
+    def lowest_precision(self) -> str:
+        """The lowest precision the accuracy contract admits a design to compute in."""
+        return self.spec.accuracy.lowest_precision(self.spec.reference.dtype)
+
+    def contract(self) -> str:
+        """The accuracy contract in a few words (what a rejection names)."""
+        return self.spec.accuracy.describe(self.spec.reference.dtype)
+
 
 def _field_name(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-after")))
@@ -334,6 +349,7 @@ def load_target(path: str | Path) -> Target:
         ("model.path", spec.model.path),
         ("model.swap_path", spec.model.swap_path),
         ("model.tokenizer", spec.model.tokenizer),
+        ("accuracy.script", spec.accuracy.script),
     ):
         if rel is not None and not target.path(rel).exists():
             raise BadInput(str(file), field, f"path not found: {target.path(rel)}")

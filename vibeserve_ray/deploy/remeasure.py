@@ -40,11 +40,13 @@ class Served:
 
     knobs: dict[str, Any]
     headline: float | None
-    exact_responses: str = ""
+    exact_responses: str = ""  # n/m equal to the reference's greedy output
     failure: str | None = None
+    accurate_responses: str = ""  # n/m meeting the target's accuracy contract (its statistics decide under a tolerance one)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"knobs": self.knobs, "headline": self.headline, "exact_responses": self.exact_responses, "failure": self.failure}
+        return {"knobs": self.knobs, "headline": self.headline, "exact_responses": self.exact_responses,
+                "accurate_responses": self.accurate_responses, "failure": self.failure}
 
 
 def knob_variants(knobs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -107,12 +109,13 @@ def _measure_served(target: Target, candidate: Path, knobs: dict[str, Any], port
         return Served(knobs, None, failure=f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}")
     finally:
         serve.delete(APP_NAME)
-    e = measured.exactness
-    if not e.ok:
-        return Served(knobs, None, f"{e.exact}/{e.checked}", e.mismatch)
+    a = measured.accuracy
+    exact, accurate = f"{a.exact}/{a.checked}", f"{a.accurate}/{a.checked}"
+    if not a.ok:
+        return Served(knobs, None, exact, a.failure, accurate)
     if measured.report.metrics.completed == 0:
-        return Served(knobs, None, f"{e.exact}/{e.checked}", "no request completed")
-    return Served(knobs, measured.report.headline_value, f"{e.exact}/{e.checked}")
+        return Served(knobs, None, exact, "no request completed", accurate)
+    return Served(knobs, measured.report.headline_value, exact, None, accurate)
 
 
 def served_knobs(run_dir: Path, commit: str) -> dict[str, Any] | None:

@@ -1,10 +1,10 @@
 """The Performance Evaluator: measure a validated candidate, tune its knobs, leave hints.
 
 A measurement starts the candidate and runs the target's benchmark through the same
-HTTP front it is served with, then compares the benchmark's own responses with the
-reference (all of them on CPU targets). Tuning runs one measurement per Optuna trial
-(TPE, warm-started from the parent's best knobs, SLOs as constraints); a trial whose
-responses differ from the reference rejects the candidate.
+HTTP front it is served with, then holds the benchmark's own responses to the target's
+accuracy contract (all of them on CPU targets). Tuning runs one measurement per Optuna
+trial (TPE, warm-started from the parent's best knobs, SLOs as constraints); a trial whose
+responses fail the contract rejects the candidate.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ from vibeserve_ray.bench import OPENAI, BenchReport, Dialect, Request, run_bench
 from vibeserve_ray.candidate import CandidateSpec, load_candidate, write_candidate_toml
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.inner.hints import Hint, hints_for
-from vibeserve_ray.inner.judge.exact import Exactness, check_responses
+from vibeserve_ray.accuracy.verdict import Accuracy
+from vibeserve_ray.inner.judge.responses import check_responses
 from vibeserve_ray.inner.tune import Climb
 from vibeserve_ray.inner.workload import target_workload
 from vibeserve_ray.runner import CandidateFailed, CandidateFailure, CandidateProcess, Limits, start_candidate
 from vibeserve_ray.target import Target
 
-EXACT_GATE = "exact-responses"  # the failure phase of a measurement whose responses differ from the reference
+ACCURACY_GATE = "accurate-responses"  # the failure phase of a measurement whose responses fail the accuracy contract
 
 
 # --- one measurement -------------------------------------------------------------------
@@ -56,10 +57,10 @@ def _dialect(proc: CandidateProcess | Endpoint) -> Dialect:
 
 @dataclass(frozen=True)
 class Measurement:
-    """A benchmark run and how many of its responses equal the reference's."""
+    """A benchmark run and how its responses meet the target's accuracy contract."""
 
     report: BenchReport
-    exactness: Exactness
+    accuracy: Accuracy
 
 
 async def warm_up(proc: CandidateProcess | Endpoint, target: Target, requests: list[Request], say: Callable[[str], None]) -> None:
@@ -91,8 +92,8 @@ async def bench_running(proc: CandidateProcess | Endpoint, target: Target, reque
 def bench_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, num_requests: int | None = None,
                     limits: Limits | None = None, say: Callable[[str], None] = lambda s: None) -> Measurement | CandidateFailure:
     """Starts the candidate, benchmarks it, stops it, and checks its responses against the
-    reference; a failure is returned, not raised (a differing response is not a failure:
-    the caller decides what it means)."""
+    reference; a failure is returned, not raised (responses that fail the accuracy contract
+    are not a failure: the caller decides what they mean)."""
     requests = target_workload(target, num_requests)
     limits = limits or Limits(**target.spec.limits.model_dump())
     try:
@@ -112,8 +113,9 @@ def bench_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, num_r
 def bench_url(target: Target, url: str, model: str | None = None, *, num_requests: int | None = None,
               say: Callable[[str], None] = lambda s: None) -> Measurement:
     """The target's benchmark against an OpenAI-compatible server at `url`, its responses
-    compared with the reference as a candidate's are (the server must return token ids,
-    as vLLM does with `return_token_ids`). An unreachable server or an unknown model is BadInput."""
+    held to the target's accuracy contract as a candidate's are (the server must return
+    token ids, as vLLM does with `return_token_ids`). An unreachable server or an unknown
+    model is BadInput."""
     base = _base_url(url)
     try:
         models = asyncio.run(served_models(base))
@@ -185,7 +187,7 @@ def sampler_seed(design: dict[str, str], warm_knobs: dict[str, Any]) -> int:
 def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: list, warm_knobs: dict[str, Any], n_trials: int,
              say: Callable[[str], None] = lambda s: None, moves: list[dict[str, Any]] | None = None, deadline: float = math.inf) -> Evaluated:
     """Tunes the candidate's active knobs with `n_trials` measurements; the best is written
-    back into its candidate.toml. A trial with a response unlike the reference's ends it.
+    back into its candidate.toml. A trial whose responses fail the accuracy contract ends it.
     With `moves` (the finalist's tuning pass), the trials measure `warm_knobs` again, then
     each move over the best knobs so far, then TPE's.
     No trial starts that would end past `deadline` (unix time) at the pace of the slowest so far."""
@@ -225,17 +227,17 @@ def evaluate(target: Target, spec: CandidateSpec, workdir: Path, active_knobs: l
             say(f"evaluate: trial {n + 1} failed ({result.phase}): {result.reason}")
             continue
         report = result.report
-        if not result.exactness.ok:
+        if not result.accuracy.ok:
             study.tell(ot, state=optuna.trial.TrialState.FAIL)
             trials.append(Trial(knobs, math.nan, distributions=dists))
             write_candidate_toml(spec.path, spec.entrypoint, spec.design, spec.knobs)
-            return Evaluated(None, trials, [], CandidateFailure(EXACT_GATE, f"trial {n + 1}: {result.exactness.summary()}"))
+            return Evaluated(None, trials, [], CandidateFailure(ACCURACY_GATE, f"trial {n + 1}: {result.accuracy.summary()}"))
         violations = [v.value / v.bound - 1 if v.kind == "max" else 1 - v.value / v.bound for v in report.slo_violations]
         ot.set_constraint("slo", max(violations, default=0.0))  # > 0: infeasible, by how far the worst SLO is missed
         study.tell(ot, report.headline_value)
         trials.append(Trial(knobs, report.headline_value, report.slo_passed, report.metrics.to_dict(), distributions=dists))
         say(f"evaluate: trial {n + 1}: {report.headline_name} = {report.headline_value:.2f}, slo {'ok' if report.slo_passed else 'missed'}, "
-            f"{result.exactness.summary()}")
+            f"{result.accuracy.summary()}")
     measured = [t for t in trials if t.failure is None]
     if not measured:
         write_candidate_toml(spec.path, spec.entrypoint, spec.design, spec.knobs)

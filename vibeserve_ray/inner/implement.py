@@ -139,9 +139,12 @@ def candidate_tools(target: Target, space: DesignSpace, ws: Path, scratch: Path,
             return "INVALID candidate.toml (the search would reject it before running it): " + "; ".join(problems)
         verdict = check_candidate(target, spec, scratch / f"check-{next(runs)}", phases=("concurrent",), say=say)
         if verdict.passed:
-            return f"PASS: {verdict.compared} sequences equal to the reference under concurrent load ({verdict.forgiven} cut at a near-tie)"
+            return (verdict.summary() if verdict.accuracy is not None else
+                    f"PASS: {verdict.compared} sequences equal to the reference under concurrent load ({verdict.forgiven} cut at a near-tie)")
         if verdict.failure:
             return verdict.failure.describe()
+        if verdict.accuracy is not None:  # labels and statistics only: no token leaves the checker
+            return f"FAIL: under the target's tolerance contract: {verdict.accuracy.summary()}"
         m = verdict.mismatch
         assert m is not None
         # where, not what: the held-out prompts and the reference's tokens stay with the checker
@@ -151,7 +154,7 @@ def candidate_tools(target: Target, space: DesignSpace, ws: Path, scratch: Path,
         out = bench_candidate(target, _candidate(ws), scratch / f"bench-{next(runs)}", num_requests=n_requests, say=say)
         if isinstance(out, CandidateFailure):
             return out.describe()
-        return json.dumps(out.report.to_json() | {"exact_responses": out.exactness.summary()}, indent=1)
+        return json.dumps(out.report.to_json() | {"accuracy": out.accuracy.summary()}, indent=1)
 
     def profile(_: dict) -> str:
         return profile_candidate(target, _candidate(ws), scratch / f"profile-{next(runs)}", min(PROFILE_REQUESTS, n_requests), say=say)

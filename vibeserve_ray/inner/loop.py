@@ -21,7 +21,7 @@ from vibeserve_ray.agents.transport import via_actor
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.design_space import DesignSpace, load_space
 from vibeserve_ray.errors import BadInput
-from vibeserve_ray.inner.evaluate import EXACT_GATE, Evaluated, evaluate
+from vibeserve_ray.inner.evaluate import ACCURACY_GATE, Evaluated, evaluate
 from vibeserve_ray.inner.hints import Hint
 from vibeserve_ray.inner.implement import apply_design, candidate_tools, implement_hypothesis, skill_knobs
 from vibeserve_ray.inner.judge.gates import JudgeVerdict, judge
@@ -95,7 +95,7 @@ def run_inner_loop(task: InnerTask) -> InnerResult:
     message = "seed"
     try:
         target = load_target(task.target_path)
-        space = load_space(task.space_path)
+        space = load_space(task.space_path).under(target.lowest_precision)
         if task.tune:
             return _tune(task, ws, target, space, say)
         t0 = time.time()
@@ -158,10 +158,10 @@ def _tune(task: InnerTask, ws: Workspace, target: Target, space: DesignSpace, sa
 
 def _measured(ws: Workspace, target: Target, message: str, outcome: Evaluated, read: Callable[[dict], list[Hint]] | None = None) -> InnerResult:
     """The evaluator's outcome as the result: its best trial, or why none counts (a response
-    unlike the reference's rejects the candidate). `read`: the Evaluator agent's hints."""
+    that fails the accuracy contract rejects the candidate). `read`: the Evaluator agent's hints."""
     if outcome.best is None:
         f = outcome.failure
-        return ws.result("rejected" if f and f.phase == EXACT_GATE else "failed", message, failure_phase=f.phase if f else "evaluate",
+        return ws.result("rejected" if f and f.phase == ACCURACY_GATE else "failed", message, failure_phase=f.phase if f else "evaluate",
                          failure_reason=f.reason if f else "no trial finished", trials=outcome.trials)
     b = outcome.best
     hints = (read(b.metrics) if read else None) or outcome.hints

@@ -70,7 +70,8 @@ class Search:
         """`inner_loop` runs one candidate as a Ray task (the method's inner loop; orchestration
         benchmarks and tests pass a stand-in that only takes time). With `agents`, the
         Orchestrator plans each round and LLM agents implement, review and read each candidate."""
-        self.target, self.target_arg, self.run_dir, self.space, self.budget = target, target_arg, Path(run_dir), space, budget
+        self.target, self.target_arg, self.run_dir, self.budget = target, target_arg, Path(run_dir), budget
+        self.space = space.under(target.lowest_precision)  # only the points its accuracy contract admits
         self.seed, self.say = seed, say
         self.objective = target.spec.benchmark.objective
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,7 @@ class Search:
         self._hypotheses: dict[str, Hypothesis] = {}  # eval_id -> what its Implementer was asked
         rng_seed = seed * 100_003 + len(self.rows)  # a resumed search does not replay its first choices
         if implementer == "random":
-            self.proposer: OfflineProposer = RandomProposer(space.all_designs(self.device), seed=rng_seed)
+            self.proposer: OfflineProposer = RandomProposer(self.space.all_designs(self.device), seed=rng_seed)
         else:
             self.proposer = OfflineProposer(applicable(target), seed=rng_seed)
 

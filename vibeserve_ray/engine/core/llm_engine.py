@@ -19,7 +19,7 @@ import torch
 from vibeserve_ray.candidate import PROMPT_LOGPROBS, RESPONSE_FORMAT, TOP_LOGPROBS, GenerationRequest, RequestRefused, TokenOut
 
 from ..config import EngineConfig, ModelConfig
-from ..layers import onednn_linear
+from ..layers import int8_linear, onednn_linear
 from ..layers.attention import make_attention
 from ..models import load_family
 from ..models.loader import load_model
@@ -47,9 +47,13 @@ class LLMEngine:
         dtype = DTYPES[ec.dtype]
         if ec.linear == "onednn" and not onednn_linear.available():
             raise ValueError("design.linear = 'onednn' needs a torch built with oneDNN")
+        if dtype == torch.bfloat16 and self.device.type == "cpu" and not onednn_linear.bf16_supported():
+            raise ValueError("design.dtype = 'bfloat16' needs a CPU with AVX512-BF16 or AMX (this one emulates it, slower than float32)")
         model = load_model(model_dir, self.device, dtype)
         if ec.linear == "onednn":
             onednn_linear.pack_linears(model)
+        elif ec.linear == "int8":
+            int8_linear.quantize_linears(model)
         if ec.compile:  # the dense part of each layer; attention stays eager (its shapes vary per step)
             for layer in model.model.layers:
                 layer.mlp = torch.compile(layer.mlp, dynamic=True)

@@ -8,20 +8,38 @@ weights, more than the L3 cache, so each step streams them from memory): 10.4 ms
 batch-16 decode step instead of 15.0 (1.44x), 30 ms instead of 39 for a 72-token chunk
 (1.29x). The math is the same float32 dot products in another order: outputs differ from
 MKL's by ~5e-6.
+
+In bfloat16 (weights and activations both; oneDNN refuses the mix) on a CPU with AMX or
+AVX512-BF16 the packed matmul is where reduced precision pays: every projection of the
+tiny Llama at batch 16, one thread, 233 GFLOP/s against 49 for float32 MKL (4.7x) and
+150 for bfloat16 `F.linear`; 256-token prefill 1,175 against 153 (7.7x).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+
+FAST_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # without them oneDNN emulates bfloat16, slower than float32
 
 
 def available() -> bool:
     return torch.backends.mkldnn.is_available()
 
 
+def bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (oneDNN with AVX512-BF16 or AMX)."""
+    if not (available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return False
+    cpuinfo = Path("/proc/cpuinfo")
+    return not cpuinfo.is_file() or bool(set(FAST_BF16_FLAGS) & set(cpuinfo.read_text().split()))
+
+
 class OneDNNLinear(nn.Module):
-    """A bias-free `nn.Linear` whose weight lives in oneDNN's packed layout."""
+    """A bias-free `nn.Linear` whose weight lives in oneDNN's packed layout (float32, or
+    bfloat16 with bfloat16 activations)."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -39,7 +57,7 @@ def pack_linears(model: nn.Module) -> None:
     weight is dropped unless something else, a tied embedding, holds it)."""
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear):
-            if module.bias is not None or module.weight.dtype != torch.float32:
-                raise ValueError(f"design.linear = 'onednn' packs bias-free float32 layers; {name} is not one")
+            if module.bias is not None or module.weight.dtype not in (torch.float32, torch.bfloat16):
+                raise ValueError(f"design.linear = 'onednn' packs bias-free float32 or bfloat16 layers; {name} is not one")
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent), leaf, OneDNNLinear(module))

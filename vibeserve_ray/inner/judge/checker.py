@@ -3,10 +3,14 @@
 Held-out prompts (kept in the target, outside any candidate) and, when judging, fresh
 prompts drawn from a secret seed with the same length mix (so a candidate that knows
 the held-out ones gains nothing) are sent one at a time and then concurrently at the
-target's concurrency with mixed lengths, because batching bugs only show under load. Greedy tokens must equal the reference's; a
-divergence is forgiven only at a near-tie (the reference's top-2 gap below the
-tolerance), after which that sequence is not compared further, as vLLM's
-`check_logprobs_close` does. Logprobs must agree within their tolerance.
+target's concurrency with mixed lengths, because batching bugs only show under load.
+
+Under an exact contract (`[accuracy] mode = "exact"`) greedy and seeded tokens must
+equal the reference's; a divergence is forgiven only at a near-tie (the reference's
+top-2 gap below the tolerance), after which that sequence is not compared further, as
+vLLM's `check_logprobs_close` does, and logprobs must agree within their tolerance.
+Under a tolerance contract the reference scores the candidate's own tokens instead, every
+response of every phase pooled (`vibeserve_ray.accuracy`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import aiohttp
 import numpy as np
 
 from vibeserve_ray import progress
+from vibeserve_ray.accuracy.score import Response
+from vibeserve_ray.accuracy.verdict import Accuracy, tolerance_check
 from vibeserve_ray.candidate import CandidateSpec
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.reference import RefOutput, reference_outputs
@@ -57,16 +63,26 @@ class Mismatch:
 class CheckVerdict:
     passed: bool
     compared: int  # sequences compared
-    forgiven: int  # sequences cut short at a near-tie
-    mismatch: Mismatch | None = None
+    forgiven: int  # sequences cut short at a near-tie (exact contract)
+    mismatch: Mismatch | None = None  # exact contract: the first difference
     failure: CandidateFailure | None = None
+    accuracy: Accuracy | None = None  # tolerance contract: the statistics of every response, pooled
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        return out | {"accuracy": self.accuracy.to_dict()} if self.accuracy else out
+
+    def reason(self) -> str:
+        """Why the outputs do not meet the contract ('' when they do, or the candidate failed)."""
+        if self.mismatch:
+            return self.mismatch.describe()
+        return self.accuracy.failure if self.accuracy else ""
 
     def summary(self, decode: Callable[[list[int]], str] | None = None) -> str:
         if self.failure:
             return self.failure.describe()
+        if self.accuracy is not None:
+            return f"{'PASS' if self.passed else 'FAIL'}: {self.compared} sequences against the tolerance contract: {self.accuracy.summary()}"
         if self.passed:
             return f"PASS: {self.compared} sequences equal to the reference ({self.forgiven} cut short at a near-tie)"
         m = self.mismatch
@@ -190,8 +206,10 @@ ALL_PHASES = ("sequential", "concurrent", "sampled")
 
 
 def references(target: Target, model_dir: Path, prompts: list[Prompt], kinds: tuple[str, ...], cache: bool = True) -> dict[str, list[RefOutput]]:
-    """The reference's outputs the phases `kinds` compare with: greedy, and sampled per seed
-    (cached on disk unless `cache` is False: fresh prompts are never asked twice)."""
+    """The reference's outputs the phases `kinds` compare with under an exact contract:
+    greedy, and sampled per seed (cached on disk unless `cache` is False: fresh prompts are
+    never asked twice). A tolerance contract needs none of them (`check_phases` scores the
+    candidate's own tokens)."""
     c, r = target.spec.checker, target.spec.reference
     ids, root = [p.token_ids for p in prompts], cache_dir() if cache else None
     formats = [p.response_format for p in prompts]
@@ -205,9 +223,13 @@ def references(target: Target, model_dir: Path, prompts: list[Prompt], kinds: tu
 
 
 async def check_phases(proc: CandidateProcess, target: Target, prompts: list[Prompt], refs: dict[str, list[RefOutput]],
-                       say: Callable[[str], None], kinds: tuple[str, ...]) -> CheckVerdict:
-    """Sends the prompts in each phase of `kinds` to the running candidate and compares."""
+                       say: Callable[[str], None], kinds: tuple[str, ...], model_dir: Path | None = None) -> CheckVerdict:
+    """Sends the prompts in each phase of `kinds` to the running candidate and compares: with
+    `refs` under an exact contract, by scoring its tokens on the weights in `model_dir`
+    (default: the target's) under a tolerance one."""
     c = target.spec.checker
+    tolerant = target.accuracy.tolerant
+    responses: list[Response] = []
     n = len(prompts)
     # Mixed output lengths under load: requests finish at different steps of a batch.
     lengths = [max(1, c.max_tokens - (i % 4) * (c.max_tokens // 4)) for i in range(n)]
@@ -241,6 +263,10 @@ async def check_phases(proc: CandidateProcess, target: Target, prompts: list[Pro
             except (asyncio.TimeoutError, aiohttp.ClientError, RuntimeError) as exc:
                 reason = f"request timed out after {proc.limits.request_timeout_s:g}s" if isinstance(exc, asyncio.TimeoutError) else str(exc)
                 return CheckVerdict(False, compared, forgiven, failure=proc.explain("check", f"{phase}: {reason}"))
+            if tolerant:
+                responses += [Response(f"{prompts[i].label} ({phase})", prompts[i].token_ids, got.token_ids, max_tokens[i], temperature, top_p,
+                                       seed, prompts[i].response_format, got.logprobs) for i, got in zip(indices, outs)]
+                continue
             for i, got in zip(indices, outs):
                 ref = refs[key][i]
                 status, step, reason = compare(ref, got, c.tolerance, c.logprob_tolerance)
@@ -253,6 +279,10 @@ async def check_phases(proc: CandidateProcess, target: Target, prompts: list[Pro
                     mismatch = Mismatch(phase, i, p.text, step, ref.token_ids[:want], got.token_ids, reason, p.label)
                     return CheckVerdict(False, compared, forgiven, mismatch=mismatch)
                 forgiven += status == "forgiven"
+    if tolerant:
+        say(f"check: scoring {len(responses)} responses with the reference")
+        accuracy = tolerance_check(target, model_dir or target.model_dir(), responses)
+        return CheckVerdict(accuracy.ok, len(responses), 0, accuracy=accuracy)
     return CheckVerdict(True, compared, forgiven)
 
 
@@ -263,12 +293,14 @@ def check_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, swap:
     test): outputs must change exactly as the reference's do."""
     model_dir = target.model_dir(swap=swap)
     prompts = held_out_prompts(target)
-    say(f"check: reference outputs for {len(prompts)} prompts ({target.spec.reference.kind})")
-    refs = references(target, model_dir, prompts, phases)
+    refs = {}
+    if not target.accuracy.tolerant:
+        say(f"check: reference outputs for {len(prompts)} prompts ({target.spec.reference.kind})")
+        refs = references(target, model_dir, prompts, phases)
     limits = limits or Limits(**target.spec.limits.model_dump())
     say(f"check: starting candidate {spec.path}")
     try:
         with start_candidate(spec, model_dir, target.tokenizer_dir(), target.served_name, target.spec.hardware.device, limits, workdir) as proc:
-            return asyncio.run(check_phases(proc, target, prompts, refs, say, phases))
+            return asyncio.run(check_phases(proc, target, prompts, refs, say, phases, model_dir))
     except CandidateFailed as exc:
         return CheckVerdict(False, 0, 0, failure=exc.failure)

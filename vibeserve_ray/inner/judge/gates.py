@@ -2,22 +2,27 @@
 
 Cheapest first, stopping at the first "no":
 
-1. scan: the code's syntax tree (network, processes, ctypes, the reference or the
+1. precision: the candidate's declared design computes in no lower precision than the
+   target's accuracy contract admits (read with the harness's copy of the design space);
+2. scan: the code's syntax tree (network, processes, ctypes, the reference or the
    harness, computed imports, paths outside the candidate and the model);
-2. reference-equality: greedy tokens equal the reference's on the held-out prompts (a
+3. reference-equality: greedy outputs meet the contract on the held-out prompts (a
    secret sample of them one at a time, then all concurrently) and on fresh prompts
    drawn from a seed chosen now (the same length mix), concurrently among them;
-3. seeded-sampling: the same prompts sampled with the checker's seeds;
-4. load-honesty: the benchmark's own kind of requests, alone, at its concurrency and
-   at twice it, every response equal to the reference's;
-5. streaming-honesty: those streams arrived as generated, not buffered or in bursts;
-6. weight-swap: on the second checkpoint the held-out prompts' outputs change as the
+4. seeded-sampling: the same prompts sampled with the checker's seeds;
+5. load-honesty: the benchmark's own kind of requests, alone, at its concurrency and
+   at twice it, every response meeting the contract;
+6. streaming-honesty: those streams arrived as generated, not buffered or in bursts;
+7. accuracy-script: the target's own check passes (only where `[accuracy] script` names one);
+8. weight-swap: on the second checkpoint the held-out prompts' outputs change as the
    reference's do (a memorised answer would not);
-7. protected-data: the tree holds no copy of checker or benchmark data (checked before
+9. protected-data: the tree holds no copy of checker or benchmark data (checked before
    anything runs) and the model, target, reference and harness files hash the same
    after the candidate ran as before (checked last).
 
-Gates 2-5 share one candidate process, gate 6 has its own (started while gates 2-5 run,
+"Meet the contract" is `[accuracy]`'s: outputs equal to the reference's (`exact`), or the
+reference's statistics of the candidate's own tokens within its thresholds (`tolerance`).
+Gates 3-7 share one candidate process, gate 8 has its own (started while gates 3-7 run,
 where memory allows). A gate's "no" is a `rejected` verdict; a candidate that crashes
 or hangs on the way is `failed` at the gate it was in. `vibeserve judge` and the
 search's inner loop both run `judge`.
@@ -37,15 +42,19 @@ from typing import Callable
 import psutil
 
 from vibeserve_ray.candidate import CandidateSpec
+from vibeserve_ray.design_space import default_space_path, load_space
+from vibeserve_ray.engine.space import below
 from vibeserve_ray.inner.judge import load, protect
 from vibeserve_ray.inner.judge.checker import CheckVerdict, check_phases, fresh_prompts, held_out_prompts, references
 from vibeserve_ray.inner.judge.scan import scan_for_bypass
+from vibeserve_ray.inner.judge.script import run_script
 from vibeserve_ray.inner.workload import target_workload
 from vibeserve_ray.runner import CandidateFailed, CandidateFailure, Limits, start_candidate
 from vibeserve_ray.sandbox import SandboxUnavailable, ensure
 from vibeserve_ray.target import Target
 
-GATES = ("scan", "reference-equality", "seeded-sampling", "load-honesty", "streaming-honesty", "weight-swap", "protected-data")
+GATES = ("precision", "scan", "reference-equality", "seeded-sampling", "load-honesty", "streaming-honesty", "accuracy-script", "weight-swap",
+         "protected-data")
 FRESH_SHARE = 0.25  # fresh prompts per held-out prompt: each costs reference decoding every judging
 MIN_FRESH = 4
 ALONE_SHARE = 0.4  # held-out prompts also sent one at a time, drawn for each judging: the lone
@@ -103,7 +112,20 @@ class _Judging:
             raise _Stop
 
     def check(self, gate: str, started: float, v: CheckVerdict) -> None:
-        self.done(gate, started, v.mismatch.describe() if v.mismatch else "", v.failure)
+        self.done(gate, started, v.reason(), v.failure)
+
+
+def gates_run(target: Target) -> tuple[str, ...]:
+    """The gates a judging of a candidate that passes them all runs, in order."""
+    return tuple(g for g in GATES if g != "accuracy-script" or target.accuracy.script)
+
+
+def precision_problem(target: Target, spec: CandidateSpec) -> str:
+    """'' when the declared design computes in no lower precision than the contract admits."""
+    choices = load_space(default_space_path()).choices  # the harness's copy: the candidate's own may be edited
+    found = below(choices, spec.design, target.lowest_precision)
+    return "; ".join(f"design.{name} = {option!r} computes in {p}; the target's accuracy contract ({target.contract()}) admits nothing "
+                     f"below {target.lowest_precision}" for name, option, p in found)
 
 
 def judge(target: Target, spec: CandidateSpec, parent_dir: Path | None, workdir: Path, say: Callable[[str], None] = lambda s: None,
@@ -181,6 +203,8 @@ class _Processes:
 def _gates(j: _Judging, target: Target, spec: CandidateSpec, parent_dir: Path | None, processes: _Processes, rng: random.Random,
            say: Callable[[str], None]) -> None:
     t = time.perf_counter()
+    j.done("precision", t, precision_problem(target, spec))
+    t = time.perf_counter()
     findings = scan_for_bypass(spec.path, parent_dir)
     j.done("scan", t, "; ".join(f.describe() for f in findings[:3]) + (f" (+{len(findings) - 3} more)" if len(findings) > 3 else ""))
 
@@ -188,7 +212,8 @@ def _gates(j: _Judging, target: Target, spec: CandidateSpec, parent_dir: Path | 
     held = held_out_prompts(target)
     fresh = fresh_prompts(target, held, max(MIN_FRESH, round(len(held) * FRESH_SHARE)), rng.getrandbits(62))
     prompts = held + fresh
-    held_refs = references(target, target.model_dir(), held, ("sequential", "sampled"))
+    exact = not target.accuracy.tolerant  # a tolerance contract scores the candidate's own tokens: no reference outputs to wait for
+    held_refs = references(target, target.model_dir(), held, ("sequential", "sampled") if exact else ("sequential",))
     copies = protect.copies_in_tree(spec.path, [(p.text, p.token_ids) for p in held], target_workload(target),
                                     [r.token_ids for r in held_refs["greedy"]])
     if copies:
@@ -200,7 +225,7 @@ def _gates(j: _Judging, target: Target, spec: CandidateSpec, parent_dir: Path | 
     processes.start(False)
     # The fresh prompts' reference outputs are decoded while the candidate starts and answers
     # the held-out prompts one at a time (they are needed only after).
-    fresh_refs = processes.beside(references, target, target.model_dir(), fresh, ("sequential", "sampled"), False)
+    fresh_refs = processes.beside(references, target, target.model_dir(), fresh, ("sequential", "sampled") if exact else (), False)
     try:
         proc = processes.get(False)
     except CandidateFailed as exc:
@@ -214,8 +239,8 @@ def _gates(j: _Judging, target: Target, spec: CandidateSpec, parent_dir: Path | 
     alone = asyncio.run(check_phases(proc, target, [held[i] for i in lone], {k: [v[i] for i in lone] for k, v in held_refs.items()},
                                      say, ("sequential",)))
     if alone.passed:
-        say(f"judge: reference outputs for {len(fresh)} fresh prompts")
-        refs = {k: held_refs[k] + fresh_refs.result()[k] for k in held_refs}
+        say(f"judge: reference outputs for {len(fresh)} fresh prompts" if exact else f"judge: {len(prompts)} prompts concurrently")
+        refs = {k: held_refs[k] + fresh_refs.result()[k] for k in held_refs} if exact else {}
     j.check("reference-equality", t, asyncio.run(check_phases(proc, target, prompts, refs, say, ("concurrent",))) if alone.passed else alone)
     t = time.perf_counter()
     j.check("seeded-sampling", t, asyncio.run(check_phases(proc, target, prompts, refs, say, ("sampled",))))
@@ -231,16 +256,21 @@ def _gates(j: _Judging, target: Target, spec: CandidateSpec, parent_dir: Path | 
     j.done("load-honesty", t, load.load_verdict(target, runs))
     t = time.perf_counter()
     j.done("streaming-honesty", t, load.streaming_verdict(runs))
+    if target.accuracy.script:
+        t = time.perf_counter()
+        say(f"judge: the target's accuracy script {target.accuracy.script}")
+        j.done("accuracy-script", t, run_script(target, proc.base_url, proc.served_name))
     processes.stop(False)
 
     t = time.perf_counter()
     # The held-out prompts alone: the ones an engine could have memorised answers to.
-    swap_refs = references(target, target.model_dir(swap=True), held, ("concurrent",))
+    swap_dir = target.model_dir(swap=True)
+    swap_refs = references(target, swap_dir, held, ("concurrent",)) if exact else {}
     try:
         proc = processes.get(True)
     except CandidateFailed as exc:
         j.done("weight-swap", t, failure=exc.failure)
-    j.check("weight-swap", t, asyncio.run(check_phases(proc, target, held, swap_refs, say, ("concurrent",))))
+    j.check("weight-swap", t, asyncio.run(check_phases(proc, target, held, swap_refs, say, ("concurrent",), swap_dir)))
     processes.stop(True)
 
     t = time.perf_counter() - protect_s
