@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.vllm_peer import stop_group
 from vibeserve_ray.tinymodel import cache_dir
 
 Progress = Callable[[str], None]
@@ -212,14 +212,7 @@ def serve_llama(binary: Path, gguf: Path, alias: str, workdir: Path, *, threads:
         say(f"llama.cpp: ready in {time.monotonic() - t0:.1f} s at {base}")
         yield LlamaServer(base, proc.pid, log, args, env)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 def metrics(base_url: str) -> dict[str, float]:

@@ -107,14 +107,19 @@ def serve_vllm(python: Path, model_dir: Path, served_name: str, device: str, wor
         say(f"vllm: ready in {time.monotonic() - t0:.0f} s at {base}")
         yield Peer(base, proc.pid, log)
     finally:
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """A peer server and everything it started (its own process group): SIGTERM, SIGKILL after 15 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _healthy(base: str) -> bool:

@@ -95,7 +95,7 @@ def write_chat(rows: int, checker_rows: int, seed: int) -> None:
     lengths = natural_lengths(model, prompts, caps, tok.convert_tokens_to_ids("<|im_end|>"))
     lines = [json.dumps({"prompt_token_ids": p, "max_tokens": n}) + "\n" for p, n in zip(prompts, lengths)]
     (CHAT / "dataset.jsonl").write_text("".join(lines))
-    held = [render([{"role": "user", "content": q}]) for q in CHECKER[:checker_rows]]
+    held = [render(messages) for messages in CHECKER[:checker_rows]]
     (CHAT / "checker").mkdir(exist_ok=True)
     (CHAT / "checker" / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in held))
     (CHAT / "known_answers.jsonl").write_text("".join(json.dumps({"question": q, "answers": a}) + "\n" for q, a in KNOWN_ANSWERS))

