@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.vllm_peer import stop_group
+from benchmarks.vllm_peer import answers, stop_group
 from vibeserve_ray.tinymodel import cache_dir
 
 Progress = Callable[[str], None]
@@ -202,7 +202,7 @@ def serve_llama(binary: Path, gguf: Path, alias: str, workdir: Path, *, threads:
     base = f"http://127.0.0.1:{port}"
     try:
         t0 = time.monotonic()
-        while not _healthy(base):
+        while not answers(base + "/health"):  # 503 while it loads the model
             if proc.poll() is not None:
                 raise SystemExit(f"llama-server exited with code {proc.returncode} while starting; see {log}:\n"
                                  + log.read_text(errors="replace")[-2000:])
@@ -238,15 +238,6 @@ def where_time_goes(before: dict[str, float], after: dict[str, float], seconds: 
             "prompt_tokens": int(d.get("prompt_tokens_total", 0)), "generated_tokens": int(d.get("tokens_predicted_total", 0)),
             "decode_calls": int(d.get("n_decode_total", 0)), "mean_busy_slots_per_decode": round(after.get("n_busy_slots_per_decode", 0.0), 2),
             "note": "prefill_s and decode_s sum the per-slot time of each phase (overlapping slots count each)"}
-
-
-def _healthy(base: str) -> bool:
-    """llama-server answers /health with 503 while it loads the model, 200 once it serves."""
-    try:
-        with urllib.request.urlopen(base + "/health", timeout=5) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def _free_port() -> int:

@@ -98,7 +98,7 @@ def serve_vllm(python: Path, model_dir: Path, served_name: str, device: str, wor
     base = f"http://127.0.0.1:{port}"
     try:
         t0 = time.monotonic()
-        while not _healthy(base):
+        while not answers(base + "/v1/models"):
             if proc.poll() is not None:
                 raise SystemExit(f"vllm exited with code {proc.returncode} while starting; see {log}:\n{_tail(log)}")
             if time.monotonic() - t0 > ready_timeout_s:
@@ -122,9 +122,10 @@ def stop_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _healthy(base: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether a peer server answers `url` with 200 (one that is still loading does not)."""
     try:
-        with urllib.request.urlopen(base + "/v1/models", timeout=5) as r:
+        with urllib.request.urlopen(url, timeout=5) as r:
             return r.status == 200
     except OSError:
         return False
