@@ -98,7 +98,7 @@ def serve_vllm(python: Path, model_dir: Path, served_name: str, device: str, wor
     base = f"http://127.0.0.1:{port}"
     try:
         t0 = time.monotonic()
-        while not _healthy(base):
+        while not answers(base + "/v1/models"):
             if proc.poll() is not None:
                 raise SystemExit(f"vllm exited with code {proc.returncode} while starting; see {log}:\n{_tail(log)}")
             if time.monotonic() - t0 > ready_timeout_s:
@@ -107,19 +107,25 @@ def serve_vllm(python: Path, model_dir: Path, served_name: str, device: str, wor
         say(f"vllm: ready in {time.monotonic() - t0:.0f} s at {base}")
         yield Peer(base, proc.pid, log)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
-def _healthy(base: str) -> bool:
+def stop_group(proc: subprocess.Popen) -> None:
+    """A peer server and everything it started (its own process group): SIGTERM, SIGKILL after 15 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
-        with urllib.request.urlopen(base + "/v1/models", timeout=5) as r:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def answers(url: str) -> bool:
+    """Whether a peer server answers `url` with 200 (one that is still loading does not)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
             return r.status == 200
     except OSError:
         return False

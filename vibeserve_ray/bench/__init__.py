@@ -6,16 +6,19 @@
     print(format_table(report))
 """
 
-from vibeserve_ray.bench.loadgen import RequestResult, arrival_times, run_load, served_models
+from vibeserve_ray.bench.loadgen import LLAMA_CPP, OPENAI, Dialect, RequestResult, arrival_times, run_load, served_models
 from vibeserve_ray.bench.metrics import METRIC_NAMES, BenchMetrics, compute_metrics
 from vibeserve_ray.bench.run import BenchReport, format_table, run_benchmark, run_benchmark_async
 from vibeserve_ray.bench.slo import SloViolation, bound_kind, headline, slo_verdict
 from vibeserve_ray.bench.workload import Request, from_jsonl, synthetic
 
 __all__ = [
+    "LLAMA_CPP",
     "METRIC_NAMES",
+    "OPENAI",
     "BenchMetrics",
     "BenchReport",
+    "Dialect",
     "Request",
     "RequestResult",
     "SloViolation",

@@ -88,7 +88,8 @@ def max_document_bytes(schema: dict) -> int:
     if "enum" in schema:
         return max(len(json.dumps(v).encode()) for v in schema["enum"])
     if kind == "string":
-        return 2 + ESCAPED_CHAR_BYTES * int(re.fullmatch(r"\^\[a-z \]\{1,(\d+)\}\$", schema["pattern"]).group(1))
+        # a pattern of one character class repeated at most n times: "^[a-z ]{1,12}$", "^[0-9:]{4,5}$"
+        return 2 + ESCAPED_CHAR_BYTES * int(re.fullmatch(r"\^\[[^\]]+\]\{\d+,(\d+)\}\$", schema["pattern"]).group(1))
     if kind == "integer":
         return max(len(str(schema["minimum"])), len(str(schema["maximum"])))
     if kind == "boolean":

@@ -39,6 +39,70 @@ class _StreamError(Exception):
     """The server answered 200 but the stream broke the protocol; the request fails with this reason."""
 
 
+@dataclass(frozen=True)
+class Dialect:
+    """How a server is asked for a streamed completion and where its chunks carry the token ids.
+
+    `read(chunk)` gives the chunk's new token ids, the usage it reports (or None) and
+    whether it is the last chunk (a stream may also end with `data: [DONE]`).
+    """
+
+    name: str
+    route: str
+    body: Callable[[str, Request, float, int | None], dict]
+    read: Callable[[dict], tuple[list[int], dict | None, bool]]
+    force_close: bool = False  # open a connection per request
+
+
+def _openai_body(model: str, request: Request, temperature: float, seed: int | None) -> dict:
+    body = {
+        "model": model,
+        "prompt": request.prompt_token_ids,
+        "max_tokens": request.max_tokens,
+        "temperature": temperature,
+        "top_p": 1.0,
+        "seed": seed,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": request.response_format is None,  # a constrained answer ends where its grammar does
+        "return_token_ids": True,
+    }
+    if request.prediction is not None:
+        body["prediction"] = request.prediction
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
+    return body
+
+
+def _openai_read(chunk: dict) -> tuple[list[int], dict | None, bool]:
+    usage = chunk["usage"] if isinstance(chunk.get("usage"), dict) else None
+    return [t for c in chunk.get("choices") or [] for t in c.get("token_ids") or []], usage, False
+
+
+def _llama_cpp_body(model: str, request: Request, temperature: float, seed: int | None) -> dict:
+    body = {"prompt": request.prompt_token_ids, "n_predict": request.max_tokens, "temperature": temperature, "top_p": 1.0,
+            "stream": True, "return_tokens": True, "ignore_eos": request.response_format is None}
+    if seed is not None:
+        body["seed"] = seed
+    if (fmt := request.response_format) is not None:  # its own grammar engine, from the same schema
+        body["json_schema"] = fmt["json_schema"]["schema"] if fmt["type"] == "json_schema" else {"type": "object"}
+    return body
+
+
+def _llama_cpp_read(chunk: dict) -> tuple[list[int], dict | None, bool]:
+    last = bool(chunk.get("stop"))
+    return list(chunk.get("tokens") or []), {"completion_tokens": chunk.get("tokens_predicted")} if last else None, last
+
+
+# Our front, vLLM, SGLang: `/v1/completions` with vLLM's `return_token_ids`.
+OPENAI = Dialect("openai", "/v1/completions", _openai_body, _openai_read)
+# llama.cpp's llama-server: its OpenAI route streams text only (ids only through `logprobs`, which
+# makes it compute a softmax over the vocabulary at every token); its native route streams the
+# ids (`return_tokens`), ends on a chunk with `stop: true` and no [DONE], and its HTTP library
+# closes a keep-alive connection after 5 s idle, which a pooled client then reuses and fails on.
+LLAMA_CPP = Dialect("llama.cpp", "/completion", _llama_cpp_body, _llama_cpp_read, force_close=True)
+
+
 def arrival_times(num_requests: int, request_rate: float, seed: int) -> list[float]:
     """Send offsets (s) of a seeded Poisson process at `request_rate` req/s; all zero when it is inf."""
     if not request_rate > 0:
@@ -62,6 +126,7 @@ async def run_load(
     timeout_s: float = 600.0,
     temperature: float = 0.0,
     progress: Progress | None = None,
+    dialect: Dialect = OPENAI,
 ) -> list[RequestResult]:
     """Send `requests` at Poisson `request_rate` (inf: all at once), at most `concurrency` in flight.
 
@@ -70,21 +135,21 @@ async def run_load(
     """
     if concurrency is not None and concurrency < 1:
         raise ValueError(f"concurrency must be >= 1 or None, got {concurrency}")
-    url = base_url.rstrip("/") + "/v1/completions"
+    url = base_url.rstrip("/") + dialect.route
     arrivals = arrival_times(len(requests), request_rate, seed)
     gate: contextlib.AbstractAsyncContextManager = (
         asyncio.Semaphore(concurrency) if concurrency else contextlib.nullcontext()
     )
     report = _ProgressReporter(len(requests), progress or _to_stderr)
-    connector = aiohttp.TCPConnector(limit=concurrency or 0)  # 0 = unlimited: never the bottleneck
+    connector = aiohttp.TCPConnector(limit=concurrency or 0, force_close=dialect.force_close)  # 0 = unlimited: never the bottleneck
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
         t0 = time.perf_counter()
 
         async def one(i: int, request: Request) -> RequestResult:
             await asyncio.sleep(max(0.0, t0 + arrivals[i] - time.perf_counter()))
             async with gate:
-                body = _body(model, request, temperature, seed + i if temperature > 0 else None)
-                result = await _send(session, url, body, request, t0, timeout_s)
+                body = dialect.body(model, request, temperature, seed + i if temperature > 0 else None)
+                result = await _send(session, url, body, request, t0, timeout_s, dialect)
             report.done(result.success, result.output_tokens)
             return result
 
@@ -99,28 +164,8 @@ async def served_models(base_url: str, timeout_s: float = 10.0) -> list[str]:
             return [m["id"] for m in (await resp.json())["data"]]
 
 
-def _body(model: str, request: Request, temperature: float, seed: int | None) -> dict:
-    body = {
-        "model": model,
-        "prompt": request.prompt_token_ids,
-        "max_tokens": request.max_tokens,
-        "temperature": temperature,
-        "top_p": 1.0,
-        "seed": seed,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "ignore_eos": request.response_format is None,  # a constrained answer ends where its grammar does
-        "return_token_ids": True,
-    }
-    if request.prediction is not None:
-        body["prediction"] = request.prediction
-    if request.response_format is not None:
-        body["response_format"] = request.response_format
-    return body
-
-
 async def _send(
-    session: aiohttp.ClientSession, url: str, body: dict, request: Request, t0: float, timeout_s: float
+    session: aiohttp.ClientSession, url: str, body: dict, request: Request, t0: float, timeout_s: float, dialect: Dialect
 ) -> RequestResult:
     start = time.perf_counter()
     token_times: list[float] = []
@@ -130,7 +175,7 @@ async def _send(
             async with session.post(url, json=body) as resp:
                 if resp.status != 200:
                     raise _StreamError(f"HTTP {resp.status}: {_error_message(await resp.text())}")
-                usage = await _read_stream(resp.content, token_times, ids)
+                usage = await _read_stream(resp.content, token_times, ids, dialect)
         _check_output(request, ids, usage)
         error = ""
     except TimeoutError:
@@ -153,7 +198,7 @@ async def _send(
     )
 
 
-async def _read_stream(content: aiohttp.StreamReader, token_times: list[float], ids: list[int]) -> dict | None:
+async def _read_stream(content: aiohttp.StreamReader, token_times: list[float], ids: list[int], dialect: Dialect) -> dict | None:
     """Consume SSE lines into `token_times` (one per token-bearing chunk) and `ids`; return the usage."""
     usage = None
     async for raw in content:
@@ -168,14 +213,15 @@ async def _read_stream(content: aiohttp.StreamReader, token_times: list[float], 
             chunk = json.loads(data)
             if "error" in chunk:
                 raise _StreamError(f"error in stream: {_error_message(data.decode())}")
-            if isinstance(chunk.get("usage"), dict):
-                usage = chunk["usage"]
-            new = [t for c in chunk.get("choices") or [] for t in c.get("token_ids") or []]
+            new, reported, last = dialect.read(chunk)
         except (ValueError, AttributeError, TypeError) as exc:
             raise _StreamError(f"malformed stream chunk {data[:100]!r}: {exc}") from None
+        usage = reported or usage
         if new:
             token_times.append(now)
             ids.extend(new)
+        if last:
+            return usage
     raise _StreamError("stream ended before 'data: [DONE]'")
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from vibeserve_ray.bench.loadgen import Progress, RequestResult, run_load, served_models
+from vibeserve_ray.bench.loadgen import OPENAI, Dialect, Progress, RequestResult, run_load, served_models
 from vibeserve_ray.bench.metrics import METRIC_NAMES, BenchMetrics, compute_metrics
 from vibeserve_ray.bench.slo import SloViolation, bound_kind, headline, slo_verdict
 from vibeserve_ray.bench.workload import Request
@@ -47,9 +47,10 @@ async def run_benchmark_async(
     temperature: float = 0.0,
     progress: Progress | None = None,
     goodput: Mapping[str, float] | None = None,
+    dialect: Dialect = OPENAI,
 ) -> BenchReport:
     """Run the load against `base_url` and judge it; `model=None` uses the first model the server lists.
-    `goodput` holds the per-request bounds (ms) of request_goodput."""
+    `goodput` holds the per-request bounds (ms) of request_goodput; `dialect` how the server is asked."""
     if headline_metric not in METRIC_NAMES:  # fail before sending load, not after
         raise ValueError(f"unknown headline metric {headline_metric!r}; expected one of {', '.join(METRIC_NAMES)}")
     for name in slos:
@@ -62,7 +63,7 @@ async def run_benchmark_async(
     start = time.perf_counter()
     results = await run_load(
         base_url, model, requests, concurrency=concurrency, request_rate=request_rate,
-        seed=seed, timeout_s=timeout_s, temperature=temperature, progress=progress,
+        seed=seed, timeout_s=timeout_s, temperature=temperature, progress=progress, dialect=dialect,
     )
     metrics = compute_metrics(results, time.perf_counter() - start, goodput)
     passed, violations = slo_verdict(metrics, slos)

@@ -23,7 +23,7 @@ import zlib
 import aiohttp
 import optuna
 
-from vibeserve_ray.bench import BenchReport, Request, run_benchmark_async, served_models
+from vibeserve_ray.bench import OPENAI, BenchReport, Dialect, Request, run_benchmark_async, served_models
 from vibeserve_ray.candidate import CandidateSpec, load_candidate, write_candidate_toml
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.inner.hints import Hint, hints_for
@@ -43,11 +43,16 @@ ACCURACY_GATE = "accurate-responses"  # the failure phase of a measurement whose
 @dataclass(frozen=True)
 class Endpoint:
     """A server to send the benchmark to: what `bench_running` reads of a running candidate,
-    for a server this project did not start (vLLM, SGLang, a Serve deployment)."""
+    for a server this project did not start (vLLM, SGLang, llama.cpp, a Serve deployment)."""
 
     base_url: str
     served_name: str
     limits: Limits
+    dialect: Dialect = OPENAI  # how it is asked for token ids (llama.cpp's server: LLAMA_CPP)
+
+
+def _dialect(proc: CandidateProcess | Endpoint) -> Dialect:
+    return proc.dialect if isinstance(proc, Endpoint) else OPENAI  # every candidate runs behind our OpenAI front
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,8 @@ async def warm_up(proc: CandidateProcess | Endpoint, target: Target, requests: l
         for batch in (requests[:1], requests[1: b.warmup_requests]):
             if batch:
                 await run_benchmark_async(proc.base_url, proc.served_name, batch, b.concurrency, float("inf"),
-                                          b.seed, proc.limits.request_timeout_s, b.headline, {}, progress=lambda line: None)
+                                          b.seed, proc.limits.request_timeout_s, b.headline, {}, progress=lambda line: None,
+                                          dialect=_dialect(proc))
 
 
 async def bench_running(proc: CandidateProcess | Endpoint, target: Target, requests: list[Request], say: Callable[[str], None],
@@ -79,7 +85,8 @@ async def bench_running(proc: CandidateProcess | Endpoint, target: Target, reque
         await warm_up(proc, target, requests, say)
     say(f"bench: {len(requests)} requests, concurrency {b.concurrency}, rate {b.request_rate:g}/s")
     return await run_benchmark_async(proc.base_url, proc.served_name, requests, b.concurrency, b.request_rate, b.seed,
-                                     proc.limits.request_timeout_s, b.headline, dict(b.slo), progress=say, goodput=b.goodput)
+                                     proc.limits.request_timeout_s, b.headline, dict(b.slo), progress=say, goodput=b.goodput,
+                                     dialect=_dialect(proc))
 
 
 def bench_candidate(target: Target, spec: CandidateSpec, workdir: Path, *, num_requests: int | None = None,
