@@ -46,6 +46,10 @@ TARGETS = ROOT / "targets"
 # tok/s here against 510-530 for continuous + slab alone (2-core VM, interleaved).
 BEST = {"scheduler": "continuous", "kv_cache": "slab", "linear": "onednn", "step_loop": "process"}
 BEST_KNOBS: dict = {"num_threads": 1, "engine_workers": 2}
+# In bfloat16 a decode step is per-op overhead bound (the linears are 3-4 ms of a 10-20 ms
+# step at batch 8-16): one engine process batching every request beats two of half the
+# batch each (the default search's bfloat16 winner on tiny-llama-cpu runs one too).
+BEST_BF16_KNOBS: dict = {"num_threads": 1, "engine_workers": 1}
 # name -> (design, knobs); each component alone, in the smallest valid design that holds it
 ALONE = {
     "seed": ({}, {}),
