@@ -8,18 +8,20 @@ import json
 from search_helpers import small_target
 
 from vibeserve_ray.design_space import default_space_path, load_space
+from vibeserve_ray.engine.space import families, space_path
 from vibeserve_ray.inner.tune import Climb, knob_moves
 from vibeserve_ray.skills import load_skills
 from vibeserve_ray.target import Objective
 
 SPACE = load_space(default_space_path())
+SPACES = {family: load_space(space_path(family)) for family in families()}
 PROCESS = {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on", "attention": "sdpa", "compile": "off",
            "dtype": "float32", "speculation": "prompt_lookup", "step_loop": "process", "linear": "onednn"}
 
 
 def test_moves_try_the_skills_joint_setting_first_then_each_knob_alone_within_the_cores():
     knobs = {"num_threads": 4, "max_num_seqs": 16, "max_num_batched_tokens": 512, "block_size": 16, "spec_k": 4, "spec_ngram": 2, "engine_workers": 1}
-    moves = knob_moves(PROCESS, knobs, SPACE.active_knobs(PROCESS), cores=2, skills=load_skills(space=SPACE))
+    moves = knob_moves(PROCESS, knobs, SPACE.active_knobs(PROCESS), cores=2, skills=load_skills(spaces=SPACES))
     assert moves[0] == {"engine_workers": 2, "num_threads": 1}  # engine-process: a worker per core, one thread each
     first = moves[1:8]  # each knob's first move before any knob's second
     assert first == [{"num_threads": 1}, {"max_num_seqs": 32}, {"max_num_batched_tokens": 1024}, {"block_size": 8}, {"spec_k": 8},
@@ -27,7 +29,7 @@ def test_moves_try_the_skills_joint_setting_first_then_each_knob_alone_within_th
     assert {"num_threads": 2} in moves and not any(m.get("num_threads", 0) > 2 for m in moves)  # never past the cores
     assert {"spec_k": 2} in moves and len(moves) == len({json.dumps(m, sort_keys=True) for m in moves})
     thread = dict(PROCESS, step_loop="thread")
-    assert not any("engine_workers" in m for m in knob_moves(thread, knobs, SPACE.active_knobs(thread), 2, load_skills(space=SPACE)))
+    assert not any("engine_workers" in m for m in knob_moves(thread, knobs, SPACE.active_knobs(thread), 2, load_skills(spaces=SPACES)))
 
 
 class _T:  # a measured trial, as evaluate keeps it
@@ -42,7 +44,7 @@ def test_a_design_change_comes_with_the_knobs_its_skill_sets_and_the_offline_imp
     from vibeserve_ray.inner.tune import skill_settings
     from vibeserve_ray.seed import materialise_seed
 
-    skills = load_skills(space=SPACE)
+    skills = load_skills(spaces=SPACES)
     process = dict(PROCESS, step_loop="process")
     assert skill_settings({"step_loop": "process"}, SPACE.active_knobs(process), 2, skills) == {"engine_workers": 2, "num_threads": 1}
     assert skill_settings({"step_loop": "process"}, SPACE.active_knobs(process), 8, skills)["engine_workers"] == 4  # the knob's range
