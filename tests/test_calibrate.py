@@ -8,7 +8,7 @@ import json
 import search_helpers
 from conftest import TINY_TARGET, run_cli
 
-from vibeserve_ray.accuracy.calibrate import JUDGEABLE_RATIO, Control, _propose
+from vibeserve_ray.inner.judge.calibrate import JUDGEABLE_RATIO, Control, _propose
 from vibeserve_ray.accuracy.contract import AccuracySpec
 from vibeserve_ray.accuracy.stats import GreedyStats
 from vibeserve_ray.target import load_target

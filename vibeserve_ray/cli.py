@@ -155,7 +155,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_target_calibrate(args: argparse.Namespace) -> int:
-    from vibeserve_ray.accuracy.calibrate import calibrate, table
+    from vibeserve_ray.inner.judge.calibrate import calibrate, table
     from vibeserve_ray.target import load_target
 
     target = load_target(args.target)

@@ -27,7 +27,7 @@ from vibeserve_ray.bench import OPENAI, BenchReport, Dialect, Request, run_bench
 from vibeserve_ray.candidate import CandidateSpec, load_candidate, write_candidate_toml
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.inner.hints import Hint, hints_for
-from vibeserve_ray.accuracy.verdict import Accuracy
+from vibeserve_ray.inner.judge.verdict import Accuracy
 from vibeserve_ray.inner.judge.responses import check_responses
 from vibeserve_ray.inner.tune import Climb
 from vibeserve_ray.inner.workload import target_workload

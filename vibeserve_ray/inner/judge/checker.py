@@ -27,7 +27,7 @@ import numpy as np
 
 from vibeserve_ray import progress
 from vibeserve_ray.accuracy.score import Response
-from vibeserve_ray.accuracy.verdict import Accuracy, tolerance_check
+from vibeserve_ray.inner.judge.verdict import Accuracy, tolerance_check
 from vibeserve_ray.candidate import CandidateSpec
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.reference import RefOutput, reference_outputs

@@ -16,7 +16,7 @@ import random
 from collections.abc import Sequence
 
 from vibeserve_ray.accuracy.score import Response
-from vibeserve_ray.accuracy.verdict import Accuracy, tolerance_check
+from vibeserve_ray.inner.judge.verdict import Accuracy, tolerance_check
 from vibeserve_ray.bench import Request, RequestResult
 from vibeserve_ray.inner.judge.checker import Completion, compare, expected_length
 from vibeserve_ray.reference import reference_outputs

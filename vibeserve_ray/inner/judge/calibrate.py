@@ -31,6 +31,7 @@ from vibeserve_ray.accuracy.contract import AccuracySpec
 from vibeserve_ray.accuracy.score import Response, reference_scores
 from vibeserve_ray.accuracy.stats import GreedyStats, greedy_failure, greedy_stats, json_safe
 from vibeserve_ray.engine.space import admits
+from vibeserve_ray.inner.judge.checker import held_out_prompts
 from vibeserve_ray.target import Target
 
 JUDGEABLE_RATIO = 10.0  # mildest cheat / noise floor, in mean deficit: a threshold between them keeps >= 3x each side
@@ -87,8 +88,6 @@ def calibrate(target: Target, tier: str, max_tokens: int, say: Callable[[str], N
     """Runs every control on the held-out prompts and proposes thresholds for `tier`."""
     # torch and transformers load for calibration only
     import torch
-
-    from vibeserve_ray.inner.judge.checker import held_out_prompts
 
     prompts = [p.token_ids for p in held_out_prompts(target)]
     ref = target.spec.reference
