@@ -19,6 +19,8 @@ from pathlib import Path
 
 from conftest import TINY_TARGET
 
+from vibeserve_ray import raycluster
+
 
 # 6 of the tiny target's 16 held-out prompts, short and long (5, 56, 133, 196, 228 and 81
 # tokens: they span several KV blocks and prefill chunks): a judging sends a third as many.
@@ -60,6 +62,8 @@ class RayHead:
     def __init__(self, num_cpus: int, num_gpus: int = 0, env: dict | None = None, status_env: dict | None = None, temp_dir: Path | None = None):
         """`env`: the head's environment; `status_env`: the readiness probe's (default `env`); `temp_dir`: Ray's (its logs)."""
         self.port, self.dashboard_port = free_port(), free_port()
+        # HAProxy ports of its own, as deploy gives the head it starts (another Ray of this test run may hold the last ones)
+        env = (os.environ if env is None else env) | {name: str(raycluster.listen_port()) for name in raycluster.HAPROXY_PORTS}
         self.proc = subprocess.Popen(
             ["ray", "start", "--head", "--block", f"--port={self.port}", f"--dashboard-port={self.dashboard_port}",
              "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--include-dashboard=true", "--disable-usage-stats"] + ([f"--temp-dir={temp_dir}"] if temp_dir else []),

