@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 from conftest import TINY_TARGET
 
 from vibeserve_ray import raycluster
-
+from vibeserve_ray.raycluster import free_port
 
 # 6 of the tiny target's 16 held-out prompts, short and long (5, 56, 133, 196, 228 and 81
 # tokens: they span several KV blocks and prefill chunks): a judging sends a third as many.
@@ -48,12 +47,6 @@ def small_target(tmp_path: Path, name: str = "t", held_out: list[int] | None = K
             text = text.replace("[search]\n", f"[search]\n{key} = {value}\n")
     (dest / "target.toml").write_text(text)
     return dest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RayHead:
