@@ -37,7 +37,7 @@ BAD_SPACES = [
     ("no choices", whole(MINIMAL), "choices"),
     ("choice not a table", whole(MINIMAL + "choices.scheduler = 3\n"), "choices.scheduler"),
     ("unknown key in a choice", edit("[choices.compile]\n", '[choices.compile]\ndefault = "off"\n'), "choices.compile.default"),
-    ("options not a list", edit('options = ["off", "on"]\ndoc = "torch.compile', 'options = "on"\ndoc = "torch.compile'),
+    ("options not a list", edit('options = ["off", "on", "graph"]\ndoc = "torch.compile', 'options = "on"\ndoc = "torch.compile'),
      "choices.compile.options"),
     ("duplicate options", edit('options = ["float32", "bfloat16"]', 'options = ["float32", "float32"]'), "choices.dtype.options"),
     ("requires an option that does not exist", edit('requires.static = { kv_cache = ["slab", "paged"] }',
@@ -94,7 +94,7 @@ def bad_space(tmp_path, edit_text) -> str:
 def test_real_space_loads_typed():
     assert SPACE.family == "llama" and SPACE.engine == "vibeserve_ray.engine"
     assert set(SPACE.choices) == {"scheduler", "kv_cache", "prefix_cache", "attention", "compile", "dtype", "speculation", "step_loop", "linear"}
-    assert SPACE.choices["attention"].devices == {"flashinfer": ("cuda",)}
+    assert SPACE.choices["attention"].devices == {"flashinfer": ("cuda",), "decode_kernel": ("cpu",)}
     assert SPACE.choices["prefix_cache"].requires == {"on": {"kv_cache": ("paged",)}}
     k = SPACE.knobs["max_num_seqs"]
     assert (k.kind, k.low, k.high, k.log, k.tune) == ("int", 1, 64, True, True)
@@ -257,8 +257,8 @@ def test_neighbours_are_valid_and_one_choice_away(device):
 def test_neighbours_of_the_seed():
     moves = {tuple(sorted((k, v) for k, v in n.items() if DEFAULT_DESIGN[k] != v)) for n in SPACE.neighbours(DEFAULT_DESIGN, "cpu")}
     assert moves == {
-        (("kv_cache", "slab"),), (("kv_cache", "paged"),), (("attention", "eager"),), (("compile", "on"),),
-        (("speculation", "prompt_lookup"),), (("speculation", "jump_forward"),), (("step_loop", "process"),), (("linear", "onednn"),),
+        (("kv_cache", "slab"),), (("kv_cache", "paged"),), (("attention", "eager"),), (("attention", "decode_kernel"),),
+        (("compile", "on"),), (("compile", "graph"),), (("speculation", "prompt_lookup"),), (("speculation", "jump_forward"),), (("step_loop", "process"),), (("linear", "onednn"),),
         (("kv_cache", "paged"), ("prefix_cache", "on")),
         (("kv_cache", "slab"), ("scheduler", "static")), (("kv_cache", "paged"), ("scheduler", "static")),
         (("kv_cache", "slab"), ("scheduler", "continuous")), (("kv_cache", "paged"), ("scheduler", "continuous")),
@@ -296,7 +296,7 @@ def test_covering_designs_cover_every_option_and_interacting_pair(device):
     for name, choice in SPACE.choices.items():
         possible = {d[name] for d in valid}
         assert {d[name] for d in cover} == possible
-        assert possible == set(choice.options) - ({"flashinfer"} if device == "cpu" else {"onednn", "int8"})
+        assert possible == set(choice.options) - ({"flashinfer"} if device == "cpu" else {"onednn", "int8", "decode_kernel"})
     for a, b in SPACE.interacting():
         assert {(d[a], d[b]) for d in cover} == {(d[a], d[b]) for d in valid}, (a, b)
 

@@ -38,10 +38,13 @@ DESIGNS = {
     "static-slab": {"scheduler": "static", "kv_cache": "slab"},
     "static-paged": {"scheduler": "static", "kv_cache": "paged"},
     "continuous-slab": {"scheduler": "continuous", "kv_cache": "slab"},
+    "continuous-slab-decode-kernel": {"scheduler": "continuous", "kv_cache": "slab", "attention": "decode_kernel"},
+    "continuous-paged-graph": {"scheduler": "continuous", "kv_cache": "paged", "compile": "graph"},
     "continuous-paged-prefix": {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on"},
     "continuous-paged-spec-eager": {"scheduler": "continuous", "kv_cache": "paged", "speculation": "prompt_lookup", "attention": "eager"},
     "serial-dynamic-spec": {"speculation": "prompt_lookup"},
-    "everything": {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on", "speculation": "prompt_lookup"},
+    "everything": {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on", "speculation": "prompt_lookup",
+                   "attention": "decode_kernel"},
 }
 # small budgets and blocks so chunked prefill, block boundaries and batching all happen
 KNOBS = {"max_num_batched_tokens": 24, "block_size": 8, "num_kv_blocks": 96, "max_num_seqs": 4, "max_model_len": 128, "spec_k": 3,
@@ -228,7 +231,7 @@ def test_engine_takes_options_defaults_and_rules_from_its_own_space_file(tmp_pat
     cand = materialise_seed(tmp_path / "c")
     space = cand / "engine" / "models" / "llama.toml"
     text = space.read_text()
-    for old, new in [('options = ["sdpa", "eager", "flashinfer"]', 'options = ["sdpa", "flashinfer"]\nrequires.sdpa = { compile = ["off"] }'),
+    for old, new in [('options = ["sdpa", "eager", "flashinfer", "decode_kernel"]', 'options = ["sdpa", "flashinfer"]\nrequires.sdpa = { compile = ["off"] }'),
                      ("high = 64\ndefault = 16", "high = 64\ndefault = 3")]:
         assert old in text
         text = text.replace(old, new)

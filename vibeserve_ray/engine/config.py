@@ -20,6 +20,7 @@ class ModelConfig(Protocol):
 
     vocab_size: int
     max_position_embeddings: int
+    num_attention_heads: int
     num_key_value_heads: int
     head_dim: int
     tie_word_embeddings: bool
@@ -58,7 +59,7 @@ class EngineConfig:
     linear: str
     step_loop: str
     attention: str = "sdpa"
-    compile: bool = False
+    compile: str = "off"  # or "on" (each layer's MLP), "graph" (the whole forward: core/graph.py)
     dtype: str = "float32"
     speculation: str = "off"  # or where drafts come from: "prompt_lookup", "jump_forward"
     delta_rule: str = "chunked"  # a hybrid's prompt form: "chunked" (the UT transform), "recurrent" (token by token)

@@ -55,13 +55,14 @@ class LLMEngine:
             onednn_linear.pack_linears(model)
         elif ec.linear == "int8":
             int8_linear.quantize_linears(model)
-        if ec.compile:  # the dense part of each layer; attention stays eager (its shapes vary per step)
+        if ec.compile == "on":  # the dense part of each layer; attention stays eager (its shapes vary per step)
             for layer in model.model.layers:
                 layer.mlp = torch.compile(layer.mlp, dynamic=True)
         cache = make_kv_cache(self.config, ec, self.device, dtype)
         if self.config.linear_layers:  # a hybrid: its linear-attention layers keep a state beside the attention layers' KV
             cache = make_state_cache(cache, self.config, ec, self.device, dtype, checkpoint_identity(model_dir) if ec.prefix_cache else "")
-        self.runner = ModelRunner(model, cache, make_attention(ec.attention), self.device)
+        self.runner = ModelRunner(model, cache, make_attention(ec.attention, self.config.head_dim, self.config.num_attention_heads // self.config.num_key_value_heads, dtype), self.device,
+                                  compile_graph=ec.compile == "graph")
         self.scheduler = make_scheduler(cache, ec)
         self.grammars = Grammars(model_dir)
         self._inbox: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()

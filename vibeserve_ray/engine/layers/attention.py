@@ -3,6 +3,9 @@
 - `sdpa`: torch's `scaled_dot_product_attention` (fused kernels on CPU and GPU).
 - `eager`: the same math written out (matmul, mask, softmax, matmul): slower, but
   plain enough to read and to modify.
+- `decode_kernel`: sdpa for prompt chunks; decodes by a kernel written for this engine
+  (decode_attention.cpp, built with the host's compiler at load: decode_kernel.py), which
+  reads each context to its own length: 4-5x faster than sdpa's at batch 16 on CPU.
 - `flashinfer`: FlashInfer's kernels on CUDA, the extension point for GPU kernels (the
   space allows it only on cuda). flashinfer (the `gpu` extra) is imported when the
   backend is made, never on a CPU. Contexts arrive in the caches' [kv_heads, len, d]
@@ -20,6 +23,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from . import decode_kernel
 
 
 class AttentionBackend:
@@ -79,6 +84,28 @@ class EagerAttention(AttentionBackend):
         return self._attend(q[:, :, None], k, v, mask[:, :, None])[:, :, 0]
 
 
+class DecodeKernelAttention(SdpaAttention):
+    def __init__(self, head_dim: int, group: int, dtype: torch.dtype) -> None:
+        self.shape = (head_dim, group, dtype)
+        self.kernel = decode_kernel.kernel(*self.shape) if dtype in decode_kernel.SYMBOLS else None  # built now, not mid-request
+        self._mask: torch.Tensor | None = None
+        self._lengths = torch.empty(0, dtype=torch.int64)
+
+    def decode(self, q, k, v, mask):
+        b, heads, d = q.shape
+        kv_heads, width = k.shape[1], k.shape[2]
+        if (self.kernel is None or (d, heads // kv_heads, q.dtype) != self.shape or k.dtype != q.dtype or v.dtype != q.dtype
+                or q.device.type != "cpu" or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride() != k.stride()):
+            return super().decode(q, k, v, mask)  # what the kernel does not take
+        if mask is not self._mask:  # one mask per step, the same object for every layer
+            self._mask, self._lengths = mask, mask.reshape(b, width).sum(-1)  # each context is a prefix of the padded width
+        out = torch.empty((b, heads, d), dtype=q.dtype)
+        scratch = torch.empty(b * heads * width, dtype=torch.float32)
+        self.kernel(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
+           self._lengths.data_ptr(), b, kv_heads, d ** -0.5, out.data_ptr(), scratch.data_ptr(), width)
+        return out
+
+
 class FlashInferAttention(AttentionBackend):
     def __init__(self) -> None:
         import flashinfer  # optional (the gpu extra), CUDA only: imported here so a CPU engine never needs it
@@ -99,6 +126,9 @@ class FlashInferAttention(AttentionBackend):
 BACKENDS = {"sdpa": SdpaAttention, "eager": EagerAttention, "flashinfer": FlashInferAttention}
 
 
-def make_attention(name: str) -> AttentionBackend:
-    """The backend of `design.attention` (which devices may run it is the space's rule)."""
+def make_attention(name: str, head_dim: int, group: int, dtype: torch.dtype) -> AttentionBackend:
+    """The backend of `design.attention` for heads of `head_dim` with `group` query heads
+    per KV head (which devices may run it is the space's rule)."""
+    if name == "decode_kernel":
+        return DecodeKernelAttention(head_dim, group, dtype)
     return BACKENDS[name]()

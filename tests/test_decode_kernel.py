@@ -1,0 +1,69 @@
+"""The decode kernel of `attention = decode_kernel` against torch's SDPA: every head
+grouping, strided caches (a slab's leading slots, a paged cache's transposed gather),
+ragged lengths, both dtypes; and what it refuses to take goes to SDPA."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from vibeserve_ray.engine.layers import decode_kernel
+from vibeserve_ray.engine.layers.attention import DecodeKernelAttention, SdpaAttention
+
+pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="no C++ compiler to build the kernel")
+
+
+def _case(dtype, batch=5, kv_heads=3, group=2, head_dim=64, max_len=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    slab_k = torch.randn(batch + 2, kv_heads, max_len, head_dim, generator=g).to(dtype)  # more slots than the batch
+    slab_v = torch.randn(batch + 2, kv_heads, max_len, head_dim, generator=g).to(dtype)
+    lengths = torch.tensor([1, 17, 40, 3, 33][:batch])
+    width = int(lengths.max())
+    k, v = slab_k[:batch, :, :width], slab_v[:batch, :, :width]  # strided views, as the slab cache reads them
+    # queries as the model's fused q/k projection leaves them: every head of a token, then the next token's
+    q = torch.randn(batch, kv_heads * group + kv_heads, head_dim, generator=g).to(dtype)[:, :kv_heads * group]
+    mask = (torch.arange(width)[None] < lengths[:, None])[:, None, None, :]
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("group", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)])
+def test_kernel_equals_sdpa(group, dtype, tol):
+    q, k, v, mask = _case(dtype, group=group)
+    backend = DecodeKernelAttention(q.shape[-1], group, dtype)
+    assert backend.kernel is not None
+    got = backend.decode(q, k, v, mask)
+    want = SdpaAttention().decode(q.float().contiguous(), k.float(), v.float(), mask)
+    assert got.dtype == dtype and got.shape == q.shape
+    assert (got.float() - want).abs().max().item() < tol
+
+
+def test_paged_layout_and_a_new_mask_each_step():
+    q, k, v, mask = _case(torch.float32)
+    paged_k, paged_v = k.transpose(0, 1).contiguous().transpose(0, 1), v.transpose(0, 1).contiguous().transpose(0, 1)
+    backend = DecodeKernelAttention(64, 2, torch.float32)
+    want = SdpaAttention().decode(q.contiguous(), k, v, mask)
+    assert torch.allclose(backend.decode(q, paged_k, paged_v, mask), want, atol=2e-6)
+    shorter = mask.clone()
+    shorter[2, ..., 20:] = False  # the next step's mask: its lengths are read again
+    assert torch.allclose(backend.decode(q, k, v, shorter), SdpaAttention().decode(q.contiguous(), k, v, shorter), atol=2e-6)
+
+
+def test_what_the_kernel_does_not_take_goes_to_sdpa():
+    q, k, v, mask = _case(torch.float16)
+    half = DecodeKernelAttention(64, 2, torch.float16)  # no float16 kernel: sdpa throughout
+    assert half.kernel is None
+    assert torch.equal(half.decode(q, k, v, mask), SdpaAttention().decode(q, k, v, mask))
+    q, k, v, mask = _case(torch.float32, group=1)
+    other_shape = DecodeKernelAttention(64, 2, torch.float32)  # built for two query heads per KV head
+    assert torch.equal(other_shape.decode(q, k, v, mask), SdpaAttention().decode(q, k, v, mask))
+
+
+def test_build_is_cached_and_a_missing_compiler_is_named(monkeypatch):
+    assert decode_kernel.kernel(64, 2, torch.float32) is decode_kernel.kernel(64, 2, torch.float32)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(RuntimeError, match="no C.. compiler"):
+        decode_kernel.compiler()

@@ -1,0 +1,84 @@
+"""`compile = graph`: the model's whole forward as one torch.compile graph, and the
+vocabulary projection as a second.
+
+Inductor with freezing: the weights become constants, so it packs every linear layer for
+oneDNN itself (what `linear = onednn` does by hand) and fuses the small ops between them
+(norms, rotary, SiLU-gating, residual adds) into a few C++ loops; one graph call per step
+replaces ~25 Python-dispatched ops per layer. What changes every step stays outside:
+attention reads chunk boundaries and cache tables, so inside the graph a layer's
+`batch.attend` is the opaque op `vibeserve::attend`, which finds the step's ForwardBatch in
+this thread's `_step` (set around each call). The token count is the graph's one dynamic
+dimension, so batch sizes do not recompile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable, Iterator
+
+import torch
+import torch._inductor.config as inductor_config
+from torch import nn
+
+from .batch import ForwardBatch
+
+_step = threading.local()  # the ForwardBatch of the forward running on this thread
+
+
+@torch.library.custom_op("vibeserve::attend", mutates_args=())
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
+    """Writes k, v to the cache and attends: ForwardBatch.attend, opaque to the compiler."""
+    return _step.batch.attend(layer, q, k, v)
+
+
+@attend.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
+class _InGraph:
+    """What a layer sees as its batch while being traced: only `attend`, as the op."""
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attend(q, k, v, layer)
+
+
+IN_GRAPH = _InGraph()
+
+
+@contextlib.contextmanager
+def _freezing() -> Iterator[None]:
+    """Inductor's `freezing` (weights as constants: it packs the linears and folds what
+    depends only on them), for the graphs compiled inside. Set around each call, since a
+    call may compile (a new shape), and restored after: a process-wide switch would freeze
+    other engines' graphs too. torch.compile's `options` does not reach it; `config.patch`
+    costs ~100 us a call, setting the attribute ~9."""
+    before = inductor_config.freezing
+    inductor_config.freezing = True
+    try:
+        yield
+    finally:
+        inductor_config.freezing = before
+
+
+class GraphForward:
+    """Stands in for a model's `forward` and `compute_logits` (ModelRunner calls both)."""
+
+    def __init__(self, model: nn.Module):
+        if not hasattr(model, "model") or not hasattr(model, "lm_head"):
+            raise ValueError("design.compile = 'graph' needs a model with a decoder stack and an lm_head (the Llama family)")
+        self.decoder = torch.compile(model.model, dynamic=True)
+        self.lm_head: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model.lm_head, dynamic=True)
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        _step.batch = batch
+        try:
+            with _freezing():
+                return self.decoder(input_ids, positions, IN_GRAPH)
+        finally:
+            _step.batch = None
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        with _freezing():
+            return self.lm_head(hidden)
