@@ -43,12 +43,16 @@ from vibeserve_ray.target import Target, load_target  # noqa: E402
 
 TARGETS = ROOT / "targets"
 # Two engine worker processes of one torch thread each on packed weights: 780-790 output
-# tok/s here against 510-530 for continuous + slab alone (2-core VM, interleaved).
-BEST = {"scheduler": "continuous", "kv_cache": "slab", "linear": "onednn", "step_loop": "process"}
+# tok/s here against 510-530 for continuous + slab alone (2-core VM, interleaved). The
+# engine's own decode attention kernel: 1.27x end to end in bfloat16 (below).
+BEST = {"scheduler": "continuous", "kv_cache": "slab", "linear": "onednn", "step_loop": "process", "attention": "decode_kernel"}
 BEST_KNOBS: dict = {"num_threads": 1, "engine_workers": 2}
-# In bfloat16 a decode step is per-op overhead bound (the linears are 3-4 ms of a 10-20 ms
-# step at batch 8-16): one engine process batching every request beats two of half the
-# batch each (the default search's bfloat16 winner on tiny-llama-cpu runs one too).
+# In bfloat16 a decode step is per-op overhead bound: one engine process batching every
+# request beats two of half the batch each (the default search's bfloat16 winner on
+# tiny-llama-cpu runs one too). With the decode kernel (tiny-llama-cpu, 64 requests at 16,
+# interleaved, load 1.1-1.9): sdpa 1001-1022 output tok/s, the kernel 1240-1330; a second
+# torch thread gave 1135-1409 and is fragile where other work shares the cores (OpenMP
+# barriers under oversubscription: SmolLM2 fell to 77 from 194).
 BEST_BF16_KNOBS: dict = {"num_threads": 1, "engine_workers": 1}
 # name -> (design, knobs); each component alone, in the smallest valid design that holds it
 ALONE = {
