@@ -24,7 +24,7 @@ from vibeserve_ray import cli, raycluster
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.deploy import launch
 from vibeserve_ray.deploy.choice import choose
-from vibeserve_ray.deploy.config import ServeOptions, base_url, serve_config
+from vibeserve_ray.deploy.config import REPLICA_ENV, ServeOptions, base_url, serve_config
 from vibeserve_ray.deploy.ingress import relay
 from vibeserve_ray.inner.judge.checker import compare, load_prompts, tokenize_prompts
 from vibeserve_ray.reference import reference_outputs
@@ -411,7 +411,7 @@ def test_config_only_writes_a_valid_serve_config_with_the_key_name_not_the_key(t
     ServeDeploySchema.model_validate(config)
     app = config["applications"][0]
     assert app["import_path"] == "vibeserve_ray.deploy.replica:app_builder"
-    assert app["runtime_env"]["env_vars"] == {"VIBESERVE_API_KEY_ENV": KEY_ENV}
+    assert app["runtime_env"]["env_vars"] == {"VIBESERVE_API_KEY_ENV": KEY_ENV} | REPLICA_ENV
     d = app["deployments"][0]
     assert d["autoscaling_config"]["min_replicas"] == 1 and d["autoscaling_config"]["max_replicas"] == 3
     assert d["max_ongoing_requests"] == 8 and d["max_queued_requests"] == 16
