@@ -24,8 +24,9 @@ With `--profile`, each path then serves the workload once more under py-spy
                                         [--max-ongoing-requests N] [--profile] [--side-load]
 
 `--variant` adds a Serve turn (HAProxy ingress) per repeat whose Ray starts with those
-variables: a Serve setting, or PYTHONPATH=<another checkout> to measure a change of the
-replica's code against this tree's, interleaved in the same run.
+variables (a Serve setting, or PYTHONPATH=<another checkout> to measure a change of the
+replica's code against this tree's) and deploy's options named in lower case
+(stream_interval_ms=100), interleaved in the same run.
 """
 
 from __future__ import annotations
@@ -192,14 +193,16 @@ def _serve_app(target, chosen: Chosen, limits: Limits, max_ongoing: int | None, 
     # variant's variables; the Ray started next hands this process's environment to every
     # Serve process (and the replica to its engine process).
     saved = dict(os.environ)
-    os.environ.update({"RAY_SERVE_ENABLE_HA_PROXY": "1" if ingress == "haproxy" else "0", **env})
+    os.environ.update({"RAY_SERVE_ENABLE_HA_PROXY": "1" if ingress == "haproxy" else "0", **{k: v for k, v in env.items() if not k.islower()}})
     try:
         raycluster.start_local(num_cpus=max(2, int(target.spec.hardware.num_cpus)), log_to_driver=False)
     finally:
         os.environ.clear()
         os.environ.update(saved)
     try:
-        config = serve_config(chosen, ServeOptions(port=raycluster.free_port(), max_ongoing_requests=max_ongoing))
+        # a variant's lower-case names are deploy's options (stream_interval_ms=100), the rest Ray's environment
+        options = {k: float(v) for k, v in env.items() if k.islower()}
+        config = serve_config(chosen, ServeOptions(port=raycluster.free_port(), max_ongoing_requests=max_ongoing, **options))
         if launch.run(config, detach=True, say=say) != 0:
             raise SystemExit("serve: the application did not become healthy")
         yield Endpoint(base_url(config), target.served_name, limits)

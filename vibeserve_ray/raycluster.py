@@ -53,6 +53,10 @@ RAY_ENV = {
     # while idle, 0.8% (0.6%) once a second; deploying, scaling and health checks react
     # within the second.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1.0",
+    # HAProxy's threads: Serve starts 4, each waking for its share of the connections; on 2
+    # cores one thread served the best tiny-model design 5% faster (4 interleaved rounds,
+    # 1-9% each; benchmarks/serve_overhead.py). One per 2 cores, 1 to 4.
+    "RAY_SERVE_HAPROXY_NBTHREAD": str(min(4, max(1, (os.cpu_count() or 2) // 2))),
     # Ray runs its workers at niceness 15, and processes they start inherit it: a served or
     # evaluated engine would yield its cores to anything else on the node, where `vibeserve
     # bench` measured it at the normal priority.
