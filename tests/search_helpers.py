@@ -96,8 +96,8 @@ class RayHead:
             return False
 
     def stop(self) -> None:
-        # Serve's HAProxy runs in a process group of its own and outlives the Ray it served
-        # (holding its ports): stopped with the head
+        # Serve's HAProxy runs in a process group of its own, out of the SIGKILL's reach: stopped
+        # with the head, never left holding its ports
         haproxies = _haproxies(self.proc.pid)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)

