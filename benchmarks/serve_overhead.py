@@ -202,7 +202,7 @@ def _serve_app(target, chosen: Chosen, limits: Limits, max_ongoing: int | None, 
     try:
         # a variant's lower-case names are deploy's options (stream_interval_ms=100), the rest Ray's environment
         options = {k: float(v) for k, v in env.items() if k.islower()}
-        config = serve_config(chosen, ServeOptions(port=raycluster.free_port(), max_ongoing_requests=max_ongoing, **options))
+        config = serve_config(chosen, ServeOptions(port=raycluster.listen_port(), max_ongoing_requests=max_ongoing, **options))
         if launch.run(config, detach=True, say=say) != 0:
             raise SystemExit("serve: the application did not become healthy")
         yield Endpoint(base_url(config), target.served_name, limits)
