@@ -55,8 +55,9 @@ RAY_ENV = {
     # within the second.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1.0",
     # HAProxy's threads: Serve starts 4, each waking for its share of the connections; on 2
-    # cores one thread served the best tiny-model design 5% faster (4 interleaved rounds,
-    # 1-9% each; benchmarks/serve_overhead.py). One per 2 cores, 1 to 4.
+    # cores one thread served the best tiny-model design 5% faster over 256 requests (4
+    # interleaved rounds, 1-9% each), the same over 64 (benchmarks/serve_overhead.py).
+    # One per 2 cores, 1 to 4.
     "RAY_SERVE_HAPROXY_NBTHREAD": str(min(4, max(1, (os.cpu_count() or 2) // 2))),
     # Ray runs its workers at niceness 15, and processes they start inherit it: a served or
     # evaluated engine would yield its cores to anything else on the node, where `vibeserve
