@@ -20,7 +20,13 @@ With `--profile`, each path then serves the workload once more under py-spy
 (benchmarks/pyspy_profile.py): per process, the busy cores and the share of each part.
 
     python benchmarks/serve_overhead.py [--candidate seed|PATH] [--knobs K=V ...] [--repeats N] [--num-requests N]
-                                        [--ingress haproxy proxy] [--max-ongoing-requests N] [--profile] [--side-load]
+                                        [--ingress haproxy proxy] [--variant NAME:VAR=VALUE[,VAR=VALUE]] ...
+                                        [--max-ongoing-requests N] [--profile] [--side-load]
+
+`--variant` adds a Serve turn (HAProxy ingress) per repeat whose Ray starts with those
+variables (a Serve setting, or PYTHONPATH=<another checkout> to measure a change of the
+replica's code against this tree's) and deploy's options named in lower case
+(stream_interval_ms=100), interleaved in the same run.
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ingress", nargs="+", choices=INGRESSES, default=["haproxy"],
                         help="Serve's ingress for the serve turns, each its own turn per repeat (default: haproxy, what deploy serves)")
+    parser.add_argument("--variant", action="append", default=[], type=_variant, metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+                        help="one more Serve turn per repeat (HAProxy ingress), named serve_NAME, its Ray started with these variables")
     parser.add_argument("--max-ongoing-requests", type=int, help="Serve's per-replica limit (default: deploy's)")
     parser.add_argument("--profile", action="store_true", help="after the timed rounds, one more turn per path under py-spy")
     parser.add_argument("--side-load", action="store_true",
@@ -83,11 +91,15 @@ def main() -> None:
     chosen = choose(None, None, args.candidate, str(target.dir))
     if args.knobs:
         chosen = with_knobs(chosen, args.knobs)
-    serve_paths = ["serve"] + [f"serve_{i}" for i in args.ingress[1:]]  # the first ingress is "serve"
-    ingress_of = dict(zip(serve_paths, args.ingress))
+    # the first ingress is "serve"; each path: its ingress and the variables its Ray starts with
+    ingress_of = {("serve" if i == 0 else f"serve_{x}"): (x, {}) for i, x in enumerate(args.ingress)}
+    ingress_of |= {f"serve_{name}": ("haproxy", env) for name, env in args.variant}
+    serve_paths = list(ingress_of)
     out: dict = {"target": target.name, "candidate": args.candidate, "knobs": chosen.knobs, "node_cpus": psutil.cpu_count(),
                  "workload": {"num_requests": len(requests), "concurrency": b.concurrency, "request_rate": str(b.request_rate)},
-                 "repeats": args.repeats, "ingress": ingress_of, "load_average": {"start": _load()}}
+                 "repeats": args.repeats,
+                 "ingress": {p: x for p, (x, _) in ingress_of.items()}, "variants": {p: env for p, (_, env) in ingress_of.items() if env},
+                 "load_average": {"start": _load()}}
     runs: dict[str, list[dict]] = {"direct": []} | {p: [] for p in serve_paths} | ({"direct_side_load": []} if args.side_load else {})
     profiles: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="vibeserve-overhead-") as tmp, contextlib.redirect_stdout(sys.stderr):
@@ -105,8 +117,8 @@ def main() -> None:
                         runs["direct_side_load"].append(_measure(proc, target, requests, direct_pid))
                 # Ray runs only for the Serve turn: its idle processes alone cost an engine
                 # that fills the node's cores several percent.
-                for path, ingress in ingress_of.items():
-                    with _serve_app(target, chosen, limits, args.max_ongoing_requests, ingress) as endpoint:
+                for path, (ingress, env) in ingress_of.items():
+                    with _serve_app(target, chosen, limits, args.max_ongoing_requests, ingress, env) as endpoint:
                         say(f"repeat {i + 1}/{args.repeats}: {path} ({ingress}, load {_load()[0]})")
                         runs[path].append(_measure(endpoint, target, requests, direct_pid))
             _summarise(out, runs, serve_paths)
@@ -114,8 +126,8 @@ def main() -> None:
                 out["profiles"] = profiles
                 say("profile: direct under py-spy")
                 profiles["direct"] = _profiled(proc, lambda: [direct_pid], target, requests, Path(tmp) / "profiles" / "direct.txt")
-                for path, ingress in ingress_of.items():
-                    with _serve_app(target, chosen, limits, args.max_ongoing_requests, ingress) as endpoint:
+                for path, (ingress, env) in ingress_of.items():
+                    with _serve_app(target, chosen, limits, args.max_ongoing_requests, ingress, env) as endpoint:
                         say(f"profile: {path} ({ingress}) under py-spy")
                         profiles[path] = _profiled(endpoint, lambda: list(serve_processes(os.getpid())), target, requests, Path(tmp) / "profiles" / f"{path}.txt")
     out["load_average"]["end"] = _load()
@@ -173,23 +185,38 @@ def _profiled(endpoint, pids: Callable[[], list[int]], target, requests, out: Pa
 
 
 @contextlib.contextmanager
-def _serve_app(target, chosen: Chosen, limits: Limits, max_ongoing: int | None, ingress: str) -> Iterator[Endpoint]:
-    import ray
+def _serve_app(target, chosen: Chosen, limits: Limits, max_ongoing: int | None, ingress: str, env: dict[str, str]) -> Iterator[Endpoint]:
     from ray import serve
 
-    say(f"serve: a Serve replica relaying to its own engine process, behind Serve's {ingress}")
-    # What deploy's own Ray gets (raycluster.RAY_ENV), or Ray's default proxy; the Ray
-    # started next hands this process's environment to every Serve process.
-    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if ingress == "haproxy" else "0"
-    raycluster.start_local(num_cpus=max(2, int(target.spec.hardware.num_cpus)), log_to_driver=False)
+    say(f"serve: a Serve replica relaying to its own engine process, behind Serve's {ingress}" + (f", with {env}" if env else ""))
+    # What deploy's own Ray gets (raycluster.RAY_ENV), or Ray's default proxy, and the
+    # variant's variables; the Ray started next hands this process's environment to every
+    # Serve process (and the replica to its engine process).
+    saved = dict(os.environ)
+    os.environ.update({"RAY_SERVE_ENABLE_HA_PROXY": "1" if ingress == "haproxy" else "0", **{k: v for k, v in env.items() if not k.islower()}})
     try:
-        config = serve_config(chosen, ServeOptions(port=raycluster.free_port(), max_ongoing_requests=max_ongoing))
+        raycluster.start_local(num_cpus=max(2, int(target.spec.hardware.num_cpus)), log_to_driver=False)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    try:
+        # a variant's lower-case names are deploy's options (stream_interval_ms=100), the rest Ray's environment
+        options = {k: float(v) for k, v in env.items() if k.islower()}
+        config = serve_config(chosen, ServeOptions(port=raycluster.listen_port(), max_ongoing_requests=max_ongoing, **options))
         if launch.run(config, detach=True, say=say) != 0:
             raise SystemExit("serve: the application did not become healthy")
         yield Endpoint(base_url(config), target.served_name, limits)
     finally:
         serve.shutdown()
-        ray.shutdown()
+        raycluster.shutdown()
+
+
+def _variant(text: str) -> tuple[str, dict[str, str]]:
+    name, _, assignments = text.partition(":")
+    env = dict(a.split("=", 1) for a in assignments.split(",") if "=" in a)
+    if not name.isidentifier() or not env:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:VAR=VALUE[,VAR=VALUE]")
+    return name, env
 
 
 SPIN = """# vibeserve side load

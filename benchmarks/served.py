@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import psutil
 
-from vibeserve_ray.raycluster import free_port
+from vibeserve_ray.raycluster import listen_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # Serve's processes, by the title Ray gives its actors (HAProxy's own binary is the ingress too)
@@ -42,7 +42,7 @@ class Deployment:
 def deployed(target_dir: Path, workdir: Path, *, candidate: str | Path | None = None, run: Path | None = None,
              knobs: dict | None = None, ready_timeout_s: float = 600.0, say: Callable[[str], None] = print) -> Iterator[Deployment]:
     """`vibeserve deploy` of `candidate` (or of `run`'s best) for `target_dir`, until the block ends."""
-    port = free_port()
+    port = listen_port()  # below the ephemeral range: an outgoing connection took a free_port() before HAProxy bound it
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "deploy.log"
     what = ["--candidate", str(candidate)] if candidate is not None else [str(run)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from conftest import TINY_TARGET
 
 from vibeserve_ray import raycluster
@@ -94,16 +96,32 @@ class RayHead:
             return False
 
     def stop(self) -> None:
+        # Serve's HAProxy runs in a process group of its own, out of the SIGKILL's reach: stopped
+        # with the head, never left holding its ports
+        haproxies = _haproxies(self.proc.pid)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait()
+        for p in haproxies:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
         # A SIGKILLed head leaves its address in Ray's "current cluster" file, which a later
         # plain ray.init() would try to join.
         current = Path("/tmp/ray/ray_current_cluster")
         if current.is_file() and current.read_text().strip().endswith(f":{self.port}"):
             current.unlink()
+
+
+def _haproxies(pid: int) -> list[psutil.Process]:
+    out = []
+    with contextlib.suppress(psutil.Error):
+        for p in psutil.Process(pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if p.name() == "haproxy":
+                    out.append(p)
+    return out
 
 
 URLS = re.compile(r"Ray dashboard at (http://\S+); metrics at (http://\S+/metrics)")

