@@ -39,7 +39,6 @@ DESIGNS = {
     "static-paged": {"scheduler": "static", "kv_cache": "paged"},
     "continuous-slab": {"scheduler": "continuous", "kv_cache": "slab"},
     "continuous-slab-decode-kernel": {"scheduler": "continuous", "kv_cache": "slab", "attention": "decode_kernel"},
-    "continuous-paged-graph": {"scheduler": "continuous", "kv_cache": "paged", "compile": "graph"},
     "continuous-paged-prefix": {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on"},
     "continuous-paged-spec-eager": {"scheduler": "continuous", "kv_cache": "paged", "speculation": "prompt_lookup", "attention": "eager"},
     "serial-dynamic-spec": {"speculation": "prompt_lookup"},
