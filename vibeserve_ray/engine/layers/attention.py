@@ -100,7 +100,7 @@ class DecodeKernelAttention(SdpaAttention):
         if mask is not self._mask:  # one mask per step, the same object for every layer
             self._mask, self._lengths = mask, mask.reshape(b, width).sum(-1)  # each context is a prefix of the padded width
         out = torch.empty((b, heads, d), dtype=q.dtype)
-        scratch = torch.empty(b * heads * width, dtype=torch.float32)
+        scratch = torch.empty(heads // kv_heads * width, dtype=torch.float32)
         self.kernel(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
            self._lengths.data_ptr(), b, kv_heads, d ** -0.5, out.data_ptr(), scratch.data_ptr(), width)
         return out

@@ -14,7 +14,7 @@
 //   q [B, H, HEAD_DIM] with strides (q_sb, q_sh); out [B, H, HEAD_DIM] contiguous
 //   k, v: sequence b, KV head h, position l at b * sb + h * sh + l * sl
 //   lengths [B] int64: positions 0 .. lengths[b] - 1 are attended (no causal mask: one query)
-//   scratch: B * H * max_len floats (each query's scores)
+//   scratch: GROUP * max_len floats (the scores of one KV head's queries, reused: one thread)
 // Query heads h * GROUP .. h * GROUP + GROUP - 1 share KV head h, as transformers' repeat_kv.
 // Arithmetic in float32: bfloat16 inputs are widened exactly, the output rounded to nearest even.
 #include <math.h>
@@ -46,7 +46,7 @@ static void decode(const T *q, int64_t q_sb, int64_t q_sh, const T *k, const T *
         for (int h = 0; h < KVH; h++) {
             const int64_t L = lengths[b];
             const T *kb = k + b * sb + h * sh, *vb = v + b * sb + h * sh;
-            float *s = scratch + ((int64_t)b * H + (int64_t)h * G) * max_len;
+            float *s = scratch;
             alignas(64) float qf[G][D], acc[G][D];
             float mx[G], den[G];
             for (int g = 0; g < G; g++) {

@@ -1,8 +1,10 @@
-"""The decode kernel of `attention = decode_kernel` (attention.DecodeKernelAttention):
-decode_attention.cpp, beside this file (why, and what it computes, is its header), is C++ built with the host's compiler when the engine loads (~0.5 s, once per
-head shape and dtype per machine: the library is kept in the temporary directory, named
-by a digest of the source, the flags and the CPU) and called through ctypes, which
-releases the GIL for the call. `-march=native`: the build is for the CPU it runs on.
+"""The decode kernel of `attention = decode_kernel` (attention.DecodeKernelAttention).
+
+decode_attention.cpp, beside this file (why, and what it computes, is its header), is C++
+built with the host's compiler when the engine loads (~0.5 s, once per head shape per
+machine: the library is kept in the temporary directory, named by a digest of the source,
+the flags and the CPU) and called through ctypes, which releases the GIL for the call.
+`-march=native`: the build is for the CPU it runs on.
 """
 
 from __future__ import annotations
@@ -43,8 +45,7 @@ def kernel(head_dim: int, group: int, dtype: torch.dtype) -> ctypes._CFuncPtr:
     """The decode function for heads of `head_dim` with `group` query heads per KV head."""
     cxx = compiler()
     flags = [*FLAGS, f"-DHEAD_DIM={head_dim}", f"-DGROUP={group}"]
-    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else platform.processor()
-    digest = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, *flags, cpu]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, *flags, _cpu()]).encode()).hexdigest()[:16]
     library = Path(tempfile.gettempdir()) / "vibeserve-kernels" / f"decode_attention-{digest}.so"
     if not library.is_file():
         library.parent.mkdir(parents=True, exist_ok=True)
@@ -56,4 +57,13 @@ def kernel(head_dim: int, group: int, dtype: torch.dtype) -> ctypes._CFuncPtr:
     fn = getattr(ctypes.CDLL(str(library)), SYMBOLS[dtype])
     fn.argtypes, fn.restype = ARGTYPES, None
     return fn
+
+
+def _cpu() -> str:
+    """What `-march=native` builds for: the CPU's model and instruction-set flags (not all of
+    /proc/cpuinfo, whose clock readings change between reads and would rebuild every time)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return platform.processor()
+    return "\n".join(sorted({line for line in cpuinfo.read_text().splitlines() if line.startswith(("model name", "flags"))}))
 
