@@ -28,16 +28,33 @@ def _case(dtype, batch=5, kv_heads=3, group=2, head_dim=64, max_len=96, seed=0):
     return q, k, v, mask
 
 
+@pytest.mark.parametrize("plain", [False, True], ids=["vector", "plain"])  # AVX-512 intrinsics where the CPU has them, or the portable loops
 @pytest.mark.parametrize("group", [1, 2, 3, 4])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)])
-def test_kernel_equals_sdpa(group, dtype, tol):
+def test_kernel_equals_sdpa(group, dtype, tol, plain):
     q, k, v, mask = _case(dtype, group=group)
-    backend = DecodeKernelAttention(q.shape[-1], group, dtype)
+    backend = DecodeKernelAttention(q.shape[-1], group, dtype, plain)
     assert backend.kernel is not None
     got = backend.decode(q, k, v, mask)
     want = SdpaAttention().decode(q.float().contiguous(), k.float(), v.float(), mask)
     assert got.dtype == dtype and got.shape == q.shape
     assert (got.float() - want).abs().max().item() < tol
+
+
+@pytest.mark.parametrize("head_dim", [64, 40])  # 40: not a multiple of 16, the plain loops throughout
+def test_queries_read_their_own_rows(head_dim):
+    """decode_at: query b attends over cache row rows[b] (a slab's slots, in any order, idle ones between)."""
+    g = torch.Generator().manual_seed(1)
+    k, v = torch.randn(6, 2, 50, head_dim, generator=g), torch.randn(6, 2, 50, head_dim, generator=g)
+    lengths = torch.tensor([1, 33, 1, 50, 7, 1])
+    mask = (torch.arange(50)[None] < lengths[:, None])[:, None, None, :]
+    rows = torch.tensor([3, 1, 4])
+    q = torch.randn(3, 4, head_dim, generator=g)
+    got = DecodeKernelAttention(head_dim, 2, torch.float32).decode_at(q, k, v, mask, rows)
+    want = SdpaAttention().decode(q, k[rows], v[rows], mask[rows])
+    assert (got - want).abs().max().item() < 2e-6
+    fallback = DecodeKernelAttention(head_dim, 4, torch.float32)  # another grouping: sdpa, placed on the rows
+    assert (fallback.decode_at(q, k, v, mask, rows) - want).abs().max().item() < 2e-6
 
 
 def test_paged_layout_and_a_new_mask_each_step():

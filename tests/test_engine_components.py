@@ -17,7 +17,9 @@ from test_engine import PROMPTS, collect, hf_greedy, hf_sampled, run
 from vibeserve_ray.candidate import GenerationRequest
 from vibeserve_ray.engine import create_engine
 from vibeserve_ray.engine.config import EngineConfig
+from vibeserve_ray.engine.core.batch import padded_rows
 from vibeserve_ray.engine.core.block_pool import BlockPool
+from vibeserve_ray.engine.core.llm_engine import LLMEngine
 from vibeserve_ray.engine.core.sequence import Sequence
 from vibeserve_ray.engine.core.speculation import propose
 from vibeserve_ray.engine.space import read_space
@@ -43,7 +45,7 @@ DESIGNS = {
     "continuous-paged-spec-eager": {"scheduler": "continuous", "kv_cache": "paged", "speculation": "prompt_lookup", "attention": "eager"},
     "serial-dynamic-spec": {"speculation": "prompt_lookup"},
     "everything": {"scheduler": "continuous", "kv_cache": "paged", "prefix_cache": "on", "speculation": "prompt_lookup",
-                   "attention": "decode_kernel"},
+                   "attention": "decode_kernel", "linear": "onednn"},  # oneDNN linears: steps at padded row counts
 }
 # small budgets and blocks so chunked prefill, block boundaries and batching all happen
 KNOBS = {"max_num_batched_tokens": 24, "block_size": 8, "num_kv_blocks": 96, "max_num_seqs": 4, "max_model_len": 128, "spec_k": 3,
@@ -183,6 +185,22 @@ def test_compiled_decode_is_exact(model_dir, hf_model):
     finally:
         asyncio.run(engine.close())
     assert [[o.token_id for o in outs] for outs in got] == [hf_greedy(hf_model, r.prompt_token_ids, r.max_tokens)[0] for r in MIXED[:3]]
+
+
+@pytest.mark.parametrize("kv_cache", ["slab", "paged"])
+def test_padded_steps_are_warmed_up_at_load_and_leave_the_cache_as_it_was(model_dir, kv_cache):
+    """With oneDNN linears every step runs at a padded row count (batch.padded_rows); the
+    engine runs one dummy prompt per count at load and frees it."""
+    engine = LLMEngine(str(model_dir), knobs={**KNOBS, "design": {"scheduler": "continuous", "kv_cache": kv_cache, "linear": "onednn"}},
+                       step_thread=False)
+    assert engine.runner.pad and not LLMEngine(str(model_dir), knobs={**KNOBS, "design": DESIGNS["continuous-slab"]}, step_thread=False).runner.pad
+    assert [padded_rows(n) for n in (1, 16, 17, 24, 512, 513, 2048)] == [16, 16, 32, 32, 512, 640, 2048]
+    assert engine.runner.warm_up(40) == 3  # 16, 32 and 48 rows
+    cache = engine.scheduler.cache
+    if kv_cache == "slab":
+        assert sorted(cache.free_slots) == list(range(cache.num_slots))
+    else:
+        assert all(r == 0 for r in cache.pool.ref)
 
 
 def test_request_too_long_for_the_slab_is_refused(model_dir):

@@ -4,6 +4,12 @@ Every linear layer runs once over all the step's tokens (where batching pays on 
 device); only the token mixers need to know where one sequence ends and the next
 begins: attention in `ForwardBatch.attend`, a hybrid's linear attention (its recurrent
 state, core/state_cache.py) in `ForwardBatch.recur`.
+
+With `pad = True` the step's rows are padded to a few sizes (`padded_rows`): oneDNN, which
+runs bfloat16 and packed linears on CPU, builds a kernel for each new row count it sees,
+~2 ms a linear shape (measured: 11.2 ms for the five shapes of a tiny-Llama layer and its
+vocabulary projection at a new count, 2.0 at a seen one), and a server's steps bring new
+counts for minutes. Padding rows are never attended, written to the cache, or sampled.
 """
 
 from __future__ import annotations
@@ -16,8 +22,15 @@ from .kv_cache import KVCache
 from .sequence import Chunk
 
 
+def padded_rows(n: int) -> int:
+    """The row count a step of `n` tokens runs at when padded: a multiple of 16 up to 512,
+    then of 128 (at most 44 sizes below 2,048 tokens; at most 1/8 extra rows past 128)."""
+    step = 16 if n <= 512 else 128
+    return -(-n // step) * step
+
+
 class ForwardBatch:
-    def __init__(self, chunks: list[Chunk], cache: KVCache, backend: AttentionBackend, device: torch.device):
+    def __init__(self, chunks: list[Chunk], cache: KVCache, backend: AttentionBackend, device: torch.device, pad: bool = False):
         self.chunks = chunks
         self.backend = backend
         self.offsets, at = [], 0
@@ -25,6 +38,7 @@ class ForwardBatch:
             self.offsets.append(at)
             at += c.length
         self.num_tokens = at
+        self.num_rows = padded_rows(at) if pad else at  # rows of the step's activations
         single = [i for i, c in enumerate(chunks) if c.length == 1]
         self.decode = single if len(single) > 1 else []  # batched only when there is a batch
         self.all_decode = len(self.decode) == len(chunks)  # the common steady state: no scatter needed
@@ -34,8 +48,9 @@ class ForwardBatch:
         self.cache = cache.step(chunks, self.decode)
 
     def input_ids(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = [t for c in self.chunks for t in (*c.token_ids, *c.draft)]
-        pos = [p for c in self.chunks for p in range(c.start, c.end)]
+        pad = [0] * (self.num_rows - self.num_tokens)  # token 0 at position 0: any real token would do
+        ids = [t for c in self.chunks for t in (*c.token_ids, *c.draft)] + pad
+        pos = [p for c in self.chunks for p in range(c.start, c.end)] + pad
         return torch.tensor(ids, device=device), torch.tensor(pos, device=device)
 
     def logits_rows(self) -> list[int]:
@@ -46,7 +61,13 @@ class ForwardBatch:
         return [self.offsets[i] + p - 1 - c.start for i, c in enumerate(self.chunks) for p in c.scored or ()]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [tokens, heads, d], k/v [tokens, kv_heads, d] -> [tokens, heads, d]."""
+        """q [rows, heads, d], k/v [rows, kv_heads, d] -> [rows, heads, d] (padding rows: zeros)."""
+        if self.num_rows > self.num_tokens:
+            n = self.num_tokens
+            return torch.cat((self._attend(layer, q[:n], k[:n], v[:n]), q.new_zeros((self.num_rows - n, *q.shape[1:]))))
+        return self._attend(layer, q, k, v)
+
+    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.cache.write(layer, k, v)
         if len(self.others) == 1 and not self.decode:  # one sequence (serial, or a lone prefill)
             ck, cv = self.cache.read(layer, 0)
@@ -67,6 +88,8 @@ class ForwardBatch:
         ck, cv, mask, rows = self.cache.read_decode(layer)
         if rows is None:
             return self.backend.decode(q, ck, cv, mask)
+        if hasattr(self.backend, "decode_at"):  # a backend that reads each query's row itself
+            return self.backend.decode_at(q, ck, cv, mask, rows)
         # the cache attends over its own rows (slab slots): put each query on its row, then take the answers back
         placed = q.new_zeros((ck.shape[0], *q.shape[1:])).index_copy_(0, rows, q)
         return self.backend.decode(placed, ck, cv, mask).index_select(0, rows)

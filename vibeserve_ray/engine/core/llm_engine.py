@@ -61,8 +61,13 @@ class LLMEngine:
         cache = make_kv_cache(self.config, ec, self.device, dtype)
         if self.config.linear_layers:  # a hybrid: its linear-attention layers keep a state beside the attention layers' KV
             cache = make_state_cache(cache, self.config, ec, self.device, dtype, checkpoint_identity(model_dir) if ec.prefix_cache else "")
-        self.runner = ModelRunner(model, cache, make_attention(ec.attention, self.config.head_dim, self.config.num_attention_heads // self.config.num_key_value_heads, dtype), self.device,
-                                  compile_graph=ec.compile == "graph")
+        # oneDNN runs bfloat16 and packed linears on CPU, and builds kernels per row count:
+        # steps run at padded counts, each built here, before the first request
+        pad = self.device.type == "cpu" and (dtype == torch.bfloat16 or ec.linear == "onednn") and not self.config.linear_layers
+        attention = make_attention(ec.attention, self.config.head_dim, self.config.num_attention_heads // self.config.num_key_value_heads, dtype)
+        self.runner = ModelRunner(model, cache, attention, self.device, compile_graph=ec.compile == "graph", pad=pad)
+        if pad:
+            self.runner.warm_up(min(ec.max_num_batched_tokens if ec.scheduler == "continuous" else ec.max_model_len, ec.max_model_len, 512))
         self.scheduler = make_scheduler(cache, ec)
         self.grammars = Grammars(model_dir)
         self._inbox: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()

@@ -8,16 +8,22 @@ from torch import nn
 from vibeserve_ray.candidate import TokenOut
 
 from ..layers.attention import AttentionBackend
-from .batch import ForwardBatch
+from vibeserve_ray.candidate import GenerationRequest
+
+from .batch import ForwardBatch, padded_rows
 from .graph import GraphForward
 from .kv_cache import KVCache
 from .sampler import Sampler
-from .sequence import Chunk
+from .sequence import Chunk, Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: nn.Module, cache: KVCache, attention: AttentionBackend, device: torch.device, compile_graph: bool = False):
+    def __init__(self, model: nn.Module, cache: KVCache, attention: AttentionBackend, device: torch.device, compile_graph: bool = False,
+                 pad: bool = False):
+        """`pad`: run each step at a padded row count (batch.padded_rows), for linears that
+        build a kernel per row count; only for models whose token mixing is all attention."""
         self.model = model
+        self.pad = pad
         # the forward and the vocabulary projection: the model's own, or one compiled graph each (compile = graph)
         self.forward = GraphForward(model) if compile_graph else model
         self.compute_logits = self.forward.compute_logits
@@ -30,15 +36,31 @@ class ModelRunner:
     def run(self, chunks: list[Chunk]) -> tuple[list[list[TokenOut]], list[list[TokenOut]]]:
         """Per chunk: the prompt tokens it scored (only for requests asking for prompt
         logprobs), and its new tokens (none for a partial prefill, several for accepted drafts)."""
-        batch = ForwardBatch(chunks, self.cache, self.attention, self.device)
+        batch = ForwardBatch(chunks, self.cache, self.attention, self.device, self.pad)
         input_ids, positions = batch.input_ids(self.device)
         hidden = self.forward(input_ids, positions, batch)
         rows, scored = batch.logits_rows(), batch.scored_rows()
         if not rows and not scored:
             return [[] for _ in chunks], [[] for _ in chunks]
-        if scored or len(rows) < batch.num_tokens:  # only rows that are read pay for the vocabulary projection
+        if scored or len(rows) < batch.num_rows:  # only rows that are read pay for the vocabulary projection
             hidden = hidden[torch.tensor(rows + scored, device=self.device)]
         logits = self.compute_logits(hidden)
         wanted = any(c.scored is not None for c in chunks)
         prompt = self.sampler.score_prompt(logits[len(rows):], chunks) if wanted else [[] for _ in chunks]
         return prompt, self.sampler(logits[:len(rows)], chunks)
+
+    def warm_up(self, max_tokens: int) -> int:
+        """Runs one forward at each padded row count up to `max_tokens` (a dummy prompt in a
+        cache slot, freed after), so each count's kernels exist before the first request
+        (and a compiled graph is compiled). Returns how many counts ran."""
+        ran = 0
+        for n in sorted({padded_rows(n) for n in range(1, max_tokens + 1)}):
+            seq = Sequence(GenerationRequest(prompt_token_ids=[0] * n, max_tokens=1), 0)
+            if self.cache.never_fits(seq, 0) is not None or not self.cache.allocate(seq, 0):
+                break
+            try:
+                self.run([Chunk(seq, 0, seq.token_ids[:n])])
+                ran += 1
+            finally:
+                self.cache.free(seq)
+        return ran

@@ -85,24 +85,34 @@ class EagerAttention(AttentionBackend):
 
 
 class DecodeKernelAttention(SdpaAttention):
-    def __init__(self, head_dim: int, group: int, dtype: torch.dtype) -> None:
+    def __init__(self, head_dim: int, group: int, dtype: torch.dtype, plain: bool = False) -> None:
         self.shape = (head_dim, group, dtype)
-        self.kernel = decode_kernel.kernel(*self.shape) if dtype in decode_kernel.SYMBOLS else None  # built now, not mid-request
+        # built now, not mid-request
+        self.kernel = decode_kernel.kernel(head_dim, group, dtype, plain) if dtype in decode_kernel.SYMBOLS else None
         self._mask: torch.Tensor | None = None
         self._lengths = torch.empty(0, dtype=torch.int64)
 
     def decode(self, q, k, v, mask):
+        return self.decode_at(q, k, v, mask, None)
+
+    def decode_at(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """`decode` where query b attends over cache row rows[b] of k, v and mask (None: row
+        b), so a slab's decodes need not be placed on their slots and taken back."""
         b, heads, d = q.shape
         kv_heads, width = k.shape[1], k.shape[2]
         if (self.kernel is None or (d, heads // kv_heads, q.dtype) != self.shape or k.dtype != q.dtype or v.dtype != q.dtype
-                or q.device.type != "cpu" or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride() != k.stride()):
-            return super().decode(q, k, v, mask)  # what the kernel does not take
+                or q.device.type != "cpu" or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride() != k.stride()):  # what the kernel does not take
+            if rows is None:
+                return super().decode(q, k, v, mask)
+            placed = q.new_zeros((k.shape[0], *q.shape[1:])).index_copy_(0, rows, q)
+            return super().decode(placed, k, v, mask).index_select(0, rows)
         if mask is not self._mask:  # one mask per step, the same object for every layer
-            self._mask, self._lengths = mask, mask.reshape(b, width).sum(-1)  # each context is a prefix of the padded width
+            self._mask, self._lengths = mask, mask.reshape(k.shape[0], width).sum(-1)  # each context is a prefix of the padded width
         out = torch.empty((b, heads, d), dtype=q.dtype)
         scratch = torch.empty(heads // kv_heads * width, dtype=torch.float32)
         self.kernel(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
-           self._lengths.data_ptr(), b, kv_heads, d ** -0.5, out.data_ptr(), scratch.data_ptr(), width)
+                    None if rows is None else rows.data_ptr(), self._lengths.data_ptr(), b, kv_heads, d ** -0.5,
+                    out.data_ptr(), scratch.data_ptr(), width)
         return out
 
 

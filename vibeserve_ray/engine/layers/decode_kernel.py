@@ -28,7 +28,7 @@ FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-
          "-ffp-contract=fast", "-shared", "-fPIC"]
 SYMBOLS = {torch.bfloat16: "decode_attention_bf16", torch.float32: "decode_attention_f32"}
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
-ARGTYPES = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, ctypes.c_int, ctypes.c_int, ctypes.c_float, _ptr, _ptr, _i64]
+ARGTYPES = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr, ctypes.c_int, ctypes.c_int, ctypes.c_float, _ptr, _ptr, _i64]
 
 
 def compiler() -> str:
@@ -41,10 +41,11 @@ def compiler() -> str:
 
 
 @functools.cache
-def kernel(head_dim: int, group: int, dtype: torch.dtype) -> ctypes._CFuncPtr:
-    """The decode function for heads of `head_dim` with `group` query heads per KV head."""
+def kernel(head_dim: int, group: int, dtype: torch.dtype, plain: bool = False) -> ctypes._CFuncPtr:
+    """The decode function for heads of `head_dim` with `group` query heads per KV head
+    (`plain`: the portable loops even where the CPU has AVX-512, for tests to compare)."""
     cxx = compiler()
-    flags = [*FLAGS, f"-DHEAD_DIM={head_dim}", f"-DGROUP={group}"]
+    flags = [*FLAGS, f"-DHEAD_DIM={head_dim}", f"-DGROUP={group}", *(["-DPLAIN"] if plain else [])]
     digest = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, *flags, _cpu()]).encode()).hexdigest()[:16]
     library = Path(tempfile.gettempdir()) / "vibeserve-kernels" / f"decode_attention-{digest}.so"
     if not library.is_file():
