@@ -47,13 +47,14 @@ TARGETS = ROOT / "targets"
 # engine's own decode attention kernel: 1.27x end to end in bfloat16 (below).
 BEST = {"scheduler": "continuous", "kv_cache": "slab", "linear": "onednn", "step_loop": "process", "attention": "decode_kernel"}
 BEST_KNOBS: dict = {"num_threads": 1, "engine_workers": 2}
-# In bfloat16 a decode step is per-op overhead bound: one engine process batching every
-# request beats two of half the batch each (the default search's bfloat16 winner on
-# tiny-llama-cpu runs one too). With the decode kernel (tiny-llama-cpu, 64 requests at 16,
-# interleaved, load 1.1-1.9): sdpa 1001-1022 output tok/s, the kernel 1240-1330; a second
-# torch thread gave 1135-1409 and is fragile where other work shares the cores (OpenMP
-# barriers under oversubscription: SmolLM2 fell to 77 from 194).
-BEST_BF16_KNOBS: dict = {"num_threads": 1, "engine_workers": 1}
+# The fastest bfloat16 design measured against vLLM (tiny-llama-cpu, 2026-12-06, 3 interleaved
+# rounds: 2,240 output tok/s with two threads, 1,982 with one, vLLM 1,510): one engine process
+# batching every request, the decode kernel, the compiled graph (max-autotune over inductor's
+# C++ GEMMs; it packs the linears itself, so `linear = torch`), and the knobs an Optuna study
+# on that target found. A second torch thread is fragile where other work shares the cores
+# (OpenMP barriers under oversubscription: skills/hardware/cpu-threads).
+BEST_BF16 = {**BEST, "dtype": "bfloat16", "linear": "torch", "compile": "graph"}
+BEST_BF16_KNOBS: dict = {"num_threads": 2, "engine_workers": 1, "max_num_seqs": 37, "max_num_batched_tokens": 319}
 # name -> (design, knobs); each component alone, in the smallest valid design that holds it
 ALONE = {
     "seed": ({}, {}),

@@ -46,7 +46,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.engine_components import BEST, BEST_BF16_KNOBS, BEST_KNOBS  # noqa: E402
+from benchmarks.engine_components import BEST, BEST_BF16, BEST_BF16_KNOBS, BEST_KNOBS  # noqa: E402
 from benchmarks.pyspy_profile import profiling  # noqa: E402
 from benchmarks.served import deployed, serve_processes  # noqa: E402
 from benchmarks.vllm_peer import DEFAULT_VENV, ensure_venv, precision_ceiling, serve_vllm  # noqa: E402
@@ -101,7 +101,7 @@ def main() -> None:
     candidates = {f"candidate{i or ''}": Path(c) for i, c in enumerate(args.candidate)}
     if not candidates:
         reduced = admits(target.lowest_precision, "bfloat16")
-        best, knobs = ({**BEST, "dtype": "bfloat16"}, BEST_BF16_KNOBS) if reduced else (BEST, BEST_KNOBS)
+        best, knobs = (BEST_BF16, BEST_BF16_KNOBS) if reduced else (BEST, BEST_KNOBS)
         candidates["candidate"] = materialise(load_space(default_space_path()), work / "best", best, knobs, device=device)
 
     runs: dict[str, list[dict]] = {}
