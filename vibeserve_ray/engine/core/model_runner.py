@@ -5,11 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vibeserve_ray.candidate import TokenOut
+from vibeserve_ray.candidate import GenerationRequest, TokenOut
 
 from ..layers.attention import AttentionBackend
-from vibeserve_ray.candidate import GenerationRequest
-
 from .batch import ForwardBatch, padded_rows
 from .graph import GraphForward
 from .kv_cache import KVCache
@@ -54,7 +52,7 @@ class ModelRunner:
         cache slot, freed after), so each count's kernels exist before the first request
         (and a compiled graph is compiled). Returns how many counts ran."""
         ran = 0
-        for n in sorted({padded_rows(n) for n in range(1, max_tokens + 1)}):
+        for n in sorted({padded_rows(tokens) for tokens in range(1, max_tokens + 1)}):
             seq = Sequence(GenerationRequest(prompt_token_ids=[0] * n, max_tokens=1), 0)
             if self.cache.never_fits(seq, 0) is not None or not self.cache.allocate(seq, 0):
                 break
