@@ -85,8 +85,16 @@ class ProcessEngine:
         family, self.config = load_family(model_dir)
         self.engine_config = EngineConfig.resolve(knobs, family.space(), device)
         worker_knobs = knobs | {"design": {**knobs.get("design", {}), "step_loop": "thread"}}
-        self.workers = [_Worker(i, model_dir, device, worker_knobs) for i in range(self.engine_config.engine_workers)]
-        for w in self.workers:  # loading in parallel, waiting in turn
+        # loading in parallel, waiting in turn; but compiled graphs one at a time: inductor's
+        # compile (its C++ builds, max-autotune's trials) peaks at several times a loaded
+        # engine's memory (two 30-layer SmolLM2 workers compiling at once: 6,373 MiB)
+        one_at_a_time = self.engine_config.compile == "graph"
+        self.workers = []
+        for i in range(self.engine_config.engine_workers):
+            self.workers.append(_Worker(i, model_dir, device, worker_knobs))
+            if one_at_a_time:
+                self.workers[-1].wait_ready()
+        for w in self.workers if not one_at_a_time else ():
             w.wait_ready()
         self.streams: dict[int, asyncio.Queue] = {}
         self._ids = count()
