@@ -88,11 +88,7 @@ class ForwardBatch:
         ck, cv, mask, rows = self.cache.read_decode(layer)
         if rows is None:
             return self.backend.decode(q, ck, cv, mask)
-        if hasattr(self.backend, "decode_at"):  # a backend that reads each query's row itself
-            return self.backend.decode_at(q, ck, cv, mask, rows)
-        # the cache attends over its own rows (slab slots): put each query on its row, then take the answers back
-        placed = q.new_zeros((ck.shape[0], *q.shape[1:])).index_copy_(0, rows, q)
-        return self.backend.decode(placed, ck, cv, mask).index_select(0, rows)
+        return self.backend.decode_at(q, ck, cv, mask, rows)  # the cache attends over its own rows (slab slots)
 
     def recur(self, layer: int, mixed: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, conv_weight: torch.Tensor,
               heads: DeltaHeads) -> torch.Tensor:

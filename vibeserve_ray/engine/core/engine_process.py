@@ -91,11 +91,12 @@ class ProcessEngine:
         one_at_a_time = self.engine_config.compile == "graph"
         self.workers = []
         for i in range(self.engine_config.engine_workers):
-            self.workers.append(_Worker(i, model_dir, device, worker_knobs))
+            self.workers.append(worker := _Worker(i, model_dir, device, worker_knobs))
             if one_at_a_time:
-                self.workers[-1].wait_ready()
-        for w in self.workers if not one_at_a_time else ():
-            w.wait_ready()
+                worker.wait_ready()
+        if not one_at_a_time:
+            for worker in self.workers:
+                worker.wait_ready()
         self.streams: dict[int, asyncio.Queue] = {}
         self._ids = count()
         self._attached: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None

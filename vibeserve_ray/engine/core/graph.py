@@ -57,7 +57,7 @@ _SETTINGS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends
 
 
 @contextlib.contextmanager
-def _freezing() -> Iterator[None]:
+def _compile_settings() -> Iterator[None]:
     """`_SETTINGS` for the graphs compiled inside. Set around each call, since a call may
     compile (a new shape), and restored after: process-wide switches would reach other
     engines' graphs too. torch.compile's `options` does not reach freezing; `config.patch`
@@ -84,11 +84,11 @@ class GraphForward:
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         _step.batch = batch
         try:
-            with _freezing():
+            with _compile_settings():
                 return self.decoder(input_ids, positions, IN_GRAPH)
         finally:
             _step.batch = None
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        with _freezing():
+        with _compile_settings():
             return self.lm_head(hidden)

@@ -57,7 +57,7 @@ class ModelRunner:
             if self.cache.never_fits(seq, 0) is not None or not self.cache.allocate(seq, 0):
                 break
             try:
-                self.run([Chunk(seq, 0, seq.token_ids[:n])])
+                self.run([Chunk(seq, 0, list(seq.token_ids))])
                 ran += 1
             finally:
                 self.cache.free(seq)

@@ -35,6 +35,13 @@ class AttentionBackend:
         """q [B, heads, d]; k, v [B, kv_heads, L, d]; mask [B, 1, 1, L] -> [B, heads, d]."""
         raise NotImplementedError
 
+    def decode_at(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """`decode` where query b attends over row rows[b] of k, v and mask (a slab's slots):
+        here each query is put on its row and its answer taken back; a backend that reads
+        each query's row itself overrides this."""
+        placed = q.new_zeros((k.shape[0], *q.shape[1:])).index_copy_(0, rows, q)
+        return self.decode(placed, k, v, mask).index_select(0, rows)
+
 
 def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
     """Queries at the end of the context: row i sees positions <= kv_len - q_len + i."""
@@ -93,19 +100,20 @@ class DecodeKernelAttention(SdpaAttention):
         self._lengths = torch.empty(0, dtype=torch.int64)
 
     def decode(self, q, k, v, mask):
-        return self.decode_at(q, k, v, mask, None)
+        return self._kernel_decode(q, k, v, mask, None) if self._takes(q, k, v) else super().decode(q, k, v, mask)
 
-    def decode_at(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        """`decode` where query b attends over cache row rows[b] of k, v and mask (None: row
-        b), so a slab's decodes need not be placed on their slots and taken back."""
+    def decode_at(self, q, k, v, mask, rows):
+        """Each query reads its own row: no placing on the slab's rows and taking back."""
+        return self._kernel_decode(q, k, v, mask, rows) if self._takes(q, k, v) else super().decode_at(q, k, v, mask, rows)
+
+    def _takes(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+        """Whether the kernel built for this engine takes these tensors (else SDPA does)."""
+        return (self.kernel is not None and (q.shape[-1], q.shape[1] // k.shape[1], q.dtype) == self.shape and k.dtype == v.dtype == q.dtype
+                and q.device.type == "cpu" and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride() == k.stride())
+
+    def _kernel_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         b, heads, d = q.shape
         kv_heads, width = k.shape[1], k.shape[2]
-        if (self.kernel is None or (d, heads // kv_heads, q.dtype) != self.shape or k.dtype != q.dtype or v.dtype != q.dtype
-                or q.device.type != "cpu" or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride() != k.stride()):  # what the kernel does not take
-            if rows is None:
-                return super().decode(q, k, v, mask)
-            placed = q.new_zeros((k.shape[0], *q.shape[1:])).index_copy_(0, rows, q)
-            return super().decode(placed, k, v, mask).index_select(0, rows)
         if mask is not self._mask:  # one mask per step, the same object for every layer
             self._mask, self._lengths = mask, mask.reshape(k.shape[0], width).sum(-1)  # each context is a prefix of the padded width
         out = torch.empty((b, heads, d), dtype=q.dtype)
