@@ -41,6 +41,23 @@ def test_kernel_equals_sdpa(group, dtype, tol, plain):
     assert (got.float() - want).abs().max().item() < tol
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])  # 3: more threads than this machine's cores, each with its scratch slice
+def test_pairs_shared_among_threads_give_the_same_output(threads):
+    """The (sequence, KV head) pairs run on torch's threads; each pair's arithmetic is its
+    own, so any number of threads gives the same bits as one."""
+    q, k, v, mask = _case(torch.bfloat16, batch=5, kv_heads=3, group=3)
+    backend = DecodeKernelAttention(64, 3, torch.bfloat16)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = backend.decode(q, k, v, mask)
+        torch.set_num_threads(threads)
+        for _ in range(3):
+            assert torch.equal(backend.decode(q, k, v, mask), alone)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("head_dim", [64, 40])  # 40: not a multiple of 16, the plain loops throughout
 def test_queries_read_their_own_rows(head_dim):
     """decode_at: query b attends over cache row rows[b] (a slab's slots, in any order, idle ones between)."""

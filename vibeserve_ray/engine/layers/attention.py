@@ -117,10 +117,11 @@ class DecodeKernelAttention(SdpaAttention):
         if mask is not self._mask:  # one mask per step, the same object for every layer
             self._mask, self._lengths = mask, mask.reshape(k.shape[0], width).sum(-1)  # each context is a prefix of the padded width
         out = torch.empty((b, heads, d), dtype=q.dtype)
-        scratch = torch.empty(heads // kv_heads * width, dtype=torch.float32)
+        threads = torch.get_num_threads()
+        scratch = torch.empty(threads * (heads // kv_heads) * width, dtype=torch.float32)  # a slice per thread
         self.kernel(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
                     None if rows is None else rows.data_ptr(), self._lengths.data_ptr(), b, kv_heads, d ** -0.5,
-                    out.data_ptr(), scratch.data_ptr(), width)
+                    out.data_ptr(), scratch.data_ptr(), width, threads)
         return out
 
 

@@ -1,7 +1,10 @@
 // Decode attention on a CPU: each sequence's one new query token against its cached keys
 // and values, for `attention = decode_kernel` (layers/decode_kernel.py builds this file
-// with the host's compiler, once per head shape, and calls it through ctypes). One thread:
-// the engine's fast CPU designs run one torch thread per engine process.
+// with the host's compiler, once per head shape, and calls it through ctypes). Its
+// (sequence, KV head) pairs are shared among torch's threads: built with -fopenmp, this
+// library binds to the OpenMP runtime torch already loaded (the same soname), so its
+// parallel loop runs on torch's own team, as many threads as torch.set_num_threads, and
+// a one-thread engine runs it inline.
 //
 // Why not torch's SDPA: its CPU flash kernel runs a query block of two rows (the query
 // heads sharing a KV head) through the machinery of a prefill tile, and reads every
@@ -18,7 +21,8 @@
 //   k, v: sequence b, KV head h, position l at b * sb + h * sh + l * sl
 //   rows [B] int64, or null: query b reads cache row (slot) rows[b]; null: row b
 //   lengths [rows] int64: row r's positions 0 .. lengths[r] - 1 are attended (no causal mask: one query)
-//   scratch: GROUP * max_len floats (the scores of one KV head's queries, reused: one thread)
+//   scratch: threads * GROUP * max_len floats (the scores of one KV head's queries; a slice per thread)
+//   threads: how many threads share the pairs (torch's count, which sized scratch)
 // Query heads h * GROUP .. h * GROUP + GROUP - 1 share KV head h, as transformers' repeat_kv.
 // Arithmetic in float32: bfloat16 inputs are widened exactly, the output rounded to nearest even.
 #include <math.h>
@@ -26,6 +30,9 @@
 #include <string.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
 #endif
 
 #ifndef HEAD_DIM
@@ -184,29 +191,36 @@ static void head_vector(const T *qh, int64_t q_sh, const T *kb, const T *vb, int
 template <typename T>
 static void decode(const T *q, int64_t q_sb, int64_t q_sh, const T *k, const T *v, int64_t sb, int64_t sh, int64_t sl,
                    const int64_t *rows, const int64_t *lengths, int B, int KVH, float scale, T *out, float *scratch,
-                   int64_t max_len) {
-    for (int b = 0; b < B; b++) {
+                   int64_t max_len, int threads) {
+    const int pairs = B * KVH;
+    // dynamic: contexts differ in length, so equal shares of pairs are not equal work
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && pairs > 1)
+    for (int i = 0; i < pairs; i++) {
+        const int b = i / KVH, h = i % KVH;
         const int64_t row = rows ? rows[b] : b, L = lengths[row];
-        for (int h = 0; h < KVH; h++) {
-            const T *qh = q + b * q_sb + h * G * q_sh, *kb = k + row * sb + h * sh, *vb = v + row * sb + h * sh;
-            T *og = out + ((int64_t)b * KVH * G + h * G) * D;
-#ifdef HAVE_VECTOR_HEAD
-            head_vector(qh, q_sh, kb, vb, sl, L, scale, og, scratch, max_len);
+#ifdef _OPENMP
+        float *own = scratch + (int64_t)omp_get_thread_num() * G * max_len;
 #else
-            head_plain(qh, q_sh, kb, vb, sl, L, scale, og, scratch, max_len);
+        float *own = scratch;
 #endif
-        }
+        const T *qh = q + b * q_sb + h * G * q_sh, *kb = k + row * sb + h * sh, *vb = v + row * sb + h * sh;
+        T *og = out + ((int64_t)b * KVH * G + h * G) * D;
+#ifdef HAVE_VECTOR_HEAD
+        head_vector(qh, q_sh, kb, vb, sl, L, scale, og, own, max_len);
+#else
+        head_plain(qh, q_sh, kb, vb, sl, L, scale, og, own, max_len);
+#endif
     }
 }
 
 extern "C" void decode_attention_bf16(const uint16_t *q, int64_t q_sb, int64_t q_sh, const uint16_t *k, const uint16_t *v,
                                       int64_t sb, int64_t sh, int64_t sl, const int64_t *rows, const int64_t *lengths, int B, int KVH,
-                                      float scale, uint16_t *out, float *scratch, int64_t max_len) {
-    decode(q, q_sb, q_sh, k, v, sb, sh, sl, rows, lengths, B, KVH, scale, out, scratch, max_len);
+                                      float scale, uint16_t *out, float *scratch, int64_t max_len, int threads) {
+    decode(q, q_sb, q_sh, k, v, sb, sh, sl, rows, lengths, B, KVH, scale, out, scratch, max_len, threads);
 }
 
 extern "C" void decode_attention_f32(const float *q, int64_t q_sb, int64_t q_sh, const float *k, const float *v,
                                      int64_t sb, int64_t sh, int64_t sl, const int64_t *rows, const int64_t *lengths, int B, int KVH,
-                                     float scale, float *out, float *scratch, int64_t max_len) {
-    decode(q, q_sb, q_sh, k, v, sb, sh, sl, rows, lengths, B, KVH, scale, out, scratch, max_len);
+                                     float scale, float *out, float *scratch, int64_t max_len, int threads) {
+    decode(q, q_sb, q_sh, k, v, sb, sh, sl, rows, lengths, B, KVH, scale, out, scratch, max_len, threads);
 }

@@ -24,11 +24,13 @@ import torch
 SOURCE = Path(__file__).with_name("decode_attention.cpp")
 # Vectorising the dot products' sums needs reassociation; not -ffast-math, whose startup
 # code would set flush-to-zero for the whole process when the library loads.
+# -fopenmp: its loop over (sequence, KV head) pairs runs on torch's OpenMP team (torch links
+# libgomp.so.1, and the loader gives this library the copy already loaded).
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
-         "-ffp-contract=fast", "-shared", "-fPIC"]
+         "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC"]
 SYMBOLS = {torch.bfloat16: "decode_attention_bf16", torch.float32: "decode_attention_f32"}
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
-ARGTYPES = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr, ctypes.c_int, ctypes.c_int, ctypes.c_float, _ptr, _ptr, _i64]
+ARGTYPES = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr, ctypes.c_int, ctypes.c_int, ctypes.c_float, _ptr, _ptr, _i64, ctypes.c_int]
 
 
 def compiler() -> str:
