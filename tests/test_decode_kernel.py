@@ -15,11 +15,11 @@ from vibeserve_ray.engine.layers.attention import DecodeKernelAttention, SdpaAtt
 pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="no C++ compiler to build the kernel")
 
 
-def _case(dtype, batch=5, kv_heads=3, group=2, head_dim=64, max_len=96, seed=0):
+def _case(dtype, batch=5, kv_heads=3, group=2, head_dim=64, max_len=96, seed=0, lengths=(1, 17, 40, 3, 33)):
     g = torch.Generator().manual_seed(seed)
     slab_k = torch.randn(batch + 2, kv_heads, max_len, head_dim, generator=g).to(dtype)  # more slots than the batch
     slab_v = torch.randn(batch + 2, kv_heads, max_len, head_dim, generator=g).to(dtype)
-    lengths = torch.tensor([1, 17, 40, 3, 33][:batch])
+    lengths = torch.tensor(list(lengths)[:batch])
     width = int(lengths.max())
     k, v = slab_k[:batch, :, :width], slab_v[:batch, :, :width]  # strided views, as the slab cache reads them
     # queries as the model's fused q/k projection leaves them: every head of a token, then the next token's
@@ -45,8 +45,8 @@ def test_kernel_equals_sdpa(group, dtype, tol, plain):
 def test_pairs_shared_among_threads_give_the_same_output(threads):
     """The (sequence, KV head) pairs run on torch's threads; each pair's arithmetic is its
     own, so any number of threads gives the same bits as one."""
-    q, k, v, mask = _case(torch.bfloat16, batch=5, kv_heads=3, group=3)
-    backend = DecodeKernelAttention(64, 3, torch.bfloat16)
+    q, k, v, mask = _case(torch.bfloat16, batch=5, kv_heads=3, group=3, max_len=2048, lengths=[700, 1, 2048, 350, 1200])
+    backend = DecodeKernelAttention(64, 3, torch.bfloat16)  # 12,897 key rows: past the kernel's SHARE_FROM
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

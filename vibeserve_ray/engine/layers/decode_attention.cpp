@@ -40,6 +40,10 @@
 #endif
 constexpr int D = HEAD_DIM;
 constexpr int G = GROUP;
+// A call shares its pairs among threads from this many key rows (~10-20 ns each here): a
+// batch-16 decode over 4 KV heads at ~100 positions reads 6,400; a few short contexts run
+// on one thread, where the team's wake-up and barrier would cost more than half the work.
+constexpr int64_t SHARE_FROM = 4096;
 
 static inline float widen(float x) { return x; }
 static inline float widen(uint16_t x) { uint32_t u = (uint32_t)x << 16; float f; memcpy(&f, &u, 4); return f; }
@@ -193,8 +197,10 @@ static void decode(const T *q, int64_t q_sb, int64_t q_sh, const T *k, const T *
                    const int64_t *rows, const int64_t *lengths, int B, int KVH, float scale, T *out, float *scratch,
                    int64_t max_len, int threads) {
     const int pairs = B * KVH;
+    int64_t rows_read = 0;  // key rows the call reads: below SHARE_FROM, waking a team costs more than it saves
+    for (int b = 0; b < B; b++) rows_read += lengths[rows ? rows[b] : b] * KVH;
     // dynamic: contexts differ in length, so equal shares of pairs are not equal work
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && pairs > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && pairs > 1 && rows_read >= SHARE_FROM)
     for (int i = 0; i < pairs; i++) {
         const int b = i / KVH, h = i % KVH;
         const int64_t row = rows ? rows[b] : b, L = lengths[row];
