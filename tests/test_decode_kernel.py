@@ -101,3 +101,20 @@ def test_build_is_cached_and_a_missing_compiler_is_named(monkeypatch):
     monkeypatch.delenv("CXX", raising=False)
     with pytest.raises(RuntimeError, match="no C.. compiler"):
         decode_kernel.compiler()
+
+
+def test_a_compiler_without_openmp_builds_the_one_thread_kernel(tmp_path, monkeypatch):
+    """The source builds without -fopenmp too (its OpenMP parts behind _OPENMP): a compiler
+    that refuses the flag gets the serial build instead of a failed engine."""
+    real = shutil.which("g++") or shutil.which("c++")
+    fake = tmp_path / "no-openmp-c++"
+    fake.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && {{ echo "unsupported option -fopenmp" >&2; exit 1; }}; done\nexec {real} "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # a library of its own, not one the real compiler built
+    monkeypatch.setattr(decode_kernel.tempfile, "tempdir", None)
+    q, k, v, mask = _case(torch.float32, kv_heads=2, group=1, head_dim=48)
+    backend = DecodeKernelAttention(48, 1, torch.float32, plain=True)
+    assert backend.kernel is not None
+    assert (backend.decode(q, k, v, mask) - SdpaAttention().decode(q.contiguous(), k, v, mask)).abs().max().item() < 2e-6
+
