@@ -53,10 +53,11 @@ def kernel(head_dim: int, group: int, dtype: torch.dtype, plain: bool = False) -
     if not library.is_file():
         library.parent.mkdir(parents=True, exist_ok=True)
         partial = library.with_suffix(f".{os.getpid()}.tmp")  # engine processes may build at once: rename is atomic
-        result = subprocess.run([cxx, *flags, "-o", str(partial), str(SOURCE)], capture_output=True, text=True, timeout=300)
-        if result.returncode != 0 and "-fopenmp" in flags:  # a compiler without OpenMP (clang without libomp): one thread
-            serial = [flag for flag in flags if flag != "-fopenmp"]
-            result = subprocess.run([cxx, *serial, "-o", str(partial), str(SOURCE)], capture_output=True, text=True, timeout=300)
+        # then, for a compiler without OpenMP (clang without libomp), the one-thread build
+        for build in (flags, [flag for flag in flags if flag != "-fopenmp"]):
+            result = subprocess.run([cxx, *build, "-o", str(partial), str(SOURCE)], capture_output=True, text=True, timeout=300)
+            if result.returncode == 0:
+                break
         if result.returncode != 0:
             raise RuntimeError(f"building {SOURCE.name} with {cxx} failed:\n{result.stderr[-4000:]}")
         os.replace(partial, library)
