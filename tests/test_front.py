@@ -187,3 +187,24 @@ def test_streamed_text_equals_the_whole_output_decoded(tiny_target, seed):
         detok = _Detokenizer(tokenizer, [])
         text = "".join(detok.push([t], final=i == len(ids) - 1)[0] for i, t in enumerate(ids))
         assert text == tok.decode(ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("generator", ["tiny-llama", "tiny-olmo-hybrid"])
+def test_load_tokenizer_gives_what_autotokenizer_gives_without_its_class_lookup(generator):
+    """A plain tokenizer.json loads as PreTrainedTokenizerFast directly (a second off each
+    candidate start): the same tokens, chat template, special ids and text as AutoTokenizer."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from vibeserve_ray.candidate import load_tokenizer
+    from vibeserve_ray.generators import make_checkpoint
+
+    model = make_checkpoint(generator, 0)
+    ours, auto = load_tokenizer(model), AutoTokenizer.from_pretrained(str(model))
+    assert isinstance(ours, PreTrainedTokenizerFast)
+    text = "Hello, world: the café at 12:30 \u2014 naïve résumé"
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+    assert ours(text).input_ids == auto(text).input_ids
+    assert ours.apply_chat_template(messages, add_generation_prompt=True) == auto.apply_chat_template(messages, add_generation_prompt=True)
+    assert (ours.eos_token_id, ours.bos_token_id, ours.all_special_ids, len(ours)) == (auto.eos_token_id, auto.bos_token_id, auto.all_special_ids, len(auto))
+    ids = auto(text).input_ids
+    assert ours.decode(ids) == auto.decode(ids)

@@ -176,18 +176,38 @@ def response_grammar(response_format: dict[str, Any]):
         raise ValueError("json_schema.schema: " + re.sub(r"^\[[^]]*\]\s*\S+:\d+:\s*", "", lines[-1])) from None
 
 
+# tokenizer_config.json's classes that are tokenizer.json read by the `tokenizers` library and nothing more
+PLAIN_TOKENIZER_CLASSES = {"PreTrainedTokenizerFast", "TokenizersBackend"}
+
+
+def load_tokenizer(tokenizer_dir: str | Path):
+    """The HF tokenizer in `tokenizer_dir`. A plain tokenizer.json loads as
+    PreTrainedTokenizerFast directly: AutoTokenizer resolves the class through the model
+    registry, ~1.5 s more of every candidate start (transformers' import included) for
+    the same object; any other class (sentencepiece, custom code) goes through AutoTokenizer."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # transformers loads torch: only where text is tokenized
+
+    path = Path(tokenizer_dir)
+    try:
+        declared = json.loads((path / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError):
+        declared = None
+    if (path / "tokenizer.json").is_file() and declared in PLAIN_TOKENIZER_CLASSES:
+        return PreTrainedTokenizerFast.from_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(str(path))
+
+
 def grammar_compiler(model_dir: str | Path, max_threads: int = 1):
     """An xgrammar `GrammarCompiler` for the tokenizer in `model_dir`, over the model's
     whole vocabulary with its EOS ids as the grammar's stop tokens. It caches what it
     compiles; `compiler.compile_grammar(response_grammar(fmt))` gives a request's grammar."""
     # xgrammar and transformers load only for JSON mode
     import xgrammar as xgr
-    from transformers import AutoTokenizer
 
     config = json.loads((Path(model_dir) / "config.json").read_text())
     eos = config.get("eos_token_id")
     stop = eos if isinstance(eos, list) else None if eos is None else [eos]
-    info = xgr.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(str(model_dir)), vocab_size=int(config["vocab_size"]),
+    info = xgr.TokenizerInfo.from_huggingface(load_tokenizer(model_dir), vocab_size=int(config["vocab_size"]),
                                               stop_token_ids=stop)
     return xgr.GrammarCompiler(info, max_threads=max_threads)
 

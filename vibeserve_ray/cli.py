@@ -85,9 +85,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     with _candidate_session(args) as (target, spec, workdir):
         verdict = check_candidate(target, spec, workdir / "check", swap=args.swap, say=say)
-        from transformers import AutoTokenizer
+        from vibeserve_ray.candidate import load_tokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(target.tokenizer_dir()))
+        tok = load_tokenizer(target.tokenizer_dir())
         print(verdict.summary(decode=lambda ids: tok.decode(ids)))
         if args.sandbox_warning:
             print(f"WARNING: {args.sandbox_warning}")

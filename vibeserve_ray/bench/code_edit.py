@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from vibeserve_ray.candidate import load_tokenizer
+
 if TYPE_CHECKING:
     from vibeserve_ray.reference import RefOutput
 
@@ -102,10 +104,7 @@ class RowMaker:
     """Builds row i of the dataset from (seed, i) alone, with the reference's answer."""
 
     def __init__(self, tokenizer_dir: str | Path, reference, seed: int):
-        # transformers loads torch: only making the dataset needs it
-        from transformers import AutoTokenizer
-
-        self.tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        self.tok = load_tokenizer(tokenizer_dir)  # transformers loads torch: only making the dataset needs it
         special = set(self.tok.all_special_ids)
         self.vocab = [t for t in range(len(self.tok)) if t not in special]
         self.reference, self.seed = reference, seed

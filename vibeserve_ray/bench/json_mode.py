@@ -21,6 +21,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from vibeserve_ray.candidate import load_tokenizer
+
 _RECORDS = ["order", "user", "invoice", "ticket", "sensor reading", "shipment", "review", "booking", "event", "product"]
 _FIELDS = ["id", "name", "city", "status", "count", "price", "active", "tags", "owner", "level", "kind", "code", "score",
            "email", "country", "note", "size", "color", "priority", "rating"]
@@ -106,10 +108,7 @@ def max_document_bytes(schema: dict) -> int:
 
 def make_rows(tokenizer_dir: str | Path, seed: int, num_rows: int) -> list[JsonRow]:
     """Rows 0..num_rows-1 of the dataset for `seed` (row i depends on (seed, i) only)."""
-    # transformers loads torch: only making the dataset needs it
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tok = load_tokenizer(tokenizer_dir)  # transformers loads torch: only making the dataset needs it
     rows = []
     for i in range(num_rows):
         prompt, fmt = json_request(random.Random(f"json-mode/{seed}/{i}"))

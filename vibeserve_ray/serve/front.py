@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator
 from jinja2 import TemplateError
 
 from vibeserve_ray.candidate import (PROMPT_LOGPROBS, RESPONSE_FORMAT, TOP_LOGPROBS, Engine, GenerationRequest, RequestRefused, TokenOut,
-                                     capabilities, response_grammar)
+                                     capabilities, load_tokenizer, response_grammar)
 from vibeserve_ray.serve.protocol import text_of
 
 
@@ -120,12 +120,10 @@ class OpenAIFront:
     """The text side of every candidate's engine process, in evaluation and behind Serve."""
 
     def __init__(self, engine: Engine, tokenizer_dir: str | Path, served_name: str):
-        # transformers takes seconds to import: only where a front is built, not in a Serve
-        # replica, which imports the app for its schema alone
-        from transformers import AutoTokenizer
-
         self.engine = engine
-        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        # transformers takes a second to import: loaded where a front is built, not in a Serve
+        # replica, which imports the app for its schema alone
+        self.tokenizer = load_tokenizer(tokenizer_dir)
         config = json.loads((Path(tokenizer_dir) / "config.json").read_text()) if (Path(tokenizer_dir) / "config.json").is_file() else {}
         self.max_model_len = int(config.get("max_position_embeddings", self.tokenizer.model_max_length))
         self.vocab_size = int(config.get("vocab_size", len(self.tokenizer)))

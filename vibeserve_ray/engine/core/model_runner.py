@@ -9,7 +9,6 @@ from vibeserve_ray.candidate import GenerationRequest, TokenOut
 
 from ..layers.attention import AttentionBackend
 from .batch import ForwardBatch, padded_rows
-from .graph import GraphForward
 from .kv_cache import KVCache
 from .sampler import Sampler
 from .sequence import Chunk, Sequence
@@ -23,7 +22,11 @@ class ModelRunner:
         self.model = model
         self.pad = pad
         # the forward and the vocabulary projection: the model's own, or one compiled graph each (compile = graph)
-        self.forward = GraphForward(model) if compile_graph else model
+        self.forward = model
+        if compile_graph:  # imported here: torch._dynamo takes ~1.2 s to import, on every engine start that has no use for it
+            from .graph import GraphForward
+
+            self.forward = GraphForward(model)
         self.compute_logits = self.forward.compute_logits
         self.cache = cache
         self.attention = attention

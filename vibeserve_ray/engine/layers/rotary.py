@@ -20,8 +20,10 @@ class Llama3RopeScaling:
 
 
 def rope_inv_freq(dim: int, theta: float, scaling: Llama3RopeScaling | None) -> torch.Tensor:
-    """Inverse frequencies (float32) of a `dim`-wide head, with Llama-3.1 scaling when given."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    """Inverse frequencies (float32, on the CPU) of a `dim`-wide head, with Llama-3.1 scaling
+    when given. On the CPU even while a model is built on the meta device: arithmetic on meta
+    tensors runs torch's reference ops, whose first call imports torch._dynamo (~1.1 s)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
     if scaling is None:
         return inv_freq
     # Long wavelengths are divided by `factor`, short ones kept, the band between

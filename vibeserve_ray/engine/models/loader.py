@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -15,6 +17,24 @@ from . import load_family
 
 # Older checkpoints store rotary buffers; we compute them from the config instead.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# What torch's modules call to initialise their parameters (nn.Linear, nn.Embedding, norms).
+INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "kaiming_uniform_", "kaiming_normal_",
+                  "xavier_uniform_", "xavier_normal_")
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """torch.nn.init's functions as no-ops while a model is built on the meta device: every
+    value comes from the checkpoint, and a random init of a meta tensor goes through torch's
+    reference ops, whose first call imports torch._dynamo (~1.1 s of each engine start)."""
+    saved = {name: getattr(nn.init, name) for name in INIT_FUNCTIONS}
+    try:
+        for name in INIT_FUNCTIONS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
 
 
 def checkpoint_files(model_dir: Path) -> list[Path]:
@@ -47,7 +67,7 @@ def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype) 
     and only then given real storage."""
     model_dir = Path(model_dir)
     family, config = load_family(model_dir)
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         model = family.model(config)
     model.to(dtype).to_empty(device=device)
     for module in model.modules():  # buffers the checkpoint does not hold, computed from the config

@@ -28,7 +28,7 @@ import numpy as np
 from vibeserve_ray import progress
 from vibeserve_ray.accuracy.score import Response
 from vibeserve_ray.inner.judge.verdict import Accuracy, tolerance_check
-from vibeserve_ray.candidate import CandidateSpec
+from vibeserve_ray.candidate import CandidateSpec, load_tokenizer
 from vibeserve_ray.errors import BadInput
 from vibeserve_ray.reference import RefOutput, reference_outputs
 from vibeserve_ray.runner import CandidateFailed, CandidateFailure, CandidateProcess, Limits, start_candidate
@@ -171,9 +171,7 @@ def load_checks(target: Target) -> list[tuple[str, dict | None]]:
 
 @functools.cache
 def _tokenizer(tokenizer_dir: Path):
-    from transformers import AutoTokenizer  # transformers loads torch: comparing outputs (exact.py, the judge) needs neither
-
-    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    return load_tokenizer(tokenizer_dir)  # transformers loads torch: comparing outputs (exact.py, the judge) needs neither
 
 
 def tokenize_prompts(target: Target, prompts: list[str]) -> list[list[int]]:
