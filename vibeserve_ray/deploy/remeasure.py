@@ -32,6 +32,7 @@ from vibeserve_ray.search.state import RunRepo
 from vibeserve_ray.target import Target
 
 REMEASURE_FILE = "remeasure.json"
+DRAINED_WAIT_S = 0.2
 APP_NAME = "vibeserve-remeasure"  # not the target's name: a deployment of it on the same cluster stays up
 
 
@@ -101,6 +102,8 @@ def _measure_served(target: Target, candidate: Path, knobs: dict[str, Any], port
     """One deployment of `candidate` with `knobs`, as `vibeserve deploy` makes it, benchmarked."""
     chosen = Chosen(str(candidate.resolve()), knobs, target, str(candidate))
     config = serve_config(chosen, ServeOptions(port=port))
+    # deleted once its benchmark is over, with nothing in flight: no need for Serve's 2 s wait for late requests
+    config["applications"][0]["deployments"][0]["graceful_shutdown_wait_loop_s"] = DRAINED_WAIT_S
     _, app = application(config)
     try:
         serve.start(http_options=config["http_options"])
