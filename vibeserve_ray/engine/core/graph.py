@@ -8,7 +8,9 @@ layer. With max-autotune and its C++ GEMM templates, inductor times its own AMX/
 matmul kernels (which take the fused ops as epilogues) against oneDNN's for each linear
 and keeps the faster: on a 2-core Xeon with AMX, a batch-16 decode step of the tiny Llama
 went 6.2 -> 4.3 ms and the in-process serving workload 1,700 -> 2,230-2,390 output tok/s,
-for ~10 s more at load. What changes every step stays outside:
+for ~10 s more at load. In float32 it gains nothing (in process, two threads: 903 against
+1,011 tok/s without it) and costs ~40 s of every start, so only reduced precision autotunes.
+What changes every step stays outside:
 attention reads chunk boundaries and cache tables, so inside the graph a layer's
 `batch.attend` is the opaque op `vibeserve::attend`, which finds the step's ForwardBatch in
 this thread's `_step` (set around each call). The token count is the graph's one dynamic
@@ -52,18 +54,19 @@ IN_GRAPH = _InGraph()
 
 
 # Inductor's `freezing` (weights as constants: it packs the linears and folds what depends
-# only on them) and max-autotune over ATen's and its own C++ matmul kernels.
-_SETTINGS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+# only on them); for reduced-precision weights, max-autotune over ATen's and its own C++ matmul kernels.
+FREEZING = {"freezing": True}
+AUTOTUNED = FREEZING | {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 
 
 @contextlib.contextmanager
-def _compile_settings() -> Iterator[None]:
-    """`_SETTINGS` for the graphs compiled inside. Set around each call, since a call may
-    compile (a new shape), and restored after: process-wide switches would reach other
-    engines' graphs too. torch.compile's `options` does not reach freezing; `config.patch`
-    costs ~100 us a call, setting the attributes ~9 each."""
-    before = {name: getattr(inductor_config, name) for name in _SETTINGS}
-    for name, value in _SETTINGS.items():
+def _compile_settings(settings: dict[str, object]) -> Iterator[None]:
+    """Inductor's `settings` for the graphs compiled inside. Set around each call, since a
+    call may compile (a new shape), and restored after: process-wide switches would reach
+    other engines' graphs too. torch.compile's `options` does not reach freezing;
+    `config.patch` costs ~100 us a call, setting the attributes ~9 each."""
+    before = {name: getattr(inductor_config, name) for name in settings}
+    for name, value in settings.items():
         setattr(inductor_config, name, value)
     try:
         yield
@@ -78,17 +81,18 @@ class GraphForward:
     def __init__(self, model: nn.Module):
         if not hasattr(model, "model") or not hasattr(model, "lm_head"):
             raise ValueError("design.compile = 'graph' needs a model with a decoder stack and an lm_head (the Llama family)")
+        self.settings = AUTOTUNED if model.lm_head.weight.dtype in (torch.bfloat16, torch.float16) else FREEZING
         self.decoder = torch.compile(model.model, dynamic=True)
         self.lm_head: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model.lm_head, dynamic=True)
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         _step.batch = batch
         try:
-            with _compile_settings():
+            with _compile_settings(self.settings):
                 return self.decoder(input_ids, positions, IN_GRAPH)
         finally:
             _step.batch = None
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        with _compile_settings():
+        with _compile_settings(self.settings):
             return self.lm_head(hidden)
