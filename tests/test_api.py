@@ -95,7 +95,7 @@ def test_fuzzing_from_the_schema_gets_no_server_error_and_no_hang(server):
 
 
 def test_soak_keeps_memory_flat_and_leaves_no_request_in_flight():
-    code, result = _script("soak.py", "--duration", "20", "--warmup", "5", timeout=300)
+    code, result = _script("soak.py", "--duration", "12", "--warmup", "3", timeout=300)
     kinds = result["by_kind"]
     assert kinds["disconnect_mid_stream"].get("dropped") and kinds["abandoned_before_answer"].get("abandoned")
     assert kinds["invalid_utf8"] == {"400": kinds["invalid_utf8"]["400"]} and kinds["score_prompt"].get("200")
