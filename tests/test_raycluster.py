@@ -25,7 +25,9 @@ def test_join_sends_the_local_token_to_a_head_that_requires_it(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(tmp_path)}
     head = RayHead(num_cpus=1, env=env, status_env=env | {"RAY_AUTH_MODE": "token"})
     try:
-        plain = subprocess.run([sys.executable, "-c", PLAIN, head.address], env=env, capture_output=True, text=True, timeout=120)
+        # a refused driver retries its GCS connection once a second, 20 times by default: 2 say the same
+        plain = subprocess.run([sys.executable, "-c", PLAIN, head.address], env=env | {"RAY_gcs_server_port_wait_time_s": "2"},
+                               capture_output=True, text=True, timeout=120)
         assert plain.returncode != 0 and "auth" in plain.stderr.lower(), "the head does not require the token: this test shows nothing"
         joined = subprocess.run([sys.executable, "-c", PROBE, head.address], env=env, capture_output=True, text=True, timeout=120)
         assert joined.returncode == 0, joined.stderr[-2000:]
