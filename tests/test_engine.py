@@ -246,3 +246,17 @@ def test_bfloat16_is_refused_on_a_cpu_that_would_emulate_it(model_dir, monkeypat
         pytest.skip("no oneDNN bfloat16 or no /proc/cpuinfo to read the CPU from")
     with pytest.raises(ValueError, match="design.dtype = 'bfloat16' needs a CPU with AVX512-BF16 or AMX"):
         create_engine(str(model_dir), "cpu", {"design": {"dtype": "bfloat16"}})
+
+
+def test_an_engine_without_a_compiled_design_starts_without_importing_torch_dynamo(tiny_models):
+    """torch._dynamo takes ~1.1 s to import, paid by every candidate start that imports it:
+    building the model on the meta device (random inits, rotary frequencies) must not."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from vibeserve_ray.engine.core.llm_engine import LLMEngine; "
+            f"LLMEngine({str(tiny_models[0])!r}, knobs={{'design': {{'scheduler': 'continuous', 'kv_cache': 'slab'}}}}, step_thread=False); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
